@@ -1,0 +1,130 @@
+"""One training epoch: the seed's DataLoader loop against `objectives.train`, same process and device.
+
+The seed's way, as in the seed article: ``torchvision.datasets.MNIST`` with
+``transforms.ToTensor()``, a shuffling ``DataLoader``, each batch moved to the device and
+flattened, and the running loss read with ``loss.item()`` every batch. Ours: ``train`` on the
+device-resident tensors (which also runs its per-epoch validation pass on 10k images, so the
+comparison is conservative). Both train the same MLP with SGD (lr 0.05, momentum 0.9) on the
+same 50k training images at the same batch size; each is warmed up with one epoch, then the
+median of ``--repeats`` epochs is reported.
+
+    python -m benchmarks.epoch_speed [--device auto] [--batch-size 128] [--repeats 3]
+
+Measured figures are in the README ("Measured").
+"""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from objectives import TrainConfig, build_model, load_mnist, resolve_device, train
+from objectives.data import MNIST_FILES, SPLIT_SEED, TRAIN_SIZE, VAL_SIZE, MnistDataError, _read_verified, default_data_dir, find_mnist_files
+
+
+def _sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def seed_way_epoch_seconds(loader, device: torch.device, lr: float) -> float:
+    """One epoch of the seed's loop over ``loader``; returns seconds."""
+    model = build_model(0, device)
+    optimizer = torch.optim.SGD(model.parameters(), lr=lr, momentum=0.9)
+    _sync(device)
+    t0 = time.perf_counter()
+    running_loss = 0.0
+    for images, labels in loader:
+        images, labels = images.to(device).view(-1, 784), labels.to(device)
+        loss = F.cross_entropy(model(images), labels)
+        optimizer.zero_grad()
+        loss.backward()
+        optimizer.step()
+        running_loss += loss.item()
+    _sync(device)
+    return time.perf_counter() - t0
+
+
+def loader_only_seconds(loader) -> float:
+    """One pass over ``loader`` with no training: the seed's data cost alone."""
+    t0 = time.perf_counter()
+    for _ in loader:
+        pass
+    return time.perf_counter() - t0
+
+
+def ours_epoch_seconds(data, config: TrainConfig) -> float:
+    """One epoch of ``train`` (with its validation pass); returns seconds."""
+    _sync(data.device)
+    t0 = time.perf_counter()
+    train(config, data, epochs=1)
+    _sync(data.device)
+    return time.perf_counter() - t0
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--device", default="auto", help="auto|cpu|cuda|cuda:N (default auto)")
+    parser.add_argument("--data-dir", default=None, help="MNIST folder (default STUDY_DATA_DIR, else ./data)")
+    parser.add_argument("--batch-size", type=int, default=128)
+    parser.add_argument("--repeats", type=int, default=3, help="timed epochs of each, after one warm-up")
+    args = parser.parse_args(argv)
+
+    from torchvision import datasets, transforms
+    from torch.utils.data import DataLoader, Subset
+
+    try:
+        device = resolve_device(args.device)
+        data = load_mnist(args.data_dir, device=device)
+    except (ValueError, MnistDataError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    root = Path(args.data_dir) if args.data_dir else default_data_dir()
+    config = TrainConfig(optimizer="sgd", lr=0.05, momentum=0.9, batch_size=args.batch_size)
+
+    with tempfile.TemporaryDirectory(prefix="lr-study-bench-") as tmp:
+        # torchvision's MNIST dataset wants uncompressed files in MNIST/raw/.
+        raw = Path(tmp) / "MNIST" / "raw"
+        raw.mkdir(parents=True)
+        for name, path in find_mnist_files(root).items():
+            assert name in MNIST_FILES
+            (raw / name).write_bytes(_read_verified(path, name))
+        dataset = datasets.MNIST(tmp, train=True, transform=transforms.ToTensor())
+        order = np.random.default_rng(SPLIT_SEED).permutation(TRAIN_SIZE + VAL_SIZE)
+        subset = Subset(dataset, order[:TRAIN_SIZE].tolist())  # the same 50k images as ours
+        loader = DataLoader(subset, batch_size=args.batch_size, shuffle=True)
+
+        seed_times, our_times, loader_times = [], [], []
+        for i in range(args.repeats + 1):  # the first round of each is the warm-up
+            s = seed_way_epoch_seconds(loader, device, config.lr)
+            o = ours_epoch_seconds(data, config)
+            if i > 0:
+                seed_times.append(s)
+                our_times.append(o)
+                loader_times.append(loader_only_seconds(loader))
+
+    name = torch.cuda.get_device_name(device) if device.type == "cuda" else f"CPU ({torch.get_num_threads()} threads)"
+    seed_s, our_s = statistics.median(seed_times), statistics.median(our_times)
+    loader_s = statistics.median(loader_times)
+    print(f"device: {device} = {name}; torch {torch.__version__}; batch size {args.batch_size}; "
+          f"{TRAIN_SIZE} training images; median of {args.repeats} epochs after 1 warm-up")
+    print(f"seed's way (DataLoader + ToTensor + .item() per batch): {seed_s:8.3f} s/epoch")
+    print(f"objectives.train (tensor-resident, incl. validation):   {our_s:8.3f} s/epoch")
+    print(f"  of which the seed's data pipeline alone (no training):  {loader_s:8.3f} s/epoch")
+    print(f"speed-up: {seed_s / our_s:.1f}x")
+    # Both loops do the same matrix arithmetic; only the seed's data cost can be removed, so
+    # seed / (seed - loader) bounds any speed-up of the training arithmetic as it is.
+    print(f"bound with the same arithmetic, seed / (seed - data pipeline): {seed_s / max(seed_s - loader_s, 1e-9):.1f}x")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

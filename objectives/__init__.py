@@ -1,0 +1,41 @@
+"""Reusable Optuna objectives for the MNIST MLP learning-rate study.
+
+The parts compose: :func:`load_mnist` (device-resident, checksummed data),
+:func:`suggest_config` over a :class:`SearchSpace` (a trial to a :class:`TrainConfig`),
+:func:`train` (a config to a :class:`TrainResult`, never seeing a trial), and
+:class:`MnistMLPObjective`, which ties them to an Optuna study. Importing this package has no
+side effects: nothing is loaded, printed or seeded until called.
+"""
+
+from objectives.config import DECAYS, OPTIMIZERS, TrainConfig
+from objectives.data import MnistData, MnistDataError, default_data_dir, load_mnist
+from objectives.device import resolve_device
+from objectives.model import LAYERS, MLP, build_model
+from objectives.objective import MnistMLPObjective
+from objectives.schedules import LRSchedule, build_optimizer, set_lr_factor
+from objectives.space import SearchSpace, suggest_config
+from objectives.train import DIVERGENCE_LOSS, TrainResult, evaluate, train
+
+__all__ = [
+    "DECAYS",
+    "DIVERGENCE_LOSS",
+    "LAYERS",
+    "LRSchedule",
+    "MLP",
+    "MnistData",
+    "MnistDataError",
+    "MnistMLPObjective",
+    "OPTIMIZERS",
+    "SearchSpace",
+    "TrainConfig",
+    "TrainResult",
+    "build_model",
+    "build_optimizer",
+    "default_data_dir",
+    "evaluate",
+    "load_mnist",
+    "resolve_device",
+    "set_lr_factor",
+    "suggest_config",
+    "train",
+]

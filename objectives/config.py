@@ -1,0 +1,92 @@
+"""`TrainConfig`: everything that decides how one MLP is trained, as a frozen dataclass."""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+from objectives.model import LAYERS
+
+__all__ = ["DECAYS", "OPTIMIZERS", "TrainConfig"]
+
+OPTIMIZERS = ("sgd", "adam", "adamw", "rmsprop", "adagrad")
+DECAYS = ("constant", "step", "exponential", "cosine", "plateau")
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    """One training configuration; the same object trains a fixed run, a trial, or a batch.
+
+    Layer ``L`` starts at ``lr * lr_mult_L`` and follows ``lr * lr_mult_L * schedule(t)``, where
+    the schedule factor starts at 1. Decay parameters of strategies other than ``decay`` are
+    ignored.
+    """
+
+    optimizer: str = "sgd"  # one of OPTIMIZERS
+    lr: float = 0.05  # initial learning rate of a layer whose multiplier is 1
+    momentum: float = 0.9  # SGD momentum (other optimizers ignore it)
+    weight_decay: float = 0.0  # decoupled for adamw, L2 for the others
+    decay: str = "constant"  # one of DECAYS
+    step_size: int = 5  # step: epochs between drops
+    step_gamma: float = 0.5  # step: factor at each drop
+    exp_gamma: float = 0.9  # exponential: factor per epoch (applied smoothly, per iteration)
+    cosine_eta_min_ratio: float = 0.0  # cosine: final LR / initial LR
+    plateau_patience: int = 2  # plateau: epochs without improvement before a drop
+    plateau_factor: float = 0.5  # plateau: factor at each drop
+    lr_mult_fc1: float = 1.0  # LR multiplier of fc1
+    lr_mult_fc2: float = 1.0  # LR multiplier of fc2
+    lr_mult_fc3: float = 1.0  # LR multiplier of fc3
+    batch_size: int = 128  # examples per step
+
+    def __post_init__(self) -> None:
+        if self.optimizer not in OPTIMIZERS:
+            raise ValueError(f"optimizer must be one of {OPTIMIZERS}, but got optimizer={self.optimizer!r}")
+        if self.decay not in DECAYS:
+            raise ValueError(f"decay must be one of {DECAYS}, but got decay={self.decay!r}")
+        _positive(lr=self.lr)
+        for layer in LAYERS:
+            _positive(**{f"lr_mult_{layer}": self.lr_mult(layer)})
+        _in_range(momentum=self.momentum, low=0.0, high=1.0, high_open=True)
+        _in_range(weight_decay=self.weight_decay, low=0.0, high=math.inf)
+        _in_range(step_gamma=self.step_gamma, low=0.0, high=1.0, low_open=True)
+        _in_range(exp_gamma=self.exp_gamma, low=0.0, high=1.0, low_open=True)
+        _in_range(cosine_eta_min_ratio=self.cosine_eta_min_ratio, low=0.0, high=1.0)
+        _in_range(plateau_factor=self.plateau_factor, low=0.0, high=1.0, low_open=True, high_open=True)
+        _positive_int(step_size=self.step_size, batch_size=self.batch_size)
+        _positive_int(plateau_patience=self.plateau_patience, allow_zero=True)
+
+    def lr_mult(self, layer: str) -> float:
+        """The multiplier of ``layer`` (one of ``LAYERS``)."""
+        return getattr(self, f"lr_mult_{layer}")
+
+    def initial_lrs(self) -> dict[str, float]:
+        """Each layer's learning rate at step 0: ``lr * lr_mult_layer``."""
+        return {layer: self.lr * self.lr_mult(layer) for layer in LAYERS}
+
+
+def _positive(**values: float) -> None:
+    for name, value in values.items():
+        if not _is_real(value) or not value > 0 or not math.isfinite(value):
+            raise ValueError(f"{name} must be a finite number > 0, but got {name}={value!r}")
+
+
+def _in_range(
+    *, low: float, high: float, low_open: bool = False, high_open: bool = False, **values: float
+) -> None:
+    for name, value in values.items():
+        ok = _is_real(value) and (low < value if low_open else low <= value) and (
+            value < high if high_open else value <= high
+        )
+        if not ok:
+            lo, hi = "(" if low_open else "[", ")" if high_open else "]"
+            raise ValueError(f"{name} must be in {lo}{low}, {high}{hi}, but got {name}={value!r}")
+
+
+def _positive_int(allow_zero: bool = False, **values: int) -> None:
+    for name, value in values.items():
+        if isinstance(value, bool) or not isinstance(value, int) or value < (0 if allow_zero else 1):
+            raise ValueError(f"{name} must be an int >= {0 if allow_zero else 1}, but got {name}={value!r}")
+
+
+def _is_real(value: object) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool) and not math.isnan(value)

@@ -1,0 +1,111 @@
+"""`MnistMLPObjective`: the Optuna objective, a thin layer from a trial to `train`."""
+
+from __future__ import annotations
+
+import math
+import os
+
+import optuna
+
+from objectives.data import TRAIN_SIZE, MnistData, load_mnist
+from objectives.device import resolve_device
+from objectives.space import SearchSpace, suggest_config
+from objectives.train import train
+
+__all__ = ["MnistMLPObjective"]
+
+
+class MnistMLPObjective:
+    """Train the MNIST MLP with a sampled config; the value is the best validation loss reached.
+
+    Each trial samples a :class:`TrainConfig` with :func:`suggest_config`, is seeded with
+    ``seed + trial.number`` (the same seed gives the same values on the CPU), reports the
+    validation loss after every epoch and is pruned when the study's pruner says so. A run
+    whose loss turns NaN, infinite or explodes is infeasible: it records ``diverged=True`` and
+    is pruned, so it never fails the study. User attrs per trial: ``seed``, ``lr``,
+    ``initial_lr_<layer>``, ``val_accuracy`` (at the best epoch), ``best_epoch``,
+    ``epochs_run``, ``seconds_per_epoch``, ``diverged``.
+
+    The data is loaded on first use and shared by every trial of the process. Nothing here
+    touches the test set.
+
+    Args:
+        epochs: epochs per trial (the pruner's steps are epochs 1..epochs).
+        device: ``auto``, ``cpu``, ``cuda`` or ``cuda:N``, resolved once here.
+        data_dir: folder with the MNIST files; default ``STUDY_DATA_DIR``, else ``./data``.
+        train_samples: train on a subset of the 50k training images (quick runs, tests).
+        batch_size: examples per step.
+        seed: base seed; trial ``n`` uses ``seed + n``.
+        space: the ranges to sample from; default :class:`SearchSpace()`.
+    """
+
+    def __init__(
+        self,
+        epochs: int = 20,
+        *,
+        device: str = "auto",
+        data_dir: str | os.PathLike[str] | None = None,
+        train_samples: int | None = None,
+        batch_size: int = 128,
+        seed: int = 0,
+        space: SearchSpace | None = None,
+    ) -> None:
+        if isinstance(epochs, bool) or not isinstance(epochs, int) or epochs < 1:
+            raise ValueError(f"epochs must be an int >= 1, but got {epochs=}")
+        if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
+            raise ValueError(f"batch_size must be an int >= 1, but got {batch_size=}")
+        if train_samples is not None and (
+            isinstance(train_samples, bool) or not isinstance(train_samples, int) or not 1 <= train_samples <= TRAIN_SIZE
+        ):
+            raise ValueError(f"train_samples must be an int in [1, {TRAIN_SIZE}] or None, but got {train_samples=}")
+        if isinstance(seed, bool) or not isinstance(seed, int) or seed < 0:
+            raise ValueError(f"seed must be an int >= 0, but got {seed=}")
+        if space is not None and not isinstance(space, SearchSpace):
+            raise ValueError(f"space must be a SearchSpace or None, but got {space=}")
+        self.epochs = epochs
+        self.device = resolve_device(device)
+        self.data_dir = data_dir
+        self.train_samples = train_samples
+        self.batch_size = batch_size
+        self.seed = seed
+        self.space = space or SearchSpace()
+        self._data: MnistData | None = None
+
+    @property
+    def data(self) -> MnistData:
+        """The device-resident data, loaded on first use (once per process)."""
+        if self._data is None:
+            self._data = load_mnist(self.data_dir, device=self.device, train_samples=self.train_samples)
+        return self._data
+
+    def __getstate__(self) -> dict[str, object]:
+        # a copy sent to another process loads the data there, on its own device
+        return {**self.__dict__, "_data": None}
+
+    def __call__(self, trial: optuna.Trial) -> float:
+        config = suggest_config(trial, self.space, batch_size=self.batch_size)
+        seed = self.seed + trial.number
+        trial.set_user_attr("seed", seed)
+        trial.set_user_attr("lr", config.lr)
+        for layer, lr in config.initial_lrs().items():
+            trial.set_user_attr(f"initial_lr_{layer}", lr)
+
+        def report(epoch: int, val_loss: float) -> bool:
+            trial.report(val_loss, epoch)
+            return trial.should_prune()
+
+        result = train(config, self.data, self.epochs, report=report, seed=seed)
+
+        trial.set_user_attr("epochs_run", result.epochs_run)
+        trial.set_user_attr("seconds_per_epoch", result.seconds_per_epoch)
+        trial.set_user_attr("diverged", result.diverged)
+        if result.best_epoch is not None:
+            trial.set_user_attr("best_epoch", result.best_epoch)
+            trial.set_user_attr("val_accuracy", result.best_val_accuracy)
+        if result.diverged:
+            last = result.val_losses[-1]
+            trial.set_user_attr("diverged_loss", last if math.isfinite(last) else str(last))
+            raise optuna.TrialPruned(f"diverged in epoch {result.epochs_run} (validation loss {last})")
+        if result.stopped:
+            raise optuna.TrialPruned(f"pruned after epoch {result.epochs_run}")
+        return result.best_val_loss

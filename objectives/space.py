@@ -1,0 +1,161 @@
+"""The search space: `SearchSpace` (ranges) and `suggest_config(trial) -> TrainConfig`."""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, fields
+
+import optuna
+
+from objectives.config import DECAYS, OPTIMIZERS, TrainConfig
+from objectives.model import LAYERS
+
+__all__ = ["SearchSpace", "suggest_config"]
+
+Range = tuple[float, float]
+
+
+@dataclass(frozen=True)
+class SearchSpace:
+    """The ranges ``suggest_config`` samples from; narrow or fix any of them.
+
+    A range is ``(low, high)``; ``low == high`` fixes the value (it is still recorded as a
+    param). LR ranges are per optimizer because a sane initial LR differs by orders of
+    magnitude between SGD and Adam; each is sampled log-uniformly under its own name
+    (``lr_sgd``, ``lr_adam``, …) so that a sampler models each optimizer's LR on its own
+    trials instead of mixing scales under one name.
+
+    Layer-wise multipliers: only the layers in ``lr_mult_layers`` (default fc1 and fc2) get a
+    sampled multiplier; the other layers (default fc3, the output layer) keep multiplier 1 and
+    are the reference, so the initial LR *is* the reference layer's LR. Sampling a multiplier
+    for every layer as well as the initial LR would add a redundant degree of freedom (scaling
+    all multipliers up and the LR down gives the same run), so at least one layer must stay
+    out of ``lr_mult_layers``.
+    """
+
+    optimizers: tuple[str, ...] = OPTIMIZERS
+    lr_sgd: Range = (1e-4, 1.0)  # initial LR with SGD, log-uniform
+    lr_adam: Range = (1e-5, 1e-1)  # initial LR with Adam, log-uniform
+    lr_adamw: Range = (1e-5, 1e-1)  # initial LR with AdamW, log-uniform
+    lr_rmsprop: Range = (1e-5, 1e-1)  # initial LR with RMSprop, log-uniform
+    lr_adagrad: Range = (1e-4, 1.0)  # initial LR with Adagrad, log-uniform
+    sgd_momentum: Range = (0.9, 0.9)  # fixed at 0.9 by default; a range samples it (uniform)
+    adamw_weight_decay: float = 0.01  # torch's default for AdamW; not searched
+    decays: tuple[str, ...] = DECAYS
+    step_size: tuple[int, int] = (1, 8)  # step: epochs between drops, int
+    step_gamma: Range = (0.1, 0.9)  # step: factor at each drop, uniform
+    exp_gamma: Range = (0.7, 0.99)  # exponential: factor per epoch, uniform
+    cosine_eta_min_ratio: Range = (1e-4, 1e-1)  # cosine: final / initial LR, log-uniform
+    plateau_patience: tuple[int, int] = (1, 5)  # plateau: epochs, int
+    plateau_factor: Range = (0.1, 0.7)  # plateau: factor at each drop, uniform
+    lr_mult_layers: tuple[str, ...] = ("fc1", "fc2")  # layers with a sampled multiplier
+    lr_mult: Range = (0.1, 10.0)  # per-layer multiplier, log-uniform
+
+    def __post_init__(self) -> None:
+        _members(optimizers=self.optimizers, allowed=OPTIMIZERS)
+        _members(decays=self.decays, allowed=DECAYS)
+        if set(self.lr_mult_layers) - set(LAYERS) or len(set(self.lr_mult_layers)) != len(self.lr_mult_layers):
+            raise ValueError(f"lr_mult_layers must be distinct names from {LAYERS}, but got lr_mult_layers={self.lr_mult_layers!r}")
+        if set(self.lr_mult_layers) == set(LAYERS):
+            raise ValueError(
+                "lr_mult_layers must leave at least one reference layer out (a multiplier on every "
+                f"layer is redundant with the initial LR), but got lr_mult_layers={self.lr_mult_layers!r}"
+            )
+        for name in ("lr_sgd", "lr_adam", "lr_adamw", "lr_rmsprop", "lr_adagrad", "cosine_eta_min_ratio", "lr_mult"):
+            _range(name, getattr(self, name), low=0.0, low_open=True)
+        _range("sgd_momentum", self.sgd_momentum, low=0.0, high=1.0, high_open=True)
+        _range("step_gamma", self.step_gamma, low=0.0, high=1.0, low_open=True)
+        _range("exp_gamma", self.exp_gamma, low=0.0, high=1.0, low_open=True)
+        _range("plateau_factor", self.plateau_factor, low=0.0, high=1.0, low_open=True, high_open=True)
+        _range("step_size", self.step_size, low=1, integer=True)
+        _range("plateau_patience", self.plateau_patience, low=0, integer=True)
+        if not (isinstance(self.adamw_weight_decay, (int, float)) and 0 <= self.adamw_weight_decay < math.inf):
+            raise ValueError(f"adamw_weight_decay must be >= 0, but got adamw_weight_decay={self.adamw_weight_decay!r}")
+
+    def lr_range(self, optimizer: str) -> Range:
+        """The initial-LR range of ``optimizer``."""
+        return getattr(self, f"lr_{optimizer}")
+
+    def as_dict(self) -> dict[str, object]:
+        """The ranges as plain JSON-able values (for a study's user attrs)."""
+        return {f.name: _plain(getattr(self, f.name)) for f in fields(self)}
+
+
+def suggest_config(
+    trial: optuna.Trial, space: SearchSpace | None = None, *, batch_size: int = 128
+) -> TrainConfig:
+    """Sample a :class:`TrainConfig` from ``space`` through ``trial``.
+
+    Parameter names (stable; conditional ones only when their condition holds):
+    ``optimizer``; ``lr_<optimizer>``; ``sgd_momentum`` (SGD only); ``decay``; ``step_size``,
+    ``step_gamma`` (step); ``exp_gamma`` (exponential); ``cosine_eta_min_ratio`` (cosine);
+    ``plateau_patience``, ``plateau_factor`` (plateau); ``lr_mult_<layer>`` for each layer of
+    ``space.lr_mult_layers``. The space is conditional: with TPE use ``group=True`` so that each
+    conditional parameter is modelled on the trials that have it.
+    """
+    space = space or SearchSpace()
+    optimizer = trial.suggest_categorical("optimizer", list(space.optimizers))
+    lr = trial.suggest_float(f"lr_{optimizer}", *space.lr_range(optimizer), log=True)
+    values: dict[str, object] = {"optimizer": optimizer, "lr": lr, "batch_size": batch_size}
+    if optimizer == "sgd":
+        values["momentum"] = trial.suggest_float("sgd_momentum", *space.sgd_momentum)
+    if optimizer == "adamw":
+        values["weight_decay"] = space.adamw_weight_decay
+
+    decay = trial.suggest_categorical("decay", list(space.decays))
+    values["decay"] = decay
+    if decay == "step":
+        values["step_size"] = trial.suggest_int("step_size", *space.step_size)
+        values["step_gamma"] = trial.suggest_float("step_gamma", *space.step_gamma)
+    elif decay == "exponential":
+        values["exp_gamma"] = trial.suggest_float("exp_gamma", *space.exp_gamma)
+    elif decay == "cosine":
+        values["cosine_eta_min_ratio"] = trial.suggest_float("cosine_eta_min_ratio", *space.cosine_eta_min_ratio, log=True)
+    elif decay == "plateau":
+        values["plateau_patience"] = trial.suggest_int("plateau_patience", *space.plateau_patience)
+        values["plateau_factor"] = trial.suggest_float("plateau_factor", *space.plateau_factor)
+
+    for layer in space.lr_mult_layers:
+        values[f"lr_mult_{layer}"] = trial.suggest_float(f"lr_mult_{layer}", *space.lr_mult, log=True)
+    return TrainConfig(**values)
+
+
+def _members(*, allowed: tuple[str, ...], **values: tuple[str, ...]) -> None:
+    for name, value in values.items():
+        if (
+            not isinstance(value, tuple)
+            or not value
+            or any(v not in allowed for v in value)
+            or len(set(value)) != len(value)
+        ):
+            raise ValueError(f"{name} must be a non-empty tuple of distinct names from {allowed}, but got {name}={value!r}")
+
+
+def _range(
+    name: str,
+    value: object,
+    *,
+    low: float = -math.inf,
+    high: float = math.inf,
+    low_open: bool = False,
+    high_open: bool = False,
+    integer: bool = False,
+) -> None:
+    kind = int if integer else (int, float)
+    ok = (
+        isinstance(value, tuple)
+        and len(value) == 2
+        and all(isinstance(v, kind) and not isinstance(v, bool) for v in value)
+        and all(math.isfinite(v) for v in value)
+        and value[0] <= value[1]
+        and (value[0] > low if low_open else value[0] >= low)
+        and (value[1] < high if high_open else value[1] <= high)
+    )
+    if not ok:
+        lo, hi = "(" if low_open else "[", ")" if high_open else "]"
+        what = "ints" if integer else "numbers"
+        raise ValueError(f"{name} must be a (low, high) pair of {what} in {lo}{low}, {high}{hi} with low <= high, but got {name}={value!r}")
+
+
+def _plain(value: object) -> object:
+    return list(value) if isinstance(value, tuple) else value

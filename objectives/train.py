@@ -1,0 +1,171 @@
+"""`train(config, data, epochs) -> TrainResult`: one MLP on device-resident MNIST.
+
+A flat loop with no DataLoader: each epoch shuffles with a permutation drawn on the device,
+slices minibatches out of the resident tensors, and keeps the running loss on the device; the
+host reads it once per epoch, together with the validation loss and accuracy. The function
+never sees an Optuna trial: it calls ``report(epoch, val_loss)``, so the same code trains a
+fixed config, a trial, or anything else that wants per-epoch progress.
+
+Measured (``python -m benchmarks.epoch_speed``, batch 128, same process and device): see the
+README's "Measured" section for the figures and the command.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from objectives.config import TrainConfig
+from objectives.data import MnistData
+from objectives.model import build_model
+from objectives.schedules import LRSchedule, build_optimizer, set_lr_factor
+
+__all__ = ["DIVERGENCE_LOSS", "TrainResult", "evaluate", "train"]
+
+#: A mean loss above this (about 40x the loss of uniform guessing, ln 10 ≈ 2.3) counts as
+#: exploding: the run is infeasible, like one whose loss is NaN or infinite.
+DIVERGENCE_LOSS = 100.0
+
+#: Report callback: ``report(epoch, val_loss)`` after each epoch (1-based). Returning True stops
+#: training (the result says ``stopped``); raising stops it too, and the exception propagates.
+Report = Callable[[int, float], "bool | None"]
+
+
+@dataclass(frozen=True, eq=False)
+class TrainResult:
+    """What one training run produced; per-epoch lists have one entry per epoch run."""
+
+    val_losses: list[float]
+    val_accuracies: list[float]
+    train_losses: list[float]
+    epoch_seconds: list[float]
+    best_epoch: int | None  # 1-based epoch of the lowest finite validation loss
+    best_val_loss: float  # inf when no epoch finished with a finite loss
+    best_val_accuracy: float  # validation accuracy at best_epoch (nan if none)
+    diverged: bool  # a non-finite or exploding loss stopped the run: infeasible
+    stopped: bool  # the report callback asked to stop
+    initial_lrs: dict[str, float]  # each layer's LR at step 0
+    final_lrs: dict[str, float]  # each layer's LR after the last step
+    model: nn.Module = field(repr=False)
+
+    @property
+    def epochs_run(self) -> int:
+        return len(self.val_losses)
+
+    @property
+    def seconds_per_epoch(self) -> float:
+        return sum(self.epoch_seconds) / len(self.epoch_seconds) if self.epoch_seconds else math.nan
+
+
+@torch.no_grad()
+def _eval_sums(model: nn.Module, x: torch.Tensor, y: torch.Tensor, chunk: int = 8192) -> torch.Tensor:
+    """``[sum of losses, number correct]`` over ``(x, y)`` as a device tensor (no host sync)."""
+    sums = torch.zeros(2, device=x.device, dtype=x.dtype)
+    for i in range(0, x.shape[0], chunk):
+        logits = model(x[i : i + chunk])
+        sums[0] += F.cross_entropy(logits, y[i : i + chunk], reduction="sum")
+        sums[1] += (logits.argmax(dim=1) == y[i : i + chunk]).sum()
+    return sums
+
+
+def evaluate(model: nn.Module, x: torch.Tensor, y: torch.Tensor) -> tuple[float, float]:
+    """Mean cross-entropy loss and accuracy of ``model`` on ``(x, y)``."""
+    loss_sum, correct = _eval_sums(model, x, y).tolist()
+    return loss_sum / x.shape[0], correct / x.shape[0]
+
+
+def train(
+    config: TrainConfig,
+    data: MnistData,
+    epochs: int,
+    report: Report | None = None,
+    seed: int = 0,
+    shuffle_seed: int | None = None,
+) -> TrainResult:
+    """Train a fresh MLP with ``config`` on ``data.train_*`` and validate on ``data.val_*``.
+
+    Args:
+        config: the configuration (optimizer, LR, decay, multipliers, batch size).
+        data: device-resident MNIST from :func:`load_mnist`; training runs on its device.
+        epochs: passes over the training set.
+        report: called as ``report(epoch, val_loss)`` after each epoch; return True to stop.
+        seed: seeds the initial weights (drawn on the CPU, so the same on every device).
+        shuffle_seed: seeds the minibatch order; defaults to ``seed``.
+
+    A NaN, infinite or exploding (> ``DIVERGENCE_LOSS``) training or validation loss ends the
+    run with ``diverged=True``. It is seen at the end of the epoch where it happened (the loss
+    is read once per epoch to keep the step loop free of host syncs), so at most one epoch is
+    spent on it; that epoch is not reported.
+    """
+    if isinstance(epochs, bool) or not isinstance(epochs, int) or epochs < 1:
+        raise ValueError(f"epochs must be an int >= 1, but got {epochs=}")
+    device = data.device
+    n, bs = data.train_x.shape[0], config.batch_size
+    steps_per_epoch = math.ceil(n / bs)
+
+    model = build_model(seed, device, data.dtype)
+    optimizer = build_optimizer(model, config)
+    schedule = LRSchedule(config, steps_per_epoch, epochs)
+    initial_lrs = {g["layer"]: g["lr"] for g in optimizer.param_groups}
+    generator = torch.Generator(device=device).manual_seed(seed if shuffle_seed is None else shuffle_seed)
+
+    val_losses: list[float] = []
+    val_accs: list[float] = []
+    train_losses: list[float] = []
+    epoch_seconds: list[float] = []
+    diverged = stopped = False
+
+    for epoch in range(1, epochs + 1):
+        t0 = time.perf_counter()
+        model.train()
+        perm = torch.randperm(n, device=device, generator=generator)
+        loss_sum = torch.zeros((), device=device, dtype=data.dtype)
+        for i in range(0, n, bs):
+            idx = perm[i : i + bs]
+            loss = F.cross_entropy(model(data.train_x[idx]), data.train_y[idx])
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            optimizer.step()
+            loss_sum += loss.detach() * idx.shape[0]  # stays on the device
+            set_lr_factor(optimizer, schedule.step())
+
+        model.eval()
+        sums = _eval_sums(model, data.val_x, data.val_y)
+        train_sum, val_sum, correct = torch.cat([loss_sum.reshape(1), sums]).tolist()  # the epoch's one sync
+        train_loss, val_loss = train_sum / n, val_sum / data.val_x.shape[0]
+        train_losses.append(train_loss)
+        val_losses.append(val_loss)
+        val_accs.append(correct / data.val_x.shape[0])
+        epoch_seconds.append(time.perf_counter() - t0)
+
+        if not all(math.isfinite(v) and v <= DIVERGENCE_LOSS for v in (train_loss, val_loss)):
+            diverged = True
+            break
+        set_lr_factor(optimizer, schedule.epoch_end(val_loss))
+        if report is not None and report(epoch, val_loss):
+            stopped = True
+            break
+
+    finished = val_losses[:-1] if diverged else val_losses  # the diverged epoch never counts
+    feasible = [(loss, i) for i, loss in enumerate(finished)]
+    best_loss, best_i = min(feasible) if feasible else (math.inf, None)
+    return TrainResult(
+        val_losses=val_losses,
+        val_accuracies=val_accs,
+        train_losses=train_losses,
+        epoch_seconds=epoch_seconds,
+        best_epoch=None if best_i is None else best_i + 1,
+        best_val_loss=best_loss,
+        best_val_accuracy=math.nan if best_i is None else val_accs[best_i],
+        diverged=diverged,
+        stopped=stopped,
+        initial_lrs=initial_lrs,
+        final_lrs={g["layer"]: g["lr"] for g in optimizer.param_groups},
+        model=model,
+    )
