@@ -8,7 +8,7 @@ side effects: nothing is loaded, printed or seeded until called.
 """
 
 from objectives.config import DECAYS, OPTIMIZERS, TrainConfig
-from objectives.data import MnistData, MnistDataError, default_data_dir, load_mnist
+from objectives.data import MnistData, MnistDataError, check_mnist, default_data_dir, load_mnist
 from objectives.device import resolve_device
 from objectives.model import LAYERS, MLP, build_model
 from objectives.objective import MnistMLPObjective
@@ -31,6 +31,7 @@ __all__ = [
     "TrainResult",
     "build_model",
     "build_optimizer",
+    "check_mnist",
     "default_data_dir",
     "evaluate",
     "load_mnist",

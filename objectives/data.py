@@ -28,6 +28,7 @@ __all__ = [
     "MNIST_FILES",
     "MnistData",
     "MnistDataError",
+    "check_mnist",
     "default_data_dir",
     "find_mnist_files",
     "load_mnist",
@@ -182,6 +183,17 @@ def _load_raw(root: Path, download: bool) -> tuple[str, dict[str, torch.Tensor]]
             name: _parse_idx(_read_verified(path, name), name) for name, path in found.items()
         }
     return source, _raw_cache[source]
+
+
+def check_mnist(data_dir: str | os.PathLike[str] | None = None, *, download: bool = True) -> str:
+    """Find, checksum and parse the four files (once per process); returns their folder.
+
+    Raises :class:`MnistDataError` with a one-line message, exactly as :func:`load_mnist` would,
+    without building any device tensors.
+    """
+    root = Path(data_dir) if data_dir is not None else default_data_dir()
+    with _lock:
+        return _load_raw(root, download)[0]
 
 
 def load_mnist(

@@ -1,0 +1,145 @@
+"""One place that turns a storage URL into an Optuna storage that is safe to share.
+
+SQLite: the folder is created, the file is switched to WAL (persistent in the file, so readers
+such as optuna-dashboard never block the writers) and every connection waits up to
+``lock_timeout`` seconds for a lock instead of failing with "database is locked".
+PostgreSQL (``postgresql+psycopg://…``, the ``postgres`` extra): connections are checked before
+use and a connection attempt gives up after 10 s instead of hanging.
+Every RDB storage runs heartbeats: a trial whose worker died is marked FAIL once its heartbeat
+is ``grace_period`` seconds old, and is queued again once (``RetryHeartbeatStaleTrialCallback``).
+"""
+
+from __future__ import annotations
+
+import sqlite3
+import warnings
+from pathlib import Path
+
+import optuna
+import sqlalchemy
+from optuna.storages import RDBStorage, RetryHeartbeatStaleTrialCallback
+from sqlalchemy.engine import URL, make_url
+
+__all__ = ["DEFAULT_STORAGE", "StorageError", "dashboard_command", "open_storage", "sqlite_path"]
+
+#: Where ``study.run`` keeps its studies unless told otherwise (relative to the working folder).
+DEFAULT_STORAGE = "sqlite:///studies/lr-study.db"
+
+_EXAMPLES = "e.g. sqlite:///studies/lr-study.db or postgresql+psycopg://user:password@host:5432/db"
+
+
+class StorageError(RuntimeError):
+    """A storage URL that cannot be used; the message is one line naming it and why."""
+
+
+def _one_line(e: BaseException) -> str:
+    text = " ".join(str(e).split())
+    return text[:300] + ("…" if len(text) > 300 else "")
+
+
+def _parse(url: str) -> URL:
+    try:
+        parsed = make_url(url)
+    except (sqlalchemy.exc.ArgumentError, ValueError) as e:
+        raise StorageError(f"malformed storage URL {url!r} ({_one_line(e)}); {_EXAMPLES}") from None
+    try:
+        parsed.get_dialect()
+    except sqlalchemy.exc.NoSuchModuleError:
+        raise StorageError(
+            f"unsupported storage URL {url!r}: no database dialect {parsed.drivername!r}; {_EXAMPLES}"
+        ) from None
+    return parsed
+
+
+def sqlite_path(url: str) -> Path | None:
+    """The database file of a SQLite URL, else None."""
+    parsed = _parse(url)
+    if parsed.get_backend_name() != "sqlite":
+        return None
+    return Path(parsed.database) if parsed.database and parsed.database != ":memory:" else None
+
+
+def _prepare_sqlite(url: str, parsed: URL) -> None:
+    if not parsed.database or parsed.database == ":memory:":
+        raise StorageError(
+            f"in-memory SQLite ({url!r}) cannot be shared by workers or read by the dashboard; "
+            "give a file, e.g. sqlite:///studies/lr-study.db"
+        )
+    path = Path(parsed.database)
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        raise StorageError(f"cannot create the folder {path.parent} for storage {url!r} ({_one_line(e)})") from None
+    if path.is_dir():
+        raise StorageError(f"storage {url!r} names a folder, not a database file: {path}")
+    try:
+        connection = sqlite3.connect(path, timeout=60)
+        try:
+            connection.execute("PRAGMA journal_mode=WAL")
+        finally:
+            connection.close()
+    except sqlite3.DatabaseError as e:  # OperationalError (cannot open) is a subclass
+        raise StorageError(f"storage {url!r}: {path} is not a usable SQLite database ({_one_line(e)})") from None
+
+
+def open_storage(
+    url: str = DEFAULT_STORAGE,
+    *,
+    heartbeat_interval: int = 60,
+    grace_period: int | None = None,
+    max_retry: int = 1,
+    lock_timeout: float = 60.0,
+) -> RDBStorage:
+    """An Optuna RDB storage for ``url`` with heartbeats and the settings described above.
+
+    Args:
+        url: SQLAlchemy URL (``sqlite:///FILE``, ``postgresql+psycopg://…``, any RDB URL).
+        heartbeat_interval: seconds between a running trial's heartbeats.
+        grace_period: seconds without a heartbeat before a trial counts as dead (default: twice
+            the interval).
+        max_retry: how many times a dead worker's trial is queued again.
+        lock_timeout: SQLite only: seconds a connection waits for a lock.
+
+    Raises:
+        StorageError: a malformed or unsupported URL, a folder that cannot be created, a file that
+            is not a database, a server that cannot be reached.
+    """
+    if heartbeat_interval < 1 or (grace_period is not None and grace_period < 1) or max_retry < 0:
+        raise ValueError(f"bad heartbeat settings: {heartbeat_interval=}, {grace_period=}, {max_retry=}")
+    parsed = _parse(url)
+    engine_kwargs: dict[str, object]
+    if parsed.get_backend_name() == "sqlite":
+        _prepare_sqlite(url, parsed)
+        engine_kwargs = {"connect_args": {"timeout": lock_timeout}}
+    elif parsed.get_backend_name() == "postgresql":
+        # many workers: keep a small pool each, drop dead connections, never hang on connect
+        engine_kwargs = {"pool_pre_ping": True, "pool_size": 2, "max_overflow": 4, "connect_args": {"connect_timeout": 10}}
+    else:
+        engine_kwargs = {"pool_pre_ping": True}
+    shown = parsed.render_as_string(hide_password=True)
+    try:
+        with warnings.catch_warnings():
+            # heartbeats are marked experimental in Optuna; they are what makes crashes recoverable
+            warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+            return RDBStorage(
+                url,
+                engine_kwargs=engine_kwargs,
+                heartbeat_interval=heartbeat_interval,
+                grace_period=grace_period or 2 * heartbeat_interval,
+                heartbeat_stale_trial_callback=RetryHeartbeatStaleTrialCallback(max_retry=max_retry),
+            )
+    except ImportError as e:  # the dialect exists but its database driver is not installed
+        raise StorageError(
+            f"storage {shown!r} needs the database driver for {parsed.drivername!r}, which is not "
+            f"installed ({_one_line(e.__cause__ or e)}); for PostgreSQL: pip install 'lr-study[postgres]'"
+        ) from None
+    except (sqlalchemy.exc.SQLAlchemyError, RuntimeError, OSError) as e:
+        raise StorageError(f"cannot open storage {shown!r}: {_one_line(e)}") from None
+
+
+def dashboard_command(url: str) -> str:
+    """The ``optuna-dashboard`` command for ``url``, with SQLite paths made absolute."""
+    path = sqlite_path(url)
+    if path is not None:
+        url = f"sqlite:///{path.resolve()}"
+    return f"optuna-dashboard {url}"
