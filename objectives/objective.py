@@ -92,7 +92,8 @@ class MnistMLPObjective:
 
         def report(epoch: int, val_loss: float) -> bool:
             trial.report(val_loss, epoch)
-            return trial.should_prune()
+            # after the last epoch there is nothing left to save: the trial is complete
+            return epoch < self.epochs and trial.should_prune()
 
         result = train(config, self.data, self.epochs, report=report, seed=seed)
 

@@ -39,8 +39,9 @@ def test_study_records_params_curves_and_user_attrs(mnist_dir) -> None:
 
 
 def test_threshold_pruner_prunes_after_first_epoch(mnist_dir) -> None:
-    study = optuna.create_study(pruner=optuna.pruners.ThresholdPruner(upper=0.0))
-    study.optimize(objective(mnist_dir), n_trials=2)
+    study = optuna.create_study(sampler=optuna.samplers.RandomSampler(seed=0),
+                                pruner=optuna.pruners.ThresholdPruner(upper=0.0))
+    study.optimize(objective(mnist_dir, space=SearchSpace(optimizers=("adam",), lr_adam=(1e-4, 1e-3))), n_trials=2)
     for trial in study.trials:
         assert trial.state == TrialState.PRUNED
         assert list(trial.intermediate_values) == [1] and trial.user_attrs["epochs_run"] == 1
