@@ -1,0 +1,1 @@
+"""The lr-study command line: `python -m study.run` runs or resumes the study."""

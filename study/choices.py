@@ -1,0 +1,75 @@
+"""Samplers and pruners by name, as `study.run` offers them."""
+
+from __future__ import annotations
+
+import importlib
+import math
+import warnings
+
+import optuna
+
+__all__ = ["PRUNERS", "SAMPLERS", "SamplerUnavailable", "make_pruner", "make_sampler", "warmup_epochs"]
+
+SAMPLERS = ("tpe", "random", "cmaes", "gp", "qmc")
+PRUNERS = ("median", "hyperband", "sha", "patient", "none")
+
+# what each sampler needs beyond optuna (the `samplers` extra installs them)
+_NEEDS = {"cmaes": ("cmaes",), "gp": ("scipy",), "qmc": ("scipy",)}
+
+
+class SamplerUnavailable(RuntimeError):
+    """The sampler's optional dependency is missing; the message says what to install."""
+
+
+def make_sampler(name: str, seed: int) -> optuna.samplers.BaseSampler:
+    """A seeded sampler. TPE models the conditional space by groups (``group=True``), so each
+    optimizer's LR and each decay's parameters are learned from the trials that have them;
+    the others fall back to random sampling for the conditional parameters they cannot model."""
+    if name not in SAMPLERS:
+        raise ValueError(f"sampler must be one of {SAMPLERS}, but got {name=}")
+    for module in _NEEDS.get(name, ()):
+        try:
+            importlib.import_module(module)
+        except ImportError:
+            raise SamplerUnavailable(
+                f"--sampler {name} needs the package {module!r}, which is not installed: "
+                "pip install 'lr-study[samplers]'"
+            ) from None
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+        if name == "tpe":
+            return optuna.samplers.TPESampler(seed=seed, multivariate=True, group=True)
+        if name == "random":
+            return optuna.samplers.RandomSampler(seed=seed)
+        if name == "cmaes":
+            return optuna.samplers.CmaEsSampler(seed=seed, warn_independent_sampling=False)
+        if name == "gp":
+            return optuna.samplers.GPSampler(seed=seed, warn_independent_sampling=False)
+        return optuna.samplers.QMCSampler(seed=seed, warn_independent_sampling=False)
+
+
+def warmup_epochs(epochs: int) -> int:
+    """Epochs a trial runs before the median rule may prune it: a fifth of the budget, at least 2.
+
+    Slow starters (small-LR SGD, schedules that decay late, Adagrad) sit above the median for
+    the first epochs and overtake later; by a fifth of the epochs the curves have mostly
+    sorted themselves out, and four fifths of the budget can still be saved.
+    """
+    return max(2, math.ceil(epochs / 5))
+
+
+def make_pruner(name: str, epochs: int) -> optuna.pruners.BasePruner:
+    """The pruner ``name`` for trials that report epochs 1..``epochs``."""
+    if name not in PRUNERS:
+        raise ValueError(f"pruner must be one of {PRUNERS}, but got {name=}")
+    warmup = warmup_epochs(epochs)
+    median = optuna.pruners.MedianPruner(n_startup_trials=5, n_warmup_steps=warmup)
+    if name == "median":
+        return median
+    if name == "patient":  # prune only after 2 more epochs that do not improve on the trial's best
+        return optuna.pruners.PatientPruner(median, patience=2)
+    if name == "hyperband":  # brackets hedge between early and late judgement themselves
+        return optuna.pruners.HyperbandPruner(min_resource=1, max_resource=epochs, reduction_factor=3)
+    if name == "sha":
+        return optuna.pruners.SuccessiveHalvingPruner(min_resource=warmup, reduction_factor=3)
+    return optuna.pruners.NopPruner()

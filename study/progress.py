@@ -1,0 +1,104 @@
+"""What `study.run` prints: one line per finished trial, and the summary at the end."""
+
+from __future__ import annotations
+
+import math
+
+import optuna
+from optuna.distributions import FloatDistribution, IntDistribution
+from optuna.trial import FrozenTrial, TrialState
+
+__all__ = ["FINISHED", "TrialLog", "count_states", "edge_warnings", "summary"]
+
+FINISHED = (TrialState.COMPLETE, TrialState.PRUNED)  # what counts towards --trials
+
+
+def count_states(study: optuna.Study) -> dict[TrialState, int]:
+    counts = {state: 0 for state in TrialState}
+    for trial in study.get_trials(deepcopy=False):
+        counts[trial.state] += 1
+    return counts
+
+
+def _fmt(value: object) -> str:
+    if isinstance(value, float):
+        return f"{value:.3g}" if value != 0 and (abs(value) < 1e-2 or abs(value) >= 1e3) else f"{value:.4g}"
+    return str(value)
+
+
+def _key_params(trial: FrozenTrial) -> str:
+    params = trial.params
+    opt = params.get("optimizer", "?")
+    parts = [str(opt), f"lr {_fmt(params.get(f'lr_{opt}', math.nan))}", str(params.get("decay", "?"))]
+    mults = [f"{_fmt(v)}" for k, v in sorted(params.items()) if k.startswith("lr_mult_")]
+    if mults:
+        parts.append("mult " + "/".join(mults))
+    return " ".join(parts)
+
+
+class TrialLog:
+    """Optuna callback: ``[finished/target] #n STATE value, epochs, key params, seconds``."""
+
+    def __init__(self, target: int, prefix: str = "") -> None:
+        self.target = target
+        self.prefix = prefix
+
+    def __call__(self, study: optuna.Study, trial: FrozenTrial) -> None:
+        finished = len(study.get_trials(deepcopy=False, states=FINISHED))
+        attrs = trial.user_attrs
+        if trial.state == TrialState.COMPLETE:
+            outcome = f"val_loss {trial.value:.4f} acc {100 * attrs.get('val_accuracy', math.nan):.2f}%"
+        elif trial.state == TrialState.PRUNED:
+            outcome = "diverged" if attrs.get("diverged") else f"pruned at {_fmt(trial.value) if trial.value is not None else '-'}"
+        else:
+            outcome = trial.state.name.lower()
+        seconds = (trial.datetime_complete - trial.datetime_start).total_seconds() if trial.datetime_complete else math.nan
+        width = len(str(self.target))
+        print(
+            f"{self.prefix}[{finished:>{width}}/{self.target}] trial {trial.number:>3} {trial.state.name:<8} "
+            f"{outcome:<28} {attrs.get('epochs_run', 0):>3} ep  {_key_params(trial)}  {seconds:.1f} s",
+            flush=True,
+        )
+
+
+def edge_warnings(trial: FrozenTrial, margin: float = 0.02) -> list[str]:
+    """Params of ``trial`` within ``margin`` (of the range, on its own scale) of a range edge."""
+    out = []
+    for name, dist in trial.distributions.items():
+        if not isinstance(dist, (FloatDistribution, IntDistribution)) or dist.low == dist.high:
+            continue
+        value = trial.params[name]
+        if dist.log:
+            pos = (math.log(value) - math.log(dist.low)) / (math.log(dist.high) - math.log(dist.low))
+        else:
+            pos = (value - dist.low) / (dist.high - dist.low)
+        if pos <= margin or pos >= 1 - margin:
+            edge = "lower" if pos <= margin else "upper"
+            out.append(f"{name} = {_fmt(value)} is at the {edge} edge of [{_fmt(dist.low)}, {_fmt(dist.high)}]: "
+                       "the best may lie outside the range; widen it")
+    return out
+
+
+def summary(study: optuna.Study, *, target: int, wall_seconds: float, new_trials: int, dashboard: str) -> str:
+    counts = count_states(study)
+    finished = counts[TrialState.COMPLETE] + counts[TrialState.PRUNED]
+    lines = [
+        f"study {study.study_name!r}: {finished} finished of {target} "
+        f"({counts[TrialState.COMPLETE]} complete, {counts[TrialState.PRUNED]} pruned), "
+        f"{counts[TrialState.FAIL]} failed, {counts[TrialState.RUNNING]} running; "
+        f"this run: {new_trials} trials in {wall_seconds:.1f} s",
+    ]
+    try:
+        best = study.best_trial
+    except ValueError:
+        lines.append("best: none yet (no trial completed)")
+    else:
+        attrs = best.user_attrs
+        lines.append(
+            f"best: trial {best.number}, val_loss {best.value:.4f}, val accuracy "
+            f"{100 * attrs.get('val_accuracy', math.nan):.2f}% at epoch {attrs.get('best_epoch', '?')}"
+        )
+        lines.append("  " + ", ".join(f"{k}={_fmt(v)}" for k, v in best.params.items()))
+        lines.extend(f"  warning: {w}" for w in edge_warnings(best))
+    lines.append(f"inspect: {dashboard}")
+    return "\n".join(lines)

@@ -1,0 +1,329 @@
+"""`python -m study.run`: the MNIST-MLP learning-rate study, stored so that optuna-dashboard shows it.
+
+    python -m study.run --trials 100
+
+`--trials N` is the study's total target of finished (COMPLETE + PRUNED) trials: a rerun of
+the same command resumes an interrupted study up to N, and on a finished one says so and adds
+nothing. Exit codes: 0 done, 2 bad input (one line on stderr, nothing stored is changed),
+130 interrupted (Ctrl-C or SIGTERM; the trials in flight are marked FAIL; rerun to resume),
+1 a worker failed.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib.metadata
+import multiprocessing
+import os
+import platform
+import shlex
+import signal
+import sys
+import time
+import warnings
+from dataclasses import asdict, dataclass
+
+import numpy as np
+import optuna
+import torch
+
+from objectives import MnistDataError, MnistMLPObjective, SearchSpace, check_mnist, resolve_device
+from objectives.data import SPLIT_SEED, TRAIN_SIZE, VAL_SIZE
+from storage import DEFAULT_STORAGE, StorageError, dashboard_command, open_storage
+from study.choices import PRUNERS, SAMPLERS, SamplerUnavailable, make_pruner, make_sampler, warmup_epochs
+from study.progress import FINISHED, TrialLog, summary
+
+DEFAULT_STUDY_NAME = "mnist-mlp-lr"
+EXIT_OK, EXIT_FAILED, EXIT_USAGE, EXIT_INTERRUPTED = 0, 1, 2, 130
+
+
+class UsageError(Exception):
+    """A user's mistake: printed as one line, exit code 2."""
+
+
+class _Parser(argparse.ArgumentParser):
+    def error(self, message: str) -> None:  # one line, not argparse's usage block
+        self.exit(EXIT_USAGE, f"{self.prog}: error: {message} (see --help)\n")
+
+
+def _int_at_least(low: int, high: int | None = None):
+    def parse(text: str) -> int:
+        try:
+            value = int(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"expected an integer, but got {text!r}") from None
+        if value < low or (high is not None and value > high):
+            bound = f">= {low}" if high is None else f"in [{low}, {high}]"
+            raise argparse.ArgumentTypeError(f"must be {bound}, but got {text!r}")
+        return value
+
+    return parse
+
+
+def _positive_float(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number of seconds, but got {text!r}") from None
+    if not value > 0:
+        raise argparse.ArgumentTypeError(f"must be > 0, but got {text!r}")
+    return value
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = _Parser(prog="python -m study.run", description="Run (or resume) the MNIST-MLP learning-rate study.",
+                formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    p.add_argument("--trials", type=_int_at_least(1), default=100,
+                   help="the study's total target of finished (complete + pruned) trials")
+    p.add_argument("--epochs", type=_int_at_least(1), default=20, help="epochs per trial")
+    p.add_argument("--storage", default=DEFAULT_STORAGE, help="Optuna storage URL (SQLite file or postgresql+psycopg://…)")
+    p.add_argument("--study-name", default=DEFAULT_STUDY_NAME, help="study name in the storage")
+    p.add_argument("--sampler", choices=SAMPLERS, default="tpe", help="Optuna sampler (seeded)")
+    p.add_argument("--pruner", choices=PRUNERS, default="median", help="Optuna pruner, on the per-epoch validation loss")
+    p.add_argument("--seed", type=_int_at_least(0), default=0, help="seeds the sampler and the trials (trial n: seed + n)")
+    p.add_argument("--device", default="auto", help="auto|cpu|cuda|cuda:N")
+    p.add_argument("--data-dir", default=None, help="MNIST folder (default: $STUDY_DATA_DIR, else ./data)")
+    p.add_argument("--train-samples", type=_int_at_least(1, TRAIN_SIZE), default=None,
+                   help=f"train on a subset of the {TRAIN_SIZE} training images (default: all)")
+    p.add_argument("--batch-size", type=_int_at_least(1), default=128, help="examples per step")
+    p.add_argument("--timeout", type=_positive_float, default=None, help="stop starting trials after this many seconds")
+    p.add_argument("--workers", type=_int_at_least(1), default=1,
+                   help="processes on this machine working on the study (spread over the GPUs)")
+    p.add_argument("--heartbeat-interval", type=_int_at_least(1), default=60,
+                   help="seconds between a running trial's heartbeats; a trial silent for twice this is FAIL and retried once")
+    return p
+
+
+@dataclass(frozen=True)
+class Settings:
+    """The parsed command, passed to worker processes."""
+
+    trials: int
+    epochs: int
+    storage: str
+    study_name: str
+    sampler: str
+    pruner: str
+    seed: int
+    device: str
+    data_dir: str | None
+    train_samples: int | None
+    batch_size: int
+    timeout: float | None
+    workers: int
+    heartbeat_interval: int
+
+
+def _fingerprint(s: Settings) -> dict[str, object]:
+    """What must match for trials to belong to one study (and be compared with each other)."""
+    return {
+        "objective": "objectives.MnistMLPObjective",
+        "dataset": "MNIST",
+        "split": f"{TRAIN_SIZE}/{VAL_SIZE} seed {SPLIT_SEED}",
+        "epochs": s.epochs,
+        "batch_size": s.batch_size,
+        "train_samples": s.train_samples or TRAIN_SIZE,
+        "search_space": SearchSpace().as_dict(),
+    }
+
+
+def _versions() -> dict[str, str]:
+    out = {"python": platform.python_version()}
+    for dist in ("lr-study", "torch", "torchvision", "optuna", "optuna-dashboard", "sqlalchemy"):
+        try:
+            out[dist] = importlib.metadata.version(dist)
+        except importlib.metadata.PackageNotFoundError:
+            out[dist] = "not installed"
+    return out
+
+
+def _device_name(device: torch.device) -> str:
+    if device.type == "cuda":
+        return f"{device} ({torch.cuda.get_device_name(device)})"
+    return f"cpu ({torch.get_num_threads()} threads, {platform.processor() or platform.machine()})"
+
+
+def _worker_device(s: Settings, worker: int) -> str:
+    """Spread workers over the GPUs when the device is not pinned to one."""
+    if s.device in ("auto", "cuda") and torch.cuda.is_available() and torch.cuda.device_count() > 1:
+        return f"cuda:{worker % torch.cuda.device_count()}"
+    return s.device
+
+
+def _sampler_seed(seed: int, n_existing: int, worker: int) -> int:
+    # A resumed run or another worker must not replay the first run's random draws (that would
+    # repeat configs), yet the same command on the same history must draw the same.
+    return int(np.random.SeedSequence([seed, n_existing, worker]).generate_state(1)[0])
+
+
+def _finished(study: optuna.Study) -> int:
+    return len(study.get_trials(deepcopy=False, states=FINISHED))
+
+
+def _raise_interrupt(signum: int, frame: object) -> None:
+    raise KeyboardInterrupt  # SIGTERM ends a trial like Ctrl-C: marked FAIL, never left RUNNING
+
+
+def _optimize(s: Settings, worker: int, n_existing: int, prefix: str = "") -> None:
+    """Work on the study until it has ``s.trials`` finished trials (or the timeout passes)."""
+    storage = open_storage(s.storage, heartbeat_interval=s.heartbeat_interval)
+    study = optuna.load_study(
+        study_name=s.study_name,
+        storage=storage,
+        sampler=make_sampler(s.sampler, _sampler_seed(s.seed, n_existing, worker)),
+        pruner=make_pruner(s.pruner, s.epochs),
+    )
+    objective = MnistMLPObjective(
+        s.epochs, device=_worker_device(s, worker), data_dir=s.data_dir,
+        train_samples=s.train_samples, batch_size=s.batch_size, seed=s.seed,
+    )
+    objective.data  # noqa: B018 - load once, before the first trial, so no trial pays for it
+    if _finished(study) >= s.trials:
+        return
+    study.optimize(
+        objective,
+        timeout=s.timeout,
+        callbacks=[
+            optuna.study.MaxTrialsCallback(s.trials, states=FINISHED),  # counts pruned ones too
+            TrialLog(s.trials, prefix),
+        ],
+    )
+
+
+def _worker_main(s: Settings, worker: int, n_existing: int) -> None:
+    """Entry point of a ``--workers`` child process."""
+    # The parent relays Ctrl-C as one SIGTERM; a terminal's SIGINT to the whole group is ignored
+    # here so that a trial is not interrupted twice while it is being marked FAIL.
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    signal.signal(signal.SIGTERM, _raise_interrupt)
+    optuna.logging.set_verbosity(optuna.logging.ERROR)
+    if resolve_device(_worker_device(s, worker)).type == "cpu":
+        torch.set_num_threads(max(1, (os.cpu_count() or 1) // s.workers))  # share the cores
+    try:
+        _optimize(s, worker, n_existing, prefix=f"w{worker} ")
+    except KeyboardInterrupt:
+        sys.exit(EXIT_INTERRUPTED)
+
+
+def _run_workers(s: Settings, n_existing: int) -> int:
+    ctx = multiprocessing.get_context("spawn")  # CUDA cannot be forked
+    procs = [ctx.Process(target=_worker_main, args=(s, i, n_existing), name=f"study-worker-{i}") for i in range(s.workers)]
+    for proc in procs:
+        proc.start()
+    interrupted = False
+    try:
+        for proc in procs:
+            proc.join()
+    except KeyboardInterrupt:
+        interrupted = True
+        signal.signal(signal.SIGINT, signal.SIG_IGN)
+        for proc in procs:
+            if proc.is_alive():
+                proc.terminate()  # SIGTERM: the child marks its trial FAIL and exits
+        for proc in procs:
+            proc.join(timeout=30)
+            if proc.is_alive():
+                proc.kill()
+    codes = [proc.exitcode for proc in procs]
+    if interrupted or EXIT_INTERRUPTED in codes:
+        return EXIT_INTERRUPTED
+    failed = [f"worker {i} exited with {code}" for i, code in enumerate(codes) if code != 0]
+    if failed:
+        print(f"error: {'; '.join(failed)}", file=sys.stderr)
+        return EXIT_FAILED
+    return EXIT_OK
+
+
+def _open_study(s: Settings, argv: list[str], device: torch.device) -> optuna.Study:
+    """Create the study, or load it after checking that it is the same experiment."""
+    storage = open_storage(s.storage, heartbeat_interval=s.heartbeat_interval)
+    fingerprint = _fingerprint(s)
+    command = "python -m study.run " + shlex.join(argv)
+    try:
+        study = optuna.load_study(study_name=s.study_name, storage=storage)
+    except KeyError:
+        study = optuna.create_study(storage=storage, study_name=s.study_name, direction="minimize")
+        study.set_metric_names(["val_loss"])
+        attrs = {
+            "fingerprint": fingerprint,
+            "data": {"dataset": "MNIST", "source": check_mnist(s.data_dir), "train_samples": s.train_samples or TRAIN_SIZE,
+                     "val_samples": VAL_SIZE, "split_seed": SPLIT_SEED},
+            "epochs": s.epochs,
+            "batch_size": s.batch_size,
+            "device": _device_name(device),
+            "sampler": s.sampler,
+            "pruner": s.pruner,
+            "median_warmup_epochs": warmup_epochs(s.epochs),
+            "seed": s.seed,
+            "versions": _versions(),
+            "command": command,
+        }
+        for key, value in attrs.items():
+            study.set_user_attr(key, value)
+        return study
+    if study.direction != optuna.study.StudyDirection.MINIMIZE:
+        raise UsageError(f"study {s.study_name!r} in {s.storage} maximizes; this study minimizes val_loss: use another --study-name")
+    stored = study.user_attrs.get("fingerprint")
+    if stored != fingerprint:
+        if stored is None:
+            raise UsageError(f"study {s.study_name!r} in {s.storage} was not created by study.run; use another --study-name")
+        diff = ", ".join(f"{k}: stored {stored.get(k)!r}, now {v!r}" for k, v in fingerprint.items() if stored.get(k) != v)
+        raise UsageError(f"study {s.study_name!r} in {s.storage} is another experiment ({diff}); "
+                         "use the same settings to resume, or another --study-name")
+    study.set_user_attr("last_command", command)
+    return study
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
+    args = build_parser().parse_args(argv)
+    s = Settings(**vars(args))
+    optuna.logging.set_verbosity(optuna.logging.ERROR)  # our own line per trial instead
+    warnings.filterwarnings("ignore", category=optuna.exceptions.ExperimentalWarning)
+    # SIGINT too: a shell that starts us in the background leaves it ignored, and Python keeps that
+    signal.signal(signal.SIGINT, signal.default_int_handler)
+    signal.signal(signal.SIGTERM, _raise_interrupt)
+    started = time.perf_counter()
+    try:
+        # everything a user can get wrong is checked before the storage is touched
+        device = resolve_device(s.device)
+        make_sampler(s.sampler, s.seed)
+        check_mnist(s.data_dir)
+        study = _open_study(s, argv, device)
+    except (ValueError, UsageError, SamplerUnavailable, MnistDataError, StorageError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        return EXIT_USAGE
+
+    n_existing = len(study.get_trials(deepcopy=False))
+    before = _finished(study)
+    dashboard = dashboard_command(s.storage)
+    if before >= s.trials:
+        print(f"study {s.study_name!r} already has {before} finished trials (target {s.trials}); nothing to do.")
+        print(f"inspect: {dashboard}")
+        return EXIT_OK
+    print(f"study {s.study_name!r} in {s.storage}: {before} of {s.trials} trials finished; "
+          f"{s.epochs} epochs each on {_device_name(device)}, sampler {s.sampler}, pruner {s.pruner}, "
+          f"{s.workers} worker(s)", flush=True)
+
+    code = EXIT_OK
+    try:
+        if s.workers == 1:
+            _optimize(s, 0, n_existing)
+        else:
+            code = _run_workers(s, n_existing)
+    except KeyboardInterrupt:
+        code = EXIT_INTERRUPTED
+    except (MnistDataError, StorageError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        return EXIT_USAGE
+
+    study = optuna.load_study(study_name=s.study_name, storage=open_storage(s.storage, heartbeat_interval=s.heartbeat_interval))
+    new = len(study.get_trials(deepcopy=False)) - n_existing
+    print(summary(study, target=s.trials, wall_seconds=time.perf_counter() - started, new_trials=new, dashboard=dashboard))
+    if code == EXIT_INTERRUPTED:
+        print(f"interrupted: {_finished(study)} of {s.trials} trials finished; run the same command to resume.", file=sys.stderr)
+    return code
+
+
+if __name__ == "__main__":
+    sys.exit(main())

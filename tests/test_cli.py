@@ -1,0 +1,193 @@
+"""`python -m study.run` end to end on the CPU with small budgets, in real SQLite files."""
+
+from __future__ import annotations
+
+import os
+import signal
+import sqlite3
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import optuna
+import pytest
+from optuna.trial import TrialState
+
+from study.run import main
+
+ROOT = Path(__file__).resolve().parents[1]
+SMALL = ["--epochs", "2", "--train-samples", "2000", "--device", "cpu"]
+FINISHED = (TrialState.COMPLETE, TrialState.PRUNED)
+
+
+def run_cli(*args: str, cwd: Path, timeout: float = 240) -> subprocess.CompletedProcess[str]:
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    return subprocess.run([sys.executable, "-m", "study.run", *args], capture_output=True, text=True,
+                          cwd=cwd, env=env, timeout=timeout)
+
+
+def load(url: str, name: str = "mnist-mlp-lr") -> optuna.Study:
+    return optuna.load_study(study_name=name, storage=url)
+
+
+def snapshot(url: str) -> list[tuple]:
+    study = load(url)
+    return [(t.number, t.state, t.value, t.params, t.intermediate_values) for t in study.trials]
+
+
+@pytest.fixture(scope="module")
+def finished_study(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, str]:
+    """A study of 3 finished trials written by study.run in its default place."""
+    cwd = tmp_path_factory.mktemp("cli")
+    done = run_cli("--trials", "3", *SMALL, cwd=cwd)
+    assert done.returncode == 0, done.stderr
+    return cwd, f"sqlite:///{cwd / 'studies' / 'lr-study.db'}"
+
+
+def test_run_records_trials_and_reproducibility(finished_study: tuple[Path, str]) -> None:
+    cwd, url = finished_study
+    assert (cwd / "studies" / "lr-study.db").is_file()  # the default storage, folder created
+    study = load(url)
+    assert len(study.get_trials(states=FINISHED)) == 3 and study.metric_names == ["val_loss"]
+    attrs = study.user_attrs
+    assert attrs["epochs"] == 2 and attrs["batch_size"] == 128 and attrs["sampler"] == "tpe"
+    assert attrs["command"] == "python -m study.run --trials 3 " + " ".join(SMALL)
+    assert attrs["data"]["train_samples"] == 2000 and attrs["device"].startswith("cpu")
+    assert {"torch", "optuna", "python"} <= set(attrs["versions"])
+    for trial in study.get_trials(states=FINISHED):
+        assert {"val_accuracy", "epochs_run", "seed", "lr"} <= set(trial.user_attrs) or trial.user_attrs["diverged"]
+        assert trial.intermediate_values or trial.user_attrs["diverged"]
+    with sqlite3.connect(cwd / "studies" / "lr-study.db") as db:  # WAL, for readers beside writers
+        assert db.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
+
+
+def test_rerun_with_same_n_adds_nothing_and_larger_n_resumes(tmp_path: Path) -> None:
+    url = f"sqlite:///{tmp_path / 'deep' / 'er' / 'study.db'}"
+    first = run_cli("--trials", "2", "--storage", url, *SMALL, cwd=tmp_path)
+    assert first.returncode == 0, first.stderr
+    assert "inspect: optuna-dashboard sqlite:///" in first.stdout and "[2/2] trial" in first.stdout
+    before = snapshot(url)
+    again = run_cli("--trials", "2", "--storage", url, *SMALL, cwd=tmp_path)
+    assert again.returncode == 0 and "nothing to do" in again.stdout
+    assert snapshot(url) == before
+    more = run_cli("--trials", "4", "--storage", url, *SMALL, cwd=tmp_path)
+    assert more.returncode == 0, more.stderr
+    after = snapshot(url)
+    assert after[:2] == before and len([t for t in after if t[1] in FINISHED]) == 4
+    # the resumed run does not replay the first run's random draws
+    assert all(t[3] != old[3] for t in after[2:] for old in before)
+
+
+BAD_INPUTS = [
+    (["--trials", "0"], "--trials"),
+    (["--trials", "-5"], "--trials"),
+    (["--trials", "abc"], "'abc'"),
+    (["--epochs", "0"], "--epochs"),
+    (["--sampler", "nope"], "'nope'"),
+    (["--pruner", "nope"], "'nope'"),
+    (["--device", "tpu"], "device='tpu'"),
+    (["--train-samples", "0"], "--train-samples"),
+    (["--workers", "0"], "--workers"),
+    (["--timeout", "-1"], "--timeout"),
+    (["--storage", "nope://x"], "nope://x"),
+    (["--storage", "not a url"], "not a url"),
+    (["--data-dir", "{empty}"], "MNIST not found"),
+    (["--epochs", "3"], "epochs: stored 2, now 3"),  # same study name, another experiment
+]
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("args, named", BAD_INPUTS, ids=[" ".join(a) for a, _ in BAD_INPUTS])
+def test_bad_input_is_one_line_exit_2_and_changes_nothing(finished_study, tmp_path: Path, args, named) -> None:
+    cwd, url = finished_study
+    args = [a.replace("{empty}", str(tmp_path)) for a in args]
+    before = snapshot(url)
+    # the flags under test come last, so they override the defaults in SMALL
+    done = run_cli("--trials", "5", "--storage", url, *SMALL, *args, cwd=cwd)
+    assert done.returncode == 2
+    lines = done.stderr.strip().splitlines()
+    assert len(lines) == 1, done.stderr
+    assert named in lines[0] and "Traceback" not in done.stderr
+    assert snapshot(url) == before
+
+
+def test_storage_that_is_not_a_database(tmp_path: Path) -> None:
+    path = tmp_path / "notes.db"
+    path.write_text("my notes, not a database\n")
+    done = run_cli("--storage", f"sqlite:///{path}", *SMALL, cwd=tmp_path)
+    assert done.returncode == 2 and len(done.stderr.strip().splitlines()) == 1
+    assert "not a usable SQLite database" in done.stderr
+    assert path.read_text() == "my notes, not a database\n"
+
+
+def test_storage_folder_that_cannot_be_created(tmp_path: Path) -> None:
+    (tmp_path / "file").write_text("")
+    done = run_cli("--storage", f"sqlite:///{tmp_path / 'file' / 'sub' / 'x.db'}", *SMALL, cwd=tmp_path)
+    assert done.returncode == 2 and "cannot create the folder" in done.stderr
+    assert len(done.stderr.strip().splitlines()) == 1
+
+
+# each sampler with the default pruner, each pruner with the default sampler
+COMBINATIONS = [(s, "median") for s in ("tpe", "random", "cmaes", "gp", "qmc")] + [
+    ("tpe", p) for p in ("hyperband", "sha", "patient", "none")]
+
+
+@pytest.mark.parametrize("sampler, pruner", COMBINATIONS)
+def test_every_sampler_and_pruner_runs(tmp_path: Path, sampler: str, pruner: str) -> None:
+    url = f"sqlite:///{tmp_path / 's.db'}"
+    code = main(["--trials", "2", "--storage", url, "--sampler", sampler, "--pruner", pruner, *SMALL])
+    assert code == 0
+    study = load(url)
+    assert len(study.get_trials(states=FINISHED)) == 2 and study.user_attrs["sampler"] == sampler
+
+
+def test_sampler_without_its_dependency_is_a_clear_error(tmp_path: Path, monkeypatch, capsys) -> None:
+    monkeypatch.setitem(sys.modules, "cmaes", None)  # as if not installed
+    assert main(["--sampler", "cmaes", "--storage", f"sqlite:///{tmp_path / 's.db'}", *SMALL]) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and "pip install 'lr-study[samplers]'" in err
+    assert not (tmp_path / "s.db").exists()
+
+
+@pytest.mark.slow
+def test_ctrl_c_marks_the_trial_failed_exits_130_and_rerun_completes(tmp_path: Path) -> None:
+    url = f"sqlite:///{tmp_path / 'c.db'}"
+    args = ["--trials", "2", "--storage", url, "--epochs", "40", "--train-samples", "2000", "--device", "cpu",
+            "--pruner", "none"]
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    proc = subprocess.Popen([sys.executable, "-m", "study.run", *args], cwd=tmp_path, env=env,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    deadline = time.monotonic() + 120
+    while time.monotonic() < deadline:  # wait until the first trial is running
+        try:
+            if any(t.state == TrialState.RUNNING for t in load(url).trials):
+                break
+        except KeyError:  # the study is not created yet
+            pass
+        time.sleep(0.2)
+    else:
+        proc.kill()
+        pytest.fail("no trial started")
+    time.sleep(1.0)
+    proc.send_signal(signal.SIGINT)
+    out, err = proc.communicate(timeout=30)
+    assert proc.returncode == 130, err
+    assert "run the same command to resume" in err
+    states = [t.state for t in load(url).trials]
+    assert TrialState.RUNNING not in states and TrialState.FAIL in states
+    again = run_cli(*args, cwd=tmp_path)
+    assert again.returncode == 0, again.stderr
+    states = [t.state for t in load(url).trials]
+    assert sum(s in FINISHED for s in states) == 2 and TrialState.RUNNING not in states
+
+
+@pytest.mark.slow
+def test_workers_share_the_budget(tmp_path: Path) -> None:
+    url = f"sqlite:///{tmp_path / 'w.db'}"
+    done = run_cli("--trials", "4", "--workers", "2", "--storage", url, *SMALL, cwd=tmp_path)
+    assert done.returncode == 0, done.stderr
+    states = [t.state for t in load(url).trials]
+    assert 4 <= sum(s in FINISHED for s in states) <= 4 + 2 - 1
+    assert TrialState.RUNNING not in states
+    assert "w0 [" in done.stdout and "w1 [" in done.stdout  # both workers took trials

@@ -1,0 +1,73 @@
+"""optuna-dashboard, as a real process on loopback, shows what study.run stored."""
+
+from __future__ import annotations
+
+import json
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+from pathlib import Path
+
+import pytest
+
+from study.run import main
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def get(url: str) -> dict:
+    with urllib.request.urlopen(url, timeout=5) as response:
+        return json.load(response)
+
+
+@pytest.mark.slow
+def test_dashboard_shows_trials_params_curves_and_user_attrs(tmp_path: Path) -> None:
+    storage = f"sqlite:///{tmp_path / 'dash.db'}"
+    assert main(["--trials", "3", "--storage", storage, "--epochs", "3", "--train-samples", "2000",
+                 "--device", "cpu", "--pruner", "none"]) == 0
+
+    port = free_port()
+    dashboard = Path(sys.executable).with_name("optuna-dashboard")
+    proc = subprocess.Popen([str(dashboard), storage, "--host", "127.0.0.1", "--port", str(port), "--quiet"],
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+    base = f"http://127.0.0.1:{port}"
+    try:
+        deadline = time.monotonic() + 60
+        while True:
+            try:
+                studies = get(f"{base}/api/studies")["study_summaries"]
+                break
+            except OSError:
+                if proc.poll() is not None or time.monotonic() > deadline:
+                    pytest.fail(f"optuna-dashboard did not come up: {proc.stdout.read().decode() if proc.poll() is not None else 'timeout'}")
+                time.sleep(0.3)
+        [summary] = [s for s in studies if s["study_name"] == "mnist-mlp-lr"]
+        detail = get(f"{base}/api/studies/{summary['study_id']}")
+        trials = detail["trials"]
+        assert len(trials) == 3
+        for trial in trials:
+            params = {p["name"] for p in trial["params"]}
+            assert {"optimizer", "decay", "lr_mult_fc1", "lr_mult_fc2"} <= params
+            assert any(name.startswith("lr_") and name[3:] in ("sgd", "adam", "adamw", "rmsprop", "adagrad") for name in params)
+            attrs = {a["key"] for a in trial["user_attrs"]}
+            assert {"epochs_run", "diverged", "seed", "lr"} <= attrs
+            if trial["state"] == "Complete":
+                steps = [v["step"] for v in trial["intermediate_values"]]
+                assert steps == [1, 2, 3]  # the learning curve, one point per epoch
+                assert "val_accuracy" in attrs
+        assert detail["has_intermediate_values"] is True
+        assert detail.get("objective_names") == ["val_loss"]  # the metric name set by study.run
+    finally:
+        proc.terminate()
+        try:
+            proc.wait(timeout=10)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+    assert proc.returncode is not None
