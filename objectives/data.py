@@ -185,6 +185,14 @@ def _load_raw(root: Path, download: bool) -> tuple[str, dict[str, torch.Tensor]]
     return source, _raw_cache[source]
 
 
+def check_train_samples(train_samples: int | None) -> None:
+    """``ValueError`` unless ``train_samples`` is None or an int in [1, 50000]."""
+    if train_samples is not None and (
+        isinstance(train_samples, bool) or not isinstance(train_samples, int) or not 1 <= train_samples <= TRAIN_SIZE
+    ):
+        raise ValueError(f"train_samples must be an int in [1, {TRAIN_SIZE}] or None, but got {train_samples=}")
+
+
 def check_mnist(data_dir: str | os.PathLike[str] | None = None, *, download: bool = True) -> str:
     """Find, checksum and parse the four files (once per process); returns their folder.
 
@@ -219,12 +227,7 @@ def load_mnist(
         MnistDataError: a file is missing, unreadable or fails its checksum.
         ValueError: a bad argument.
     """
-    if train_samples is not None and (
-        isinstance(train_samples, bool)
-        or not isinstance(train_samples, int)
-        or not 1 <= train_samples <= TRAIN_SIZE
-    ):
-        raise ValueError(f"train_samples must be an int in [1, {TRAIN_SIZE}] or None, but got {train_samples=}")
+    check_train_samples(train_samples)
     if not dtype.is_floating_point:
         raise ValueError(f"dtype must be a floating dtype, but got {dtype=}")
     resolved = resolve_device(device)

@@ -6,8 +6,9 @@ import math
 import os
 
 import optuna
+import torch
 
-from objectives.data import TRAIN_SIZE, MnistData, load_mnist
+from objectives.data import MnistData, check_train_samples, load_mnist
 from objectives.device import resolve_device
 from objectives.space import SearchSpace, suggest_config
 from objectives.train import train
@@ -54,10 +55,7 @@ class MnistMLPObjective:
             raise ValueError(f"epochs must be an int >= 1, but got {epochs=}")
         if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
             raise ValueError(f"batch_size must be an int >= 1, but got {batch_size=}")
-        if train_samples is not None and (
-            isinstance(train_samples, bool) or not isinstance(train_samples, int) or not 1 <= train_samples <= TRAIN_SIZE
-        ):
-            raise ValueError(f"train_samples must be an int in [1, {TRAIN_SIZE}] or None, but got {train_samples=}")
+        check_train_samples(train_samples)
         if isinstance(seed, bool) or not isinstance(seed, int) or seed < 0:
             raise ValueError(f"seed must be an int >= 0, but got {seed=}")
         if space is not None and not isinstance(space, SearchSpace):
@@ -95,7 +93,15 @@ class MnistMLPObjective:
             # after the last epoch there is nothing left to save: the trial is complete
             return epoch < self.epochs and trial.should_prune()
 
-        result = train(config, self.data, self.epochs, report=report, seed=seed)
+        try:
+            result = train(config, self.data, self.epochs, report=report, seed=seed)
+        except torch.OutOfMemoryError:
+            # this trial fails (the caller decides whether the study goes on: catch=...);
+            # the cached blocks are released so that the next trial starts clean
+            trial.set_user_attr("error", f"out of memory on {self.device}")
+            if self.device.type == "cuda":
+                torch.cuda.empty_cache()
+            raise
 
         trial.set_user_attr("epochs_run", result.epochs_run)
         trial.set_user_attr("seconds_per_epoch", result.seconds_per_epoch)

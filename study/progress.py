@@ -51,7 +51,7 @@ class TrialLog:
         elif trial.state == TrialState.PRUNED:
             outcome = "diverged" if attrs.get("diverged") else f"pruned at {_fmt(trial.value) if trial.value is not None else '-'}"
         else:
-            outcome = trial.state.name.lower()
+            outcome = f"failed: {attrs.get('error', 'error')}"
         seconds = (trial.datetime_complete - trial.datetime_start).total_seconds() if trial.datetime_complete else math.nan
         width = len(str(self.target))
         print(

@@ -18,14 +18,16 @@ import os
 import platform
 import shlex
 import signal
+import socket
 import sys
 import time
 import warnings
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 
 import numpy as np
 import optuna
 import torch
+from optuna.trial import TrialState
 
 from objectives import MnistDataError, MnistMLPObjective, SearchSpace, check_mnist, resolve_device
 from objectives.data import SPLIT_SEED, TRAIN_SIZE, VAL_SIZE
@@ -164,8 +166,37 @@ def _raise_interrupt(signum: int, frame: object) -> None:
     raise KeyboardInterrupt  # SIGTERM ends a trial like Ctrl-C: marked FAIL, never left RUNNING
 
 
+class WorkerError(RuntimeError):
+    """A worker gave up (e.g. every trial fails); exit code 1."""
+
+
+class _StopAfterFailures:
+    """Optuna callback: stop after ``limit`` failed trials in a row (e.g. each one out of memory),
+    so that failures, which do not count towards the budget, cannot loop forever."""
+
+    def __init__(self, limit: int = 5) -> None:
+        self.limit, self.in_a_row, self.last = limit, 0, ""
+
+    def __call__(self, study: optuna.Study, trial: optuna.trial.FrozenTrial) -> None:
+        if trial.state != TrialState.FAIL:
+            self.in_a_row = 0
+            return
+        self.in_a_row += 1
+        self.last = str(trial.user_attrs.get("error", "unknown error"))
+        if self.in_a_row >= self.limit:
+            study.stop()
+
+
+def _owner() -> str:
+    return f"{socket.gethostname()}:{os.getpid()}"
+
+
 def _optimize(s: Settings, worker: int, n_existing: int, prefix: str = "") -> None:
-    """Work on the study until it has ``s.trials`` finished trials (or the timeout passes)."""
+    """Work on the study until it has ``s.trials`` finished trials (or the timeout passes).
+
+    Retries queued for dead workers' trials (WAITING) are run first, even when the budget is
+    already reached, so that a crash never leaves a trial without its retry.
+    """
     storage = open_storage(s.storage, heartbeat_interval=s.heartbeat_interval)
     study = optuna.load_study(
         study_name=s.study_name,
@@ -178,16 +209,65 @@ def _optimize(s: Settings, worker: int, n_existing: int, prefix: str = "") -> No
         train_samples=s.train_samples, batch_size=s.batch_size, seed=s.seed,
     )
     objective.data  # noqa: B018 - load once, before the first trial, so no trial pays for it
-    if _finished(study) >= s.trials:
+    owner = _owner()
+
+    def run_trial(trial: optuna.Trial) -> float:
+        trial.set_user_attr("worker", owner)  # which process ran it: diagnosis, orphan detection
+        return objective(trial)
+
+    waiting = study.get_trials(deepcopy=False, states=(TrialState.WAITING,))
+    if _finished(study) >= s.trials and not waiting:
         return
+    guard = _StopAfterFailures()
     study.optimize(
-        objective,
+        run_trial,
         timeout=s.timeout,
+        catch=(torch.OutOfMemoryError,),  # one trial out of GPU memory: that trial fails, the study goes on
         callbacks=[
             optuna.study.MaxTrialsCallback(s.trials, states=FINISHED),  # counts pruned ones too
             TrialLog(s.trials, prefix),
+            guard,
         ],
     )
+    if guard.in_a_row >= guard.limit:
+        raise WorkerError(f"{guard.in_a_row} trials in a row failed (last: {guard.last}); stopping this worker")
+
+
+def _orphans(study: optuna.Study, host: str) -> list[optuna.trial.FrozenTrial]:
+    """RUNNING trials started by a process of this host that no longer exists."""
+    out = []
+    for trial in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
+        worker_host, _, pid = str(trial.user_attrs.get("worker", "")).rpartition(":")
+        if worker_host == host and pid.isdigit() and not _alive(int(pid)):
+            out.append(trial)
+    return out
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def _settle_orphans(s: Settings) -> None:
+    """Wait until trials left RUNNING by dead processes of this host are failed by their stale
+    heartbeat (Optuna then queues each again once, as WAITING, for the next worker to run)."""
+    study = optuna.load_study(study_name=s.study_name, storage=open_storage(s.storage, heartbeat_interval=s.heartbeat_interval))
+    host = socket.gethostname()
+    orphans = _orphans(study, host)
+    if not orphans:
+        return
+    grace = 2 * s.heartbeat_interval  # open_storage's default grace period
+    print(f"waiting up to {grace + s.heartbeat_interval} s for the heartbeat of trial(s) "
+          f"{', '.join(str(t.number) for t in orphans)} (left RUNNING by a dead worker) to go stale", flush=True)
+    deadline = time.monotonic() + grace + s.heartbeat_interval + 5
+    while _orphans(study, host) and time.monotonic() < deadline:
+        optuna.storages.fail_stale_trials(study)
+        time.sleep(min(1.0, s.heartbeat_interval / 2))
 
 
 def _worker_main(s: Settings, worker: int, n_existing: int) -> None:
@@ -203,6 +283,9 @@ def _worker_main(s: Settings, worker: int, n_existing: int) -> None:
         _optimize(s, worker, n_existing, prefix=f"w{worker} ")
     except KeyboardInterrupt:
         sys.exit(EXIT_INTERRUPTED)
+    except WorkerError as e:
+        print(f"error: worker {worker}: {e}", file=sys.stderr)
+        sys.exit(EXIT_FAILED)
 
 
 def _run_workers(s: Settings, n_existing: int) -> int:
@@ -227,10 +310,18 @@ def _run_workers(s: Settings, n_existing: int) -> int:
     codes = [proc.exitcode for proc in procs]
     if interrupted or EXIT_INTERRUPTED in codes:
         return EXIT_INTERRUPTED
-    failed = [f"worker {i} exited with {code}" for i, code in enumerate(codes) if code != 0]
+    killed = [i for i, code in enumerate(codes) if code is not None and code < 0]
+    failed = [f"worker {i} exited with {code}" for i, code in enumerate(codes) if code not in (0, None) and i not in killed]
     if failed:
         print(f"error: {'; '.join(failed)}", file=sys.stderr)
         return EXIT_FAILED
+    if killed:
+        # The others carried on; what the dead ones left (a RUNNING trial, its retry, budget) is
+        # finished here, so the study never ends with a trial RUNNING or short of its target.
+        names = ", ".join(f"worker {i} (signal {-codes[i]})" for i in killed)
+        print(f"warning: {names} died; finishing its work here", file=sys.stderr, flush=True)
+        _settle_orphans(s)
+        _optimize(s, s.workers, n_existing, prefix="w* ")
     return EXIT_OK
 
 
@@ -307,12 +398,16 @@ def main(argv: list[str] | None = None) -> int:
 
     code = EXIT_OK
     try:
+        _settle_orphans(s)  # a previous run on this machine died with trials RUNNING
         if s.workers == 1:
             _optimize(s, 0, n_existing)
         else:
             code = _run_workers(s, n_existing)
     except KeyboardInterrupt:
         code = EXIT_INTERRUPTED
+    except WorkerError as e:
+        print(f"error: {e}", file=sys.stderr)
+        code = EXIT_FAILED
     except (MnistDataError, StorageError) as e:
         print(f"error: {e}", file=sys.stderr)
         return EXIT_USAGE

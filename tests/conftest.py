@@ -46,3 +46,66 @@ def mnist_copy(mnist_dir: Path, tmp_path: Path) -> Path:
         shutil.copy(path, out / path.name)
     assert len(list(out.iterdir())) == 4, f"expected the four MNIST .gz files in {mnist_dir}"
     return out
+
+
+def _postgres_bin(name: str) -> str | None:
+    found = shutil.which(name)
+    if found:
+        return found
+    candidates = sorted(Path("/usr/lib/postgresql").glob(f"*/bin/{name}"), key=lambda p: int(p.parts[-3]))
+    return str(candidates[-1]) if candidates else None
+
+
+@pytest.fixture(scope="session")
+def postgres_server():
+    """A real PostgreSQL server on a free loopback port, in a temporary folder, for this session.
+
+    Run as the unprivileged ``postgres`` user when the tests run as root (the server refuses
+    root). ``.ci/run`` installs the Debian package when it is missing.
+    """
+    import socket
+    import subprocess
+    import tempfile
+
+    initdb, pg_ctl = _postgres_bin("initdb"), _postgres_bin("pg_ctl")
+    if not (initdb and pg_ctl):
+        pytest.fail("PostgreSQL server binaries not found: apt-get install postgresql", pytrace=False)
+    base = Path(tempfile.mkdtemp(prefix="lr-study-pg-"))
+    base.chmod(0o755)
+    prefix: list[str] = []
+    if os.geteuid() == 0:
+        import pwd
+
+        user = pwd.getpwnam("postgres")
+        os.chown(base, user.pw_uid, user.pw_gid)
+        prefix = ["runuser", "-u", "postgres", "--"]
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    data = base / "data"
+
+    def run(*cmd: str) -> None:
+        subprocess.run([*prefix, *cmd], check=True, capture_output=True, timeout=120)
+
+    run(initdb, "-D", str(data), "-A", "trust", "-U", "lrstudy", "-E", "UTF8", "--no-sync")
+    run(pg_ctl, "-D", str(data), "-l", str(base / "server.log"), "-w", "-t", "60", "start", "-o",
+        f"-p {port} -k {base} -c listen_addresses=127.0.0.1 -c fsync=off -c max_connections=200")
+    try:
+        yield {"port": port, "base": f"postgresql+psycopg://lrstudy@127.0.0.1:{port}"}
+    finally:
+        subprocess.run([*prefix, pg_ctl, "-D", str(data), "-m", "immediate", "-w", "stop"], capture_output=True, timeout=60)
+        shutil.rmtree(base, ignore_errors=True)
+
+
+@pytest.fixture
+def postgres_url(postgres_server, request: pytest.FixtureRequest) -> str:
+    """A fresh, empty database on the session's server; its URL."""
+    import sqlalchemy
+
+    name = "t_" + "".join(c if c.isalnum() else "_" for c in request.node.name.lower())[:50]
+    engine = sqlalchemy.create_engine(f"{postgres_server['base']}/postgres", isolation_level="AUTOCOMMIT")
+    with engine.connect() as connection:
+        connection.exec_driver_sql(f'DROP DATABASE IF EXISTS "{name}"')
+        connection.exec_driver_sql(f'CREATE DATABASE "{name}"')
+    engine.dispose()
+    return f"{postgres_server['base']}/{name}"

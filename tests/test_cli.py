@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import gzip
 import os
 import signal
+import socket
 import sqlite3
 import subprocess
 import sys
@@ -12,28 +14,11 @@ from pathlib import Path
 
 import optuna
 import pytest
+import torch
 from optuna.trial import TrialState
 
+from cli_helpers import FINISHED, ROOT, SMALL, load, run_cli, snapshot
 from study.run import main
-
-ROOT = Path(__file__).resolve().parents[1]
-SMALL = ["--epochs", "2", "--train-samples", "2000", "--device", "cpu"]
-FINISHED = (TrialState.COMPLETE, TrialState.PRUNED)
-
-
-def run_cli(*args: str, cwd: Path, timeout: float = 240) -> subprocess.CompletedProcess[str]:
-    env = {**os.environ, "PYTHONPATH": str(ROOT)}
-    return subprocess.run([sys.executable, "-m", "study.run", *args], capture_output=True, text=True,
-                          cwd=cwd, env=env, timeout=timeout)
-
-
-def load(url: str, name: str = "mnist-mlp-lr") -> optuna.Study:
-    return optuna.load_study(study_name=name, storage=url)
-
-
-def snapshot(url: str) -> list[tuple]:
-    study = load(url)
-    return [(t.number, t.state, t.value, t.params, t.intermediate_values) for t in study.trials]
 
 
 @pytest.fixture(scope="module")
@@ -93,18 +78,33 @@ BAD_INPUTS = [
     (["--storage", "nope://x"], "nope://x"),
     (["--storage", "not a url"], "not a url"),
     (["--data-dir", "{empty}"], "MNIST not found"),
+    (["--data-dir", "{corrupt}"], "is corrupt"),
+    (["--storage", "postgresql+psycopg://lrstudy@127.0.0.1:{closed_port}/db"], "cannot open storage"),
     (["--epochs", "3"], "epochs: stored 2, now 3"),  # same study name, another experiment
 ]
+if not torch.cuda.is_available():
+    BAD_INPUTS.append((["--device", "cuda"], "CUDA is not available"))
 
 
 @pytest.mark.slow
 @pytest.mark.parametrize("args, named", BAD_INPUTS, ids=[" ".join(a) for a, _ in BAD_INPUTS])
-def test_bad_input_is_one_line_exit_2_and_changes_nothing(finished_study, tmp_path: Path, args, named) -> None:
+def test_bad_input_is_one_line_exit_2_and_changes_nothing(finished_study, tmp_path: Path, mnist_copy: Path,
+                                                          args, named) -> None:
     cwd, url = finished_study
-    args = [a.replace("{empty}", str(tmp_path)) for a in args]
+    damaged = mnist_copy / "train-labels-idx1-ubyte.gz"
+    damaged.write_bytes(gzip.compress(gzip.decompress(damaged.read_bytes())[:-1] + b"\x07"))
+    with socket.socket() as sock:  # a loopback port with nothing listening
+        sock.bind(("127.0.0.1", 0))
+        closed_port = sock.getsockname()[1]
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    args = [a.replace("{empty}", str(empty)).replace("{corrupt}", str(mnist_copy))
+            .replace("{closed_port}", str(closed_port)) for a in args]
     before = snapshot(url)
     # the flags under test come last, so they override the defaults in SMALL
+    started = time.monotonic()
     done = run_cli("--trials", "5", "--storage", url, *SMALL, *args, cwd=cwd)
+    assert time.monotonic() - started < 30  # an unreachable server fails fast, never hangs
     assert done.returncode == 2
     lines = done.stderr.strip().splitlines()
     assert len(lines) == 1, done.stderr

@@ -1,0 +1,242 @@
+"""Many workers, a real PostgreSQL server, killed workers, signals, a dashboard reading SQLite,
+refused studies and numerical faults: the study loses nothing and says what went wrong."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import socket
+import sys
+import threading
+import time
+import urllib.request
+import warnings
+from pathlib import Path
+
+import optuna
+import pytest
+import torch
+from optuna.storages import RetryHeartbeatStaleTrialCallback
+from optuna.trial import TrialState
+
+from cli_helpers import FINISHED, SMALL, load, run_cli, snapshot, start_cli, wait_for_running
+from study.run import main
+
+pytestmark = pytest.mark.slow
+
+# trials long enough to be killed in the middle (about a second each), heartbeats every second
+CRASHY = ["--epochs", "6", "--train-samples", "2000", "--device", "cpu", "--pruner", "none", "--heartbeat-interval", "1"]
+
+
+def _children(pid: int) -> set[int]:
+    out = set()
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            fields = stat.read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        if int(fields[1]) == pid:
+            out.add(int(stat.parent.name))
+    return out
+
+
+def _retry_of(trial: optuna.trial.FrozenTrial) -> int | None:
+    with warnings.catch_warnings():  # the accessor is marked experimental
+        warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+        return RetryHeartbeatStaleTrialCallback.retried_trial_number(trial)
+
+
+def _check_ended_well(url: str, target: int, workers: int) -> list[optuna.trial.FrozenTrial]:
+    trials = load(url).trials
+    states = [t.state for t in trials]
+    assert TrialState.RUNNING not in states and TrialState.WAITING not in states
+    finished = sum(s in FINISHED for s in states)
+    assert target <= finished <= target + workers - 1, (finished, states)
+    return trials
+
+
+def test_three_workers_on_postgres_reach_the_budget(postgres_url: str, tmp_path: Path) -> None:
+    done = run_cli("--trials", "9", "--workers", "3", "--storage", postgres_url, *SMALL, cwd=tmp_path)
+    assert done.returncode == 0, done.stderr
+    trials = _check_ended_well(postgres_url, 9, 3)
+    assert len({t.user_attrs["worker"] for t in trials}) >= 2  # the work was shared
+    assert "postgresql+psycopg" in done.stdout.splitlines()[-1]  # the dashboard command names it
+
+
+@pytest.mark.parametrize("backend", ["sqlite", "postgres"])
+def test_a_worker_killed_mid_trial_is_failed_by_heartbeat_and_retried(backend: str, tmp_path: Path, request) -> None:
+    url = request.getfixturevalue("postgres_url") if backend == "postgres" else f"sqlite:///{tmp_path / 'k.db'}"
+    proc = start_cli("--trials", "9", "--workers", "3", "--storage", url, *CRASHY, cwd=tmp_path)
+    victim = wait_for_running(url, proc)
+    pid = int(victim.user_attrs["worker"].rpartition(":")[2])
+    assert pid in _children(proc.pid)  # a worker process, not the parent
+    os.kill(pid, signal.SIGKILL)
+    out, err = proc.communicate(timeout=300)
+    assert proc.returncode == 0, err
+    assert "died" in err
+    trials = _check_ended_well(url, 9, 3)
+    killed = trials[victim.number]
+    assert killed.state == TrialState.FAIL
+    retries = [t for t in trials if _retry_of(t) == victim.number]
+    assert len(retries) == 1 and retries[0].state in FINISHED
+    assert retries[0].params == killed.params  # the same configuration, run again
+
+
+def test_rerun_after_every_worker_died_finishes_the_study(tmp_path: Path) -> None:
+    url = f"sqlite:///{tmp_path / 'd.db'}"
+    args = ["--trials", "6", "--workers", "2", "--storage", url, *CRASHY]
+    proc = start_cli(*args, cwd=tmp_path, new_session=True)
+    wait_for_running(url, proc)
+    os.killpg(proc.pid, signal.SIGKILL)  # the parent and every worker, at once
+    proc.communicate(timeout=30)
+    left = [t.number for t in load(url).get_trials(states=(TrialState.RUNNING,))]
+    assert left  # the crash left trials RUNNING
+    again = run_cli(*args, cwd=tmp_path, timeout=300)
+    assert again.returncode == 0, again.stderr
+    trials = _check_ended_well(url, 6, 2)
+    for number in left:
+        assert trials[number].state == TrialState.FAIL
+        assert any(_retry_of(t) == number for t in trials)
+
+
+def test_sigterm_of_workers_fails_trials_in_flight_and_rerun_resumes(tmp_path: Path) -> None:
+    url = f"sqlite:///{tmp_path / 't.db'}"
+    args = ["--trials", "6", "--workers", "2", "--storage", url, *CRASHY]
+    proc = start_cli(*args, cwd=tmp_path)
+    wait_for_running(url, proc)
+    started = time.monotonic()
+    proc.send_signal(signal.SIGTERM)
+    out, err = proc.communicate(timeout=60)
+    assert time.monotonic() - started < 15
+    assert proc.returncode == 130, err
+    workers = {int(t.user_attrs["worker"].rpartition(":")[2]) for t in load(url).trials}
+    assert workers and not any(Path(f"/proc/{pid}").exists() for pid in workers)  # all exited
+    states = [t.state for t in load(url).trials]
+    assert TrialState.RUNNING not in states and TrialState.FAIL in states
+    again = run_cli(*args, cwd=tmp_path, timeout=300)
+    assert again.returncode == 0, again.stderr
+    _check_ended_well(url, 6, 2)
+
+
+def test_sqlite_three_workers_while_the_dashboard_reads(tmp_path: Path) -> None:
+    url = f"sqlite:///{tmp_path / 'busy.db'}"
+    assert main(["--trials", "1", "--storage", url, *SMALL]) == 0
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    dashboard = start_dashboard(url, port)
+    reads, errors, stop = [0], [], threading.Event()
+
+    def hammer() -> None:  # read the study as fast as the dashboard answers
+        while not stop.is_set():
+            try:
+                with urllib.request.urlopen(f"http://127.0.0.1:{port}/api/studies/1", timeout=5) as r:
+                    json.load(r)
+                reads[0] += 1
+            except OSError as e:
+                errors.append(e)
+                time.sleep(0.2)
+
+    thread = threading.Thread(target=hammer, daemon=True)
+    try:
+        wait_http(port, dashboard)
+        thread.start()
+        done = run_cli("--trials", "10", "--workers", "3", "--storage", url, *SMALL, cwd=tmp_path)
+    finally:
+        stop.set()
+        thread.join(timeout=10)
+        dashboard.terminate()
+        dashboard.wait(timeout=10)
+    assert done.returncode == 0, done.stderr
+    assert "locked" not in done.stderr
+    trials = _check_ended_well(url, 10, 3)
+    assert not any(t.state == TrialState.FAIL for t in trials)
+    assert reads[0] > 10  # the dashboard really was reading throughout
+
+
+def start_dashboard(url: str, port: int):
+    import subprocess
+
+    exe = Path(sys.executable).with_name("optuna-dashboard")
+    return subprocess.Popen([str(exe), url, "--host", "127.0.0.1", "--port", str(port), "--quiet"],
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+
+
+def wait_http(port: int, proc, timeout: float = 60) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        try:
+            urllib.request.urlopen(f"http://127.0.0.1:{port}/api/studies", timeout=2).close()
+            return
+        except OSError:
+            assert proc.poll() is None, "optuna-dashboard exited"
+            time.sleep(0.3)
+    raise AssertionError("optuna-dashboard did not answer")
+
+
+def _one_error_line(capsys) -> str:
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1, err
+    return err
+
+
+def test_study_of_the_other_direction_is_refused(tmp_path: Path, capsys) -> None:
+    url = f"sqlite:///{tmp_path / 'o.db'}"
+    optuna.create_study(storage=url, study_name="mnist-mlp-lr", direction="maximize")
+    assert main(["--storage", url, *SMALL]) == 2
+    assert "maximizes" in _one_error_line(capsys)
+    assert load(url).trials == []
+
+
+def test_study_of_another_objective_is_refused(tmp_path: Path, capsys) -> None:
+    url = f"sqlite:///{tmp_path / 'f.db'}"
+    other = optuna.create_study(storage=url, study_name="mnist-mlp-lr")
+    other.optimize(lambda t: t.suggest_float("x", 0, 1), n_trials=2)
+    before = snapshot(url)
+    assert main(["--storage", url, *SMALL]) == 2
+    assert "not created by study.run" in _one_error_line(capsys)
+    assert snapshot(url) == before
+
+
+def test_out_of_memory_fails_one_trial_and_the_study_goes_on(tmp_path: Path, monkeypatch, capsys) -> None:
+    import objectives.objective as objective_module
+
+    real_train = objective_module.train
+
+    def train_with_oom(config, data, epochs, report=None, seed=0, **kw):
+        if seed == 1:  # trial 1 (seed 0 + 1) runs out of memory
+            raise torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB")
+        return real_train(config, data, epochs, report=report, seed=seed, **kw)
+
+    monkeypatch.setattr(objective_module, "train", train_with_oom)
+    url = f"sqlite:///{tmp_path / 'oom.db'}"
+    assert main(["--trials", "3", "--storage", url, *SMALL]) == 0
+    trials = load(url).trials
+    assert trials[1].state == TrialState.FAIL and "out of memory" in trials[1].user_attrs["error"]
+    assert sum(t.state in FINISHED for t in trials) == 3
+    assert "failed: out of memory" in capsys.readouterr().out
+
+
+def test_a_worker_whose_every_trial_fails_stops(tmp_path: Path, monkeypatch, capsys) -> None:
+    import objectives.objective as objective_module
+
+    def always_oom(*args, **kwargs):
+        raise torch.OutOfMemoryError("CUDA out of memory")
+
+    monkeypatch.setattr(objective_module, "train", always_oom)
+    url = f"sqlite:///{tmp_path / 'oom.db'}"
+    assert main(["--trials", "3", "--storage", url, *SMALL]) == 1
+    err = capsys.readouterr().err
+    assert "5 trials in a row failed" in err
+    assert [t.state for t in load(url).trials] == [TrialState.FAIL] * 5
+
+
+def test_divergent_lr_never_fails_the_study(tmp_path: Path) -> None:
+    # the default ranges reach LRs that diverge (e.g. RMSprop at 0.05, SGD near 1 with fc1 x10);
+    # with this seed several of the 20 trials do, and none of them may fail the study
+    url = f"sqlite:///{tmp_path / 'nan.db'}"
+    assert main(["--trials", "20", "--storage", url, "--sampler", "random", *SMALL]) == 0
+    trials = load(url).trials
+    assert not any(t.state == TrialState.FAIL for t in trials)
+    assert any(t.user_attrs.get("diverged") for t in trials)
