@@ -14,6 +14,9 @@ from objectives import load_mnist
 
 def pytest_configure(config: pytest.Config) -> None:
     optuna.logging.set_verbosity(optuna.logging.WARNING)
+    if os.environ.get("STUDY_DATA_DIR"):
+        # absolute, for the processes that tests start in other working folders
+        os.environ["STUDY_DATA_DIR"] = str(Path(os.environ["STUDY_DATA_DIR"]).resolve())
 
 
 @pytest.fixture(scope="session")
