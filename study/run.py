@@ -22,77 +22,52 @@ import socket
 import sys
 import time
 import warnings
-from dataclasses import dataclass
+from dataclasses import dataclass, field, replace
 
 import numpy as np
 import optuna
 import torch
 from optuna.trial import TrialState
 
-from objectives import MnistDataError, MnistMLPObjective, SearchSpace, check_mnist, resolve_device
+from objectives import MnistDataError, MnistMLPObjective, SearchSpace, check_mnist, load_mnist, resolve_device
 from objectives.data import SPLIT_SEED, TRAIN_SIZE, VAL_SIZE
+from objectives.lr_range import lr_range_test
 from storage import DEFAULT_STORAGE, StorageError, dashboard_command, open_storage
+from study.cli import EXIT_FAILED, EXIT_INTERRUPTED, EXIT_OK, EXIT_USAGE, Parser, int_at_least, positive_float
 from study.choices import PRUNERS, SAMPLERS, SamplerUnavailable, make_pruner, make_sampler, warmup_epochs
 from study.progress import FINISHED, TrialLog, summary
 
 DEFAULT_STUDY_NAME = "mnist-mlp-lr"
-EXIT_OK, EXIT_FAILED, EXIT_USAGE, EXIT_INTERRUPTED = 0, 1, 2, 130
 
 
 class UsageError(Exception):
     """A user's mistake: printed as one line, exit code 2."""
 
 
-class _Parser(argparse.ArgumentParser):
-    def error(self, message: str) -> None:  # one line, not argparse's usage block
-        self.exit(EXIT_USAGE, f"{self.prog}: error: {message} (see --help)\n")
-
-
-def _int_at_least(low: int, high: int | None = None):
-    def parse(text: str) -> int:
-        try:
-            value = int(text)
-        except ValueError:
-            raise argparse.ArgumentTypeError(f"expected an integer, but got {text!r}") from None
-        if value < low or (high is not None and value > high):
-            bound = f">= {low}" if high is None else f"in [{low}, {high}]"
-            raise argparse.ArgumentTypeError(f"must be {bound}, but got {text!r}")
-        return value
-
-    return parse
-
-
-def _positive_float(text: str) -> float:
-    try:
-        value = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a number of seconds, but got {text!r}") from None
-    if not value > 0:
-        raise argparse.ArgumentTypeError(f"must be > 0, but got {text!r}")
-    return value
-
-
 def build_parser() -> argparse.ArgumentParser:
-    p = _Parser(prog="python -m study.run", description="Run (or resume) the MNIST-MLP learning-rate study.",
+    p = Parser(prog="python -m study.run", description="Run (or resume) the MNIST-MLP learning-rate study.",
                 formatter_class=argparse.ArgumentDefaultsHelpFormatter)
-    p.add_argument("--trials", type=_int_at_least(1), default=100,
+    p.add_argument("--trials", type=int_at_least(1), default=100,
                    help="the study's total target of finished (complete + pruned) trials")
-    p.add_argument("--epochs", type=_int_at_least(1), default=20, help="epochs per trial")
+    p.add_argument("--epochs", type=int_at_least(1), default=20, help="epochs per trial")
     p.add_argument("--storage", default=DEFAULT_STORAGE, help="Optuna storage URL (SQLite file or postgresql+psycopg://…)")
     p.add_argument("--study-name", default=DEFAULT_STUDY_NAME, help="study name in the storage")
     p.add_argument("--sampler", choices=SAMPLERS, default="tpe", help="Optuna sampler (seeded)")
     p.add_argument("--pruner", choices=PRUNERS, default="median", help="Optuna pruner, on the per-epoch validation loss")
-    p.add_argument("--seed", type=_int_at_least(0), default=0, help="seeds the sampler and the trials (trial n: seed + n)")
+    p.add_argument("--seed", type=int_at_least(0), default=0, help="seeds the sampler and the trials (trial n: seed + n)")
     p.add_argument("--device", default="auto", help="auto|cpu|cuda|cuda:N")
     p.add_argument("--data-dir", default=None, help="MNIST folder (default: $STUDY_DATA_DIR, else ./data)")
-    p.add_argument("--train-samples", type=_int_at_least(1, TRAIN_SIZE), default=None,
+    p.add_argument("--train-samples", type=int_at_least(1, TRAIN_SIZE), default=None,
                    help=f"train on a subset of the {TRAIN_SIZE} training images (default: all)")
-    p.add_argument("--batch-size", type=_int_at_least(1), default=128, help="examples per step")
-    p.add_argument("--timeout", type=_positive_float, default=None, help="stop starting trials after this many seconds")
-    p.add_argument("--workers", type=_int_at_least(1), default=1,
+    p.add_argument("--batch-size", type=int_at_least(1), default=128, help="examples per step")
+    p.add_argument("--timeout", type=positive_float, default=None, help="stop starting trials after this many seconds")
+    p.add_argument("--workers", type=int_at_least(1), default=1,
                    help="processes on this machine working on the study (spread over the GPUs)")
-    p.add_argument("--heartbeat-interval", type=_int_at_least(1), default=60,
+    p.add_argument("--heartbeat-interval", type=int_at_least(1), default=60,
                    help="seconds between a running trial's heartbeats; a trial silent for twice this is FAIL and retried once")
+    p.add_argument("--lr-range", action="store_true",
+                   help="first run the LR range test for each optimizer and sample each one's initial LR from its "
+                        "suggested range (suggestion / 10 .. LR of the lowest smoothed loss); stored in the study")
     return p
 
 
@@ -114,6 +89,8 @@ class Settings:
     timeout: float | None
     workers: int
     heartbeat_interval: int
+    lr_range: bool
+    space: SearchSpace = field(default_factory=SearchSpace)  # the default, or narrowed by --lr-range
 
 
 def _fingerprint(s: Settings) -> dict[str, object]:
@@ -125,7 +102,7 @@ def _fingerprint(s: Settings) -> dict[str, object]:
         "epochs": s.epochs,
         "batch_size": s.batch_size,
         "train_samples": s.train_samples or TRAIN_SIZE,
-        "search_space": SearchSpace().as_dict(),
+        "search_space": s.space.as_dict(),
     }
 
 
@@ -206,7 +183,7 @@ def _optimize(s: Settings, worker: int, n_existing: int, prefix: str = "") -> No
     )
     objective = MnistMLPObjective(
         s.epochs, device=_worker_device(s, worker), data_dir=s.data_dir,
-        train_samples=s.train_samples, batch_size=s.batch_size, seed=s.seed,
+        train_samples=s.train_samples, batch_size=s.batch_size, seed=s.seed, space=s.space,
     )
     objective.data  # noqa: B018 - load once, before the first trial, so no trial pays for it
     owner = _owner()
@@ -325,14 +302,36 @@ def _run_workers(s: Settings, n_existing: int) -> int:
     return EXIT_OK
 
 
-def _open_study(s: Settings, argv: list[str], device: torch.device) -> optuna.Study:
+def _lr_range_space(s: Settings, device: torch.device, stored: dict | None) -> tuple[SearchSpace, dict]:
+    """The search space with each optimizer's LR range from the range test (stored or run now)."""
+    ranges = stored
+    if ranges is None:
+        data = load_mnist(s.data_dir, device=device, train_samples=s.train_samples)
+        ranges = {}
+        for optimizer in s.space.optimizers:
+            r = lr_range_test(optimizer, data, batch_size=s.batch_size, seed=s.seed)
+            ranges[optimizer] = {"suggestion": r.suggestion, "low": r.low, "high": r.high,
+                                 "steps": len(r.lrs), "diverged": r.diverged}
+            print(f"LR range test, {optimizer}: suggestion {r.suggestion:.3g}, "
+                  f"search range {r.low:.3g} .. {r.high:.3g}", flush=True)
+    space = replace(s.space, **{f"lr_{opt}": (v["low"], v["high"]) for opt, v in ranges.items()})
+    return space, ranges
+
+
+def _open_study(s: Settings, argv: list[str], device: torch.device) -> tuple[optuna.Study, Settings]:
     """Create the study, or load it after checking that it is the same experiment."""
     storage = open_storage(s.storage, heartbeat_interval=s.heartbeat_interval)
-    fingerprint = _fingerprint(s)
     command = "python -m study.run " + shlex.join(argv)
     try:
         study = optuna.load_study(study_name=s.study_name, storage=storage)
     except KeyError:
+        study = None
+    ranges = None
+    if s.lr_range:  # a resumed study reuses its stored ranges: the same experiment, exactly
+        space, ranges = _lr_range_space(s, device, study.user_attrs.get("lr_range") if study else None)
+        s = replace(s, space=space)
+    fingerprint = _fingerprint(s)
+    if study is None:
         study = optuna.create_study(storage=storage, study_name=s.study_name, direction="minimize")
         study.set_metric_names(["val_loss"])
         attrs = {
@@ -349,20 +348,33 @@ def _open_study(s: Settings, argv: list[str], device: torch.device) -> optuna.St
             "versions": _versions(),
             "command": command,
         }
+        if ranges is not None:
+            attrs["lr_range"] = ranges
         for key, value in attrs.items():
             study.set_user_attr(key, value)
-        return study
+        return study, s
     if study.direction != optuna.study.StudyDirection.MINIMIZE:
         raise UsageError(f"study {s.study_name!r} in {s.storage} maximizes; this study minimizes val_loss: use another --study-name")
     stored = study.user_attrs.get("fingerprint")
     if stored != fingerprint:
         if stored is None:
             raise UsageError(f"study {s.study_name!r} in {s.storage} was not created by study.run; use another --study-name")
-        diff = ", ".join(f"{k}: stored {stored.get(k)!r}, now {v!r}" for k, v in fingerprint.items() if stored.get(k) != v)
+        diff = ", ".join(_differences(stored, fingerprint))
         raise UsageError(f"study {s.study_name!r} in {s.storage} is another experiment ({diff}); "
                          "use the same settings to resume, or another --study-name")
     study.set_user_attr("last_command", command)
-    return study
+    return study, s
+
+
+def _differences(stored: dict, now: dict, prefix: str = "") -> list[str]:
+    out = []
+    for key in sorted(set(stored) | set(now)):
+        a, b = stored.get(key), now.get(key)
+        if isinstance(a, dict) and isinstance(b, dict):
+            out.extend(_differences(a, b, f"{prefix}{key}."))
+        elif a != b:
+            out.append(f"{prefix}{key}: stored {a!r}, now {b!r}")
+    return out
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -380,7 +392,7 @@ def main(argv: list[str] | None = None) -> int:
         device = resolve_device(s.device)
         make_sampler(s.sampler, s.seed)
         check_mnist(s.data_dir)
-        study = _open_study(s, argv, device)
+        study, s = _open_study(s, argv, device)
     except (ValueError, UsageError, SamplerUnavailable, MnistDataError, StorageError) as e:
         print(f"error: {e}", file=sys.stderr)
         return EXIT_USAGE

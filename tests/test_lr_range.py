@@ -1,0 +1,80 @@
+"""The LR range test: a sane suggestion for SGD, early stop on divergence, the CLI, --lr-range."""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+
+import pytest
+
+from cli_helpers import SMALL, load, run_cli
+from objectives.lr_range import lr_range_test, valley
+from study.run import main
+
+
+def test_sgd_on_2000_samples_suggests_a_sane_lr_and_stops_when_it_diverges(mnist_2k) -> None:
+    result = lr_range_test("sgd", mnist_2k, start_lr=1e-7, end_lr=10.0, steps=200)
+    assert 1e-3 <= result.suggestion <= 1.0
+    assert result.low < result.suggestion < result.high
+    assert result.diverged and len(result.lrs) < 200  # stopped early, before reaching 10
+    assert result.lrs[0] == pytest.approx(1e-7)
+    ratios = [b / a for a, b in zip(result.lrs, result.lrs[1:])]
+    assert max(ratios) == pytest.approx(min(ratios), rel=1e-9)  # exponential growth
+    assert ratios[0] == pytest.approx((10.0 / 1e-7) ** (1 / 199), rel=1e-9)
+
+
+def test_valley_is_not_fooled_by_an_early_spike() -> None:
+    lrs = [10 ** (-6 + 6 * i / 99) for i in range(100)]
+    curve = [2.3] * 15 + [5.0, 6.0] + [2.3 - 1.8 * i / 59 for i in range(60)] + [0.5 + 0.4 * i for i in range(23)]
+    index = valley(lrs, curve)
+    assert 17 <= index <= 76 and curve[index] < 2.0  # inside the long descent, not at the spike
+    assert valley(lrs[:2], curve[:2]) == 1
+
+
+def test_bad_arguments_name_the_value(mnist_2k) -> None:
+    with pytest.raises(ValueError, match="start_lr"):
+        lr_range_test("sgd", mnist_2k, start_lr=1.0, end_lr=0.1)
+    with pytest.raises(ValueError, match="steps="):
+        lr_range_test("sgd", mnist_2k, steps=3)
+
+
+def test_cli_writes_the_figure_prints_the_suggestion_and_stores_nothing(tmp_path: Path) -> None:
+    done = run_cli_module("study.lr_range", "--optimizer", "adam", "--train-samples", "2000", "--device", "cpu",
+                          "--out", "figs/adam.html", cwd=tmp_path)
+    assert done.returncode == 0, done.stderr
+    assert "suggested initial LR:" in done.stdout and "suggested search range:" in done.stdout
+    page = (tmp_path / "figs" / "adam.html").read_text()
+    assert "LR range test, adam: loss vs learning rate" in page and '"type":"log"' in page
+    assert sorted(p.name for p in tmp_path.rglob("*")) == ["adam.html", "figs"]  # nothing else written
+
+
+def test_cli_bad_range_is_one_line(tmp_path: Path) -> None:
+    done = run_cli_module("study.lr_range", "--start-lr", "1", "--end-lr", "0.1", "--device", "cpu", cwd=tmp_path)
+    assert done.returncode == 2 and len(done.stderr.strip().splitlines()) == 1 and "--start-lr" in done.stderr
+
+
+def test_study_run_lr_range_narrows_and_records_and_resumes(tmp_path: Path, capsys) -> None:
+    url = f"sqlite:///{tmp_path / 'r.db'}"
+    assert main(["--trials", "4", "--storage", url, "--lr-range", *SMALL]) == 0
+    assert capsys.readouterr().out.count("LR range test,") == 5
+    study = load(url)
+    ranges = study.user_attrs["lr_range"]
+    assert set(ranges) == {"sgd", "adam", "adamw", "rmsprop", "adagrad"}
+    for trial in study.trials:
+        opt = trial.params["optimizer"]
+        dist = trial.distributions[f"lr_{opt}"]
+        assert (dist.low, dist.high) == pytest.approx((ranges[opt]["low"], ranges[opt]["high"]))
+        assert math.isclose(ranges[opt]["low"], ranges[opt]["suggestion"] / 10)
+    # resuming reuses the stored ranges (no new range test): the same experiment
+    assert main(["--trials", "5", "--storage", url, "--lr-range", *SMALL]) == 0
+    assert "LR range test," not in capsys.readouterr().out
+    assert len(load(url).trials) == 5
+
+
+def run_cli_module(module: str, *args: str, cwd: Path):
+    import subprocess
+    import sys
+
+    from cli_helpers import ENV
+
+    return subprocess.run([sys.executable, "-m", module, *args], capture_output=True, text=True, cwd=cwd, env=ENV, timeout=240)
