@@ -74,6 +74,21 @@ class MnistData:
     def dtype(self) -> torch.dtype:
         return self.train_x.dtype
 
+    def for_final_training(self) -> MnistData:
+        """Train on all 60k training images and "validate" on the test set: for the final word on
+        configurations already chosen on validation, never for choosing (needs the full data)."""
+        if self.train_x.shape[0] != TRAIN_SIZE:
+            raise ValueError(f"the final training needs all {TRAIN_SIZE} training images, but got {self.train_x.shape[0]}")
+        return MnistData(
+            train_x=torch.cat([self.train_x, self.val_x]),
+            train_y=torch.cat([self.train_y, self.val_y]),
+            val_x=self.test_x,
+            val_y=self.test_y,
+            test_x=self.test_x,
+            test_y=self.test_y,
+            source=self.source,
+        )
+
     def describe(self) -> dict[str, object]:
         """What identifies this data, for a study's user attrs."""
         return {

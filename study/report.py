@@ -1,0 +1,352 @@
+"""`python -m study.report`: one self-contained HTML page and a markdown summary of a study.
+
+    python -m study.report --storage sqlite:///studies/lr-study.db --out reports/lr-study
+
+Writes ``OUT/index.html`` (plotly figures: optimisation history, learning curves with pruned
+trials drawn faintly, importances, parallel coordinates, slice of the initial LR, timeline,
+the decay-strategy comparison and the per-layer LR schedules of the best trials) and
+``OUT/summary.md``. With ``--final-seeds K`` (default 3) the best configuration, and the best
+of each decay strategy, are retrained on all 60k training images with K seeds and their test
+accuracy is reported as mean ± sd: the test set's only use. The results go into the study's
+user attrs, the summary becomes the study's note in optuna-dashboard, and the page is uploaded
+as a study artifact (``--artifact-dir``; open the dashboard with the same
+``--artifact-dir`` to see it). Exit codes: 0 done, 2 bad input (one line on stderr).
+"""
+
+from __future__ import annotations
+
+import argparse
+import html
+import math
+import statistics
+import sys
+import warnings
+from dataclasses import dataclass
+from pathlib import Path
+
+import optuna
+import plotly.graph_objects as go
+from optuna.distributions import FloatDistribution
+from optuna.trial import FrozenTrial, TrialState
+
+from objectives import (DECAYS, LAYERS, LRSchedule, MnistDataError, evaluate, load_mnist, resolve_device,
+                        suggest_config, train)
+from objectives.data import TRAIN_SIZE
+from storage import StorageError, open_storage, sqlite_path
+from study.cli import EXIT_OK, EXIT_USAGE, Parser, int_at_least
+from study.progress import edge_warnings
+from study.run import DEFAULT_STUDY_NAME
+
+FINAL_SEED_BASE = 1_000_000  # final retraining seeds: far from any trial's seed (base + trial number)
+
+
+@dataclass(frozen=True)
+class DecayRow:
+    decay: str
+    best: FrozenTrial | None  # best COMPLETE trial of this strategy
+    n_trials: int
+    n_pruned: int
+    n_diverged: int
+
+
+def decay_rows(study: optuna.Study) -> list[DecayRow]:
+    """One row per decay strategy present in the study."""
+    rows = []
+    finished = study.get_trials(deepcopy=False, states=(TrialState.COMPLETE, TrialState.PRUNED))
+    for decay in DECAYS:
+        trials = [t for t in finished if t.params.get("decay") == decay]
+        if not trials:
+            continue
+        complete = [t for t in trials if t.state == TrialState.COMPLETE]
+        rows.append(DecayRow(
+            decay=decay,
+            best=min(complete, key=lambda t: t.value) if complete else None,
+            n_trials=len(trials),
+            n_pruned=sum(t.state == TrialState.PRUNED for t in trials),
+            n_diverged=sum(bool(t.user_attrs.get("diverged")) for t in trials),
+        ))
+    return rows
+
+
+def lr_view(study: optuna.Study) -> optuna.Study:
+    """An in-memory copy of the complete trials with the per-optimizer LR as one ``lr`` param.
+
+    Optuna's importances, parallel coordinates and slices use the parameters that every trial
+    has; ``lr_sgd``, ``lr_adam``, … are conditional, so the LR itself would be left out. Here
+    it is one log-scaled parameter over the union of the ranges.
+    """
+    complete = study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))
+    lr_dists = [d for t in complete for n, d in t.distributions.items() if n.startswith("lr_") and not n.startswith("lr_mult")]
+    view = optuna.create_study(direction="minimize")
+    if not lr_dists:
+        return view
+    lr = FloatDistribution(min(d.low for d in lr_dists), max(d.high for d in lr_dists), log=True)
+    for t in complete:
+        opt = t.params["optimizer"]
+        keep = {n: t.params[n] for n in ("optimizer", "decay", "lr_mult_fc1", "lr_mult_fc2", "lr_mult_fc3") if n in t.params}
+        dists = {n: t.distributions[n] for n in keep}
+        keep["lr"], dists["lr"] = t.params[f"lr_{opt}"], lr
+        view.add_trial(optuna.trial.create_trial(params=keep, distributions=dists, value=t.value))
+    return view
+
+
+def learning_curves(study: optuna.Study) -> go.Figure:
+    """Optuna's intermediate-values plot, pruned trials drawn faint and dotted."""
+    fig = optuna.visualization.plot_intermediate_values(study)
+    states = {f"Trial{t.number}": t.state for t in study.get_trials(deepcopy=False)}
+    for trace in fig.data:
+        if states.get(trace.name) == TrialState.PRUNED:
+            trace.update(line={"dash": "dot", "width": 1, "color": "rgba(150,150,150,0.5)"},
+                         marker={"size": 3, "color": "rgba(150,150,150,0.5)"}, name=f"{trace.name} (pruned)")
+    fig.update_layout(title="Learning curves: validation loss per epoch (pruned: dotted grey)",
+                      xaxis_title="epoch", yaxis_title="validation loss", yaxis_type="log")
+    return fig
+
+
+def decay_comparison(rows: list[DecayRow]) -> go.Figure:
+    fig = go.Figure()
+    for row in rows:
+        if row.best is None:
+            continue
+        steps = sorted(row.best.intermediate_values)
+        fig.add_trace(go.Scatter(x=steps, y=[row.best.intermediate_values[s] for s in steps], mode="lines+markers",
+                                 name=f"{row.decay} (trial {row.best.number}, {row.best.params['optimizer']})"))
+    fig.update_layout(title="Decay strategies: validation-loss curve of the best trial of each",
+                      xaxis_title="epoch", yaxis_title="validation loss", yaxis_type="log", template="plotly_white")
+    return fig
+
+
+def lr_schedules(trials: list[FrozenTrial], steps_per_epoch: int, epochs: int) -> go.Figure:
+    """Each layer's LR over the training steps, recomputed from the trial's config with the same
+    torch schedulers that trained it (plateau fed with the trial's own validation losses)."""
+    fig = go.Figure()
+    dashes = {"fc1": "solid", "fc2": "dash", "fc3": "dot"}
+    for trial in trials:
+        config = suggest_config(optuna.trial.FixedTrial(trial.params))
+        schedule = LRSchedule(config, steps_per_epoch, epochs)
+        factors, val = [], trial.intermediate_values
+        for epoch in range(1, epochs + 1):
+            for _ in range(steps_per_epoch):
+                factors.append(schedule.factor)
+                schedule.step()
+            if epoch in val:
+                schedule.epoch_end(val[epoch])
+        x = list(range(len(factors)))
+        for layer in LAYERS:
+            lr0 = config.lr * config.lr_mult(layer)
+            fig.add_trace(go.Scatter(x=x, y=[lr0 * f for f in factors], mode="lines", line={"dash": dashes[layer]},
+                                     legendgroup=str(trial.number),
+                                     name=f"trial {trial.number} ({config.decay}, {config.optimizer}) {layer}"))
+    fig.update_layout(title="LR schedule per layer of the best trials (fc1 solid, fc2 dashed, fc3 dotted)",
+                      xaxis_title="training step", yaxis_title="learning rate", yaxis_type="log",
+                      template="plotly_white")
+    return fig
+
+
+def final_word(study: optuna.Study, rows: list[DecayRow], seeds: int, device: str, data_dir: str | None) -> dict:
+    """Retrain the best config and the best of each decay strategy on all 60k training images
+    with ``seeds`` seeds; test accuracy mean ± sd. Stored in the study's user attrs."""
+    epochs = int(study.user_attrs.get("epochs", 20))
+    batch_size = int(study.user_attrs.get("batch_size", 128))
+    data = load_mnist(data_dir, device=resolve_device(device)).for_final_training()
+    chosen = {"best": study.best_trial}
+    chosen.update({f"best {row.decay}": row.best for row in rows if row.best is not None})
+    results: dict[str, dict] = {}
+    done: dict[int, dict] = {}  # a trial that is best overall and of its strategy trains once
+    for label, trial in chosen.items():
+        if trial.number not in done:
+            config = suggest_config(optuna.trial.FixedTrial(trial.params), batch_size=batch_size)
+            accs = []
+            for i in range(seeds):
+                result = train(config, data, epochs, seed=FINAL_SEED_BASE + i)
+                accs.append(evaluate(result.model, data.test_x, data.test_y)[1])  # the last epoch: no selection
+            done[trial.number] = {
+                "trial": trial.number, "decay": config.decay, "optimizer": config.optimizer,
+                "val_loss": trial.value, "epochs": epochs, "train_images": TRAIN_SIZE + 10_000,
+                "seeds": [FINAL_SEED_BASE + i for i in range(seeds)], "test_accuracies": accs,
+                "test_accuracy_mean": statistics.fmean(accs),
+                "test_accuracy_sd": statistics.stdev(accs) if len(accs) > 1 else 0.0,
+            }
+        results[label] = done[trial.number]
+    study.set_user_attr("final_test", results)
+    return results
+
+
+def _pct(mean: float, sd: float, n: int) -> str:
+    return f"{100 * mean:.2f} % ± {100 * sd:.2f}" if n > 1 else f"{100 * mean:.2f} % (one seed: no sd)"
+
+
+def summary_markdown(study: optuna.Study, rows: list[DecayRow], final: dict | None, warnings_: list[str]) -> str:
+    states = [t.state for t in study.get_trials(deepcopy=False)]
+    best = study.best_trial
+    lines = [
+        f"# Study `{study.study_name}`", "",
+        f"{len(states)} trials: {states.count(TrialState.COMPLETE)} complete, {states.count(TrialState.PRUNED)} pruned, "
+        f"{states.count(TrialState.FAIL)} failed. Command: `{study.user_attrs.get('command', '?')}`", "",
+        f"**Best**: trial {best.number}, validation loss {best.value:.4f}, validation accuracy "
+        f"{100 * best.user_attrs.get('val_accuracy', math.nan):.2f} % (epoch {best.user_attrs.get('best_epoch', '?')})", "",
+        "| parameter | value |", "|---|---|",
+        *[f"| {k} | {v:.4g} |" if isinstance(v, float) else f"| {k} | {v} |" for k, v in best.params.items()], "",
+        "## Decay strategies", "",
+        "| strategy | best val loss | val accuracy | epochs | trials | pruned | best trial |", "|---|---|---|---|---|---|---|",
+    ]
+    for row in rows:
+        b = row.best
+        if b is None:
+            lines.append(f"| {row.decay} | – | – | – | {row.n_trials} | {row.n_pruned} | – |")
+        else:
+            lines.append(f"| {row.decay} | {b.value:.4f} | {100 * b.user_attrs.get('val_accuracy', math.nan):.2f} % | "
+                         f"{b.user_attrs.get('epochs_run', '?')} | {row.n_trials} | {row.n_pruned} | {b.number} |")
+    if final:
+        lines += ["", "## Final word: test accuracy", "",
+                  "Retrained on all 60k training images, evaluated once on the 10k test images after the last epoch.", "",
+                  "| configuration | trial | test accuracy (mean ± sd) | seeds |", "|---|---|---|---|"]
+        for label, r in final.items():
+            lines.append(f"| {label} | {r['trial']} | {_pct(r['test_accuracy_mean'], r['test_accuracy_sd'], len(r['seeds']))} | {len(r['seeds'])} |")
+    if warnings_:
+        lines += ["", "## Warnings", "", *[f"- {w}" for w in warnings_]]
+    return "\n".join(lines) + "\n"
+
+
+def _table_html(rows: list[DecayRow]) -> str:
+    head = "<tr><th>strategy</th><th>best val loss</th><th>val accuracy</th><th>epochs</th><th>n trials</th><th>n pruned</th><th>best trial</th></tr>"
+    body = []
+    for row in rows:
+        b = row.best
+        cells = ([row.decay, "–", "–", "–"] if b is None else
+                 [row.decay, f"{b.value:.4f}", f"{100 * b.user_attrs.get('val_accuracy', math.nan):.2f} %",
+                  str(b.user_attrs.get("epochs_run", "?"))])
+        cells += [str(row.n_trials), str(row.n_pruned), "–" if b is None else str(b.number)]
+        body.append("<tr>" + "".join(f"<td>{html.escape(c)}</td>" for c in cells) + "</tr>")
+    return f'<table id="decay-table">{head}{"".join(body)}</table>'
+
+
+# After load: how many figures plotly drew, and any script error, as attributes a headless browser can read.
+_RENDER_CHECK = """<script>
+window.__errors = [];
+window.addEventListener('error', function (e) { window.__errors.push(String(e.message)); });
+window.addEventListener('load', function () { setTimeout(function () {
+  document.body.setAttribute('data-figures', document.querySelectorAll('.plotly-graph-div').length);
+  document.body.setAttribute('data-rendered', document.querySelectorAll('.plotly-graph-div .main-svg').length > 0 ?
+    Array.from(document.querySelectorAll('.plotly-graph-div')).filter(function (d) { return d.querySelector('.main-svg'); }).length : 0);
+  document.body.setAttribute('data-errors', window.__errors.join(' | '));
+}, 500); });
+</script>"""
+
+
+def write_page(path: Path, title: str, sections: list[tuple[str, str]]) -> None:
+    style = ("body{font-family:system-ui,sans-serif;max-width:1200px;margin:2em auto;padding:0 1em;color:#222}"
+             "table{border-collapse:collapse;margin:1em 0}td,th{border:1px solid #ccc;padding:4px 10px;text-align:right}"
+             "th{background:#f3f3f3}pre{background:#f7f7f7;padding:1em;white-space:pre-wrap}")
+    parts = [f"<!doctype html><html><head><meta charset='utf-8'><title>{html.escape(title)}</title>",
+             f"<style>{style}</style>{_RENDER_CHECK}</head><body><h1>{html.escape(title)}</h1>"]
+    for heading, body in sections:
+        parts.append(f"<section><h2>{html.escape(heading)}</h2>{body}</section>")
+    parts.append("</body></html>")
+    path.write_text("\n".join(parts), encoding="utf-8")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = Parser(prog="python -m study.report", description="Report of an lr-study study: figures, comparison, final word.",
+                formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    p.add_argument("--storage", required=True, help="Optuna storage URL of the study")
+    p.add_argument("--study-name", default=DEFAULT_STUDY_NAME)
+    p.add_argument("--out", type=Path, required=True, help="folder for index.html and summary.md")
+    p.add_argument("--final-seeds", type=int_at_least(0), default=3,
+                   help="seeds for retraining the best configs on all 60k images and testing them; 0 skips it")
+    p.add_argument("--device", default="auto", help="device for the final retraining")
+    p.add_argument("--data-dir", default=None, help="MNIST folder (default: $STUDY_DATA_DIR, else ./data)")
+    p.add_argument("--artifact-dir", type=Path, default=None,
+                   help="artifact store for the page (default: artifacts/ beside a SQLite file, else ./artifacts)")
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    optuna.logging.set_verbosity(optuna.logging.ERROR)
+    warnings.filterwarnings("ignore", category=optuna.exceptions.ExperimentalWarning)
+    try:
+        storage = open_storage(args.storage)
+        try:
+            study = optuna.load_study(study_name=args.study_name, storage=storage)
+        except KeyError:
+            raise ValueError(f"no study {args.study_name!r} in {args.storage}") from None
+        if not study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,)):
+            raise ValueError(f"study {args.study_name!r} has no complete trial yet")
+        if args.final_seeds:
+            resolve_device(args.device)
+        args.out.mkdir(parents=True, exist_ok=True)
+    except (ValueError, StorageError, OSError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        return EXIT_USAGE
+
+    rows = decay_rows(study)
+    view = lr_view(study)
+    epochs = int(study.user_attrs.get("epochs", max(max(t.intermediate_values, default=1) for t in study.trials)))
+    train_images = int(study.user_attrs.get("data", {}).get("train_samples", TRAIN_SIZE))
+    steps_per_epoch = math.ceil(train_images / int(study.user_attrs.get("batch_size", 128)))
+    best_trials = [study.best_trial] + [r.best for r in rows if r.best is not None and r.best.number != study.best_trial.number]
+
+    vis = optuna.visualization
+    figures = [
+        ("Optimisation history", vis.plot_optimization_history(study).update_layout(title="Optimisation history")),
+        ("Learning curves", learning_curves(study)),
+    ]
+    if len(view.trials) >= 2:
+        figures += [
+            ("Parameter importances", vis.plot_param_importances(view).update_layout(
+                title="Hyperparameter importances (fANOVA, the LR as one parameter)")),
+            ("Parallel coordinates", vis.plot_parallel_coordinate(view).update_layout(title="Parallel coordinates")),
+            ("Slice of the initial LR", vis.plot_slice(view, params=["lr"]).update_layout(
+                title="Slice: validation loss against the initial learning rate")),
+        ]
+    figures += [
+        ("Timeline", vis.plot_timeline(study).update_layout(title="Timeline")),
+        ("Decay-strategy comparison", decay_comparison(rows)),
+        ("LR schedules", lr_schedules(best_trials, steps_per_epoch, epochs)),
+    ]
+
+    final = None
+    if args.final_seeds:
+        try:
+            final = final_word(study, rows, args.final_seeds, args.device, args.data_dir)
+        except (ValueError, MnistDataError) as e:
+            print(f"error: {e}", file=sys.stderr)
+            return EXIT_USAGE
+
+    edge = edge_warnings(study.best_trial)
+    md = summary_markdown(study, rows, final, edge)
+    sections = []
+    for i, (heading, fig) in enumerate(figures):
+        body = fig.to_html(full_html=False, include_plotlyjs=(i == 0))  # plotly.js once, inline: offline
+        if heading == "Decay-strategy comparison":
+            body += _table_html(rows)
+        sections.append((heading, body))
+    sections.append(("Summary", f"<pre>{html.escape(md)}</pre>"))
+    page = args.out / "index.html"
+    write_page(page, f"lr-study report: {study.study_name}", sections)
+    (args.out / "summary.md").write_text(md, encoding="utf-8")
+
+    # the dashboard shows the summary as the study's note and offers the page as an artifact
+    from optuna_dashboard import save_note
+
+    save_note(study, md)
+    artifact_dir = args.artifact_dir
+    if artifact_dir is None:
+        db = sqlite_path(args.storage)
+        artifact_dir = (db.parent if db is not None else Path(".")) / "artifacts"
+    artifact_dir.mkdir(parents=True, exist_ok=True)
+    from optuna.artifacts import FileSystemArtifactStore, upload_artifact
+
+    artifact_id = upload_artifact(artifact_store=FileSystemArtifactStore(str(artifact_dir)), file_path=str(page),
+                                  study_or_trial=study, mimetype="text/html")
+    print(md)
+    for w in edge:
+        print(f"warning: {w}", file=sys.stderr)
+    print(f"report: {page}\nsummary: {args.out / 'summary.md'}\nartifact {artifact_id} in {artifact_dir}: "
+          f"optuna-dashboard {args.storage} --artifact-dir {artifact_dir}")
+    return EXIT_OK
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,106 @@
+"""`study.report` on a small study written by study.run: figures, comparison, final word,
+dashboard note and artifact, and the page rendered by headless Chromium."""
+
+from __future__ import annotations
+
+import json
+import re
+import shutil
+import subprocess
+from pathlib import Path
+
+import optuna
+import pytest
+
+from cli_helpers import load
+from study import report as report_module
+from study.run import main as run_main
+
+FIGURE_TITLES = [
+    "Optimisation history",
+    "Learning curves: validation loss per epoch (pruned: dotted grey)",
+    "Hyperparameter importances (fANOVA, the LR as one parameter)",
+    "Parallel coordinates",
+    "Slice: validation loss against the initial learning rate",
+    "Timeline",
+    "Decay strategies: validation-loss curve of the best trial of each",
+    "LR schedule per layer of the best trials (fc1 solid, fc2 dashed, fc3 dotted)",
+]
+
+
+@pytest.fixture(scope="module")
+def reported(tmp_path_factory: pytest.TempPathFactory, mnist_dir) -> tuple[str, Path]:
+    tmp = tmp_path_factory.mktemp("report")
+    url = f"sqlite:///{tmp / 'studies' / 's.db'}"
+    assert run_main(["--trials", "14", "--epochs", "3", "--train-samples", "2000", "--device", "cpu",
+                     "--storage", url]) == 0
+    out = tmp / "report"
+    assert report_module.main(["--storage", url, "--out", str(out), "--final-seeds", "1", "--device", "cpu"]) == 0
+    return url, out
+
+
+@pytest.mark.slow
+def test_page_has_every_figure_and_the_comparison_table(reported) -> None:
+    url, out = reported
+    page = (out / "index.html").read_text()
+    titles = re.findall(r'"title":\{"text":"([^"]+)"', page)
+    for title in FIGURE_TITLES:
+        assert title in titles, title
+    assert "plotly.js v" in page and not re.search(r"<script[^>]*\bsrc=", page)  # inline: self-contained, offline
+    study = load(url)
+    present = {t.params["decay"] for t in study.trials if t.state.is_finished() and "decay" in t.params}
+    table = re.search(r'<table id="decay-table">(.*?)</table>', page).group(1)
+    rows = re.findall(r"<tr><td>([a-z]+)</td>", table)
+    assert sorted(rows) == sorted(present) and len(rows) >= 2
+    summary = (out / "summary.md").read_text()
+    assert "## Decay strategies" in summary and all(f"| {decay} |" in summary for decay in present)
+
+
+@pytest.mark.slow
+def test_final_word_note_and_artifact_are_in_the_study(reported) -> None:
+    url, out = reported
+    study = load(url)
+    final = study.user_attrs["final_test"]
+    assert final["best"]["trial"] == study.best_trial.number
+    assert 0.8 < final["best"]["test_accuracy_mean"] <= 1.0  # 3 epochs on all 60k images
+    assert final["best"]["train_images"] == 60_000 and len(final["best"]["seeds"]) == 1
+    assert "Final word: test accuracy" in (out / "summary.md").read_text()
+    from optuna_dashboard import get_note
+
+    assert "## Decay strategies" in get_note(study)  # the study's note in the dashboard
+    metas = optuna.artifacts.get_all_artifact_meta(study)
+    assert len(metas) == 1 and metas[0].mimetype == "text/html"
+    stored = Path(url.removeprefix("sqlite:///")).parent / "artifacts" / metas[0].artifact_id
+    assert stored.read_bytes() == (out / "index.html").read_bytes()
+
+
+def test_final_seeds_0_skips_the_test_set_and_bad_study_is_one_line(tmp_path: Path, capsys) -> None:
+    url = f"sqlite:///{tmp_path / 's.db'}"
+    assert run_main(["--trials", "3", "--epochs", "2", "--train-samples", "2000", "--device", "cpu", "--storage", url]) == 0
+    assert report_module.main(["--storage", url, "--out", str(tmp_path / "r"), "--final-seeds", "0"]) == 0
+    assert "final_test" not in load(url).user_attrs
+    assert "Final word" not in (tmp_path / "r" / "summary.md").read_text()
+    capsys.readouterr()
+    assert report_module.main(["--storage", url, "--study-name", "nope", "--out", str(tmp_path / "x")]) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and "no study 'nope'" in err
+
+
+@pytest.mark.slow
+def test_chromium_renders_the_page_without_script_errors(reported, tmp_path: Path) -> None:
+    url, out = reported
+    chromium = shutil.which("chromium") or shutil.which("chromium-browser")
+    if chromium is None:
+        pytest.fail("headless Chromium is needed: apt-get install chromium (.ci/run installs it)", pytrace=False)
+    flags = [chromium, "--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
+             "--disable-background-networking", "--disable-component-update", "--disable-sync",
+             f"--user-data-dir={tmp_path / 'profile'}", "--virtual-time-budget=20000"]
+    page = (out / "index.html").resolve().as_uri()
+    dom = subprocess.run([*flags, "--dump-dom", page], capture_output=True, text=True, timeout=180).stdout
+    body = re.search(r"<body([^>]*)>", dom).group(1)
+    attrs = dict(re.findall(r'data-(\w+)="([^"]*)"', body))
+    assert attrs.get("errors") == ""  # no script error while loading and drawing
+    assert int(attrs["figures"]) == len(FIGURE_TITLES) and int(attrs["rendered"]) == len(FIGURE_TITLES)
+    shot = tmp_path / "report.png"  # kept out of git: a temporary folder
+    subprocess.run([*flags, "--window-size=1250,4000", f"--screenshot={shot}", page], capture_output=True, timeout=180)
+    assert shot.stat().st_size > 50_000
