@@ -59,6 +59,27 @@ def sqlite_path(url: str) -> Path | None:
     return Path(parsed.database) if parsed.database and parsed.database != ":memory:" else None
 
 
+NETWORK_FILESYSTEMS = ("nfs", "nfs4", "cifs", "smb3", "smbfs", "fuse.sshfs", "ceph", "glusterfs", "lustre", "9p")
+
+
+def filesystem_type(path: Path, mounts: str | None = None) -> str:
+    """The type of the file system holding ``path`` (the longest matching mount point)."""
+    if mounts is None:
+        try:
+            mounts = Path("/proc/mounts").read_text()
+        except OSError:
+            return "unknown"
+    target, best, kind = str(path.resolve()), "", "unknown"
+    for line in mounts.splitlines():
+        fields = line.split()
+        if len(fields) >= 3:
+            point = fields[1].replace("\\040", " ")
+            inside = target == point or target.startswith(point.rstrip("/") + "/")
+            if inside and len(point) > len(best):
+                best, kind = point, fields[2]
+    return kind
+
+
 def _prepare_sqlite(url: str, parsed: URL) -> None:
     if not parsed.database or parsed.database == ":memory:":
         raise StorageError(
@@ -66,6 +87,12 @@ def _prepare_sqlite(url: str, parsed: URL) -> None:
             "give a file, e.g. sqlite:///studies/lr-study.db"
         )
     path = Path(parsed.database)
+    kind = filesystem_type(path.parent)
+    if kind in NETWORK_FILESYSTEMS:  # WAL needs shared memory between the processes: one host only
+        raise StorageError(
+            f"storage {url!r} is on a network file system ({kind}), where SQLite cannot lock safely; "
+            "use PostgreSQL for studies shared between machines (postgresql+psycopg://…)"
+        )
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
     except OSError as e:

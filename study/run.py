@@ -185,6 +185,9 @@ def _optimize(s: Settings, worker: int, n_existing: int, prefix: str = "") -> No
         s.epochs, device=_worker_device(s, worker), data_dir=s.data_dir,
         train_samples=s.train_samples, batch_size=s.batch_size, seed=s.seed, space=s.space,
     )
+    waiting = study.get_trials(deepcopy=False, states=(TrialState.WAITING,))
+    if _finished(study) >= s.trials and not waiting:
+        return
     objective.data  # noqa: B018 - load once, before the first trial, so no trial pays for it
     owner = _owner()
 
@@ -192,9 +195,6 @@ def _optimize(s: Settings, worker: int, n_existing: int, prefix: str = "") -> No
         trial.set_user_attr("worker", owner)  # which process ran it: diagnosis, orphan detection
         return objective(trial)
 
-    waiting = study.get_trials(deepcopy=False, states=(TrialState.WAITING,))
-    if _finished(study) >= s.trials and not waiting:
-        return
     guard = _StopAfterFailures()
     study.optimize(
         run_trial,

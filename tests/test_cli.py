@@ -191,3 +191,23 @@ def test_workers_share_the_budget(tmp_path: Path) -> None:
     assert 4 <= sum(s in FINISHED for s in states) <= 4 + 2 - 1
     assert TrialState.RUNNING not in states
     assert "w0 [" in done.stdout and "w1 [" in done.stdout  # both workers took trials
+
+
+def test_sqlite_on_a_network_file_system_is_refused(tmp_path: Path, monkeypatch) -> None:
+    import storage.storage as storage_module
+    from storage import StorageError, open_storage
+    from storage.storage import NETWORK_FILESYSTEMS, filesystem_type
+
+    table = f"/dev/vda / ext4 rw 0 0\nserver:/export {tmp_path} nfs rw 0 0\n"
+    monkeypatch.setattr(storage_module, "filesystem_type", lambda path: filesystem_type(path, table))
+    with pytest.raises(StorageError, match="network file system \\(nfs\\).*PostgreSQL"):
+        open_storage(f"sqlite:///{tmp_path / 'studies' / 'x.db'}")
+    assert not (tmp_path / "studies").exists()  # refused before anything was created
+    monkeypatch.undo()
+
+    mounts = "/dev/vda / ext4 rw 0 0\nserver:/export /mnt/shared nfs4 rw 0 0\n"
+    assert filesystem_type(Path("/mnt/shared/studies"), mounts) == "nfs4"
+    assert filesystem_type(Path("/mnt/sharedother"), mounts) == "ext4"
+    assert filesystem_type(Path("/tmp"), mounts) == "ext4"
+    assert "nfs4" in NETWORK_FILESYSTEMS
+    assert filesystem_type(Path("/tmp")) not in NETWORK_FILESYSTEMS  # this machine's real table
