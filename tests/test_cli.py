@@ -185,7 +185,9 @@ def test_ctrl_c_marks_the_trial_failed_exits_130_and_rerun_completes(tmp_path: P
 @pytest.mark.slow
 def test_workers_share_the_budget(tmp_path: Path) -> None:
     url = f"sqlite:///{tmp_path / 'w.db'}"
-    done = run_cli("--trials", "4", "--workers", "2", "--storage", url, *SMALL, cwd=tmp_path)
+    # trials of about a second, so that a worker that starts late still finds work
+    args = ["--epochs", "6", "--train-samples", "2000", "--device", "cpu", "--pruner", "none"]
+    done = run_cli("--trials", "4", "--workers", "2", "--storage", url, *args, cwd=tmp_path)
     assert done.returncode == 0, done.stderr
     states = [t.state for t in load(url).trials]
     assert 4 <= sum(s in FINISHED for s in states) <= 4 + 2 - 1

@@ -57,7 +57,9 @@ def _check_ended_well(url: str, target: int, workers: int) -> list[optuna.trial.
 
 
 def test_three_workers_on_postgres_reach_the_budget(postgres_url: str, tmp_path: Path) -> None:
-    done = run_cli("--trials", "9", "--workers", "3", "--storage", postgres_url, *SMALL, cwd=tmp_path)
+    # trials of about a second, so that a worker that starts late still finds work
+    args = ["--epochs", "6", "--train-samples", "2000", "--device", "cpu", "--pruner", "none"]
+    done = run_cli("--trials", "9", "--workers", "3", "--storage", postgres_url, *args, cwd=tmp_path)
     assert done.returncode == 0, done.stderr
     trials = _check_ended_well(postgres_url, 9, 3)
     assert len({t.user_attrs["worker"] for t in trials}) >= 2  # the work was shared
