@@ -10,6 +10,7 @@ side effects: nothing is loaded, printed or seeded until called.
 from objectives.config import DECAYS, OPTIMIZERS, TrainConfig
 from objectives.data import MnistData, MnistDataError, check_mnist, default_data_dir, load_mnist
 from objectives.device import resolve_device
+from objectives.fused import train_many
 from objectives.model import LAYERS, MLP, build_model
 from objectives.objective import MnistMLPObjective
 from objectives.schedules import LRSchedule, build_optimizer, set_lr_factor
@@ -39,4 +40,5 @@ __all__ = [
     "set_lr_factor",
     "suggest_config",
     "train",
+    "train_many",
 ]

@@ -1,0 +1,71 @@
+"""`train_many` against K separate `train` runs, in float64 on the CPU."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from objectives import TrainConfig, load_mnist, train
+from objectives.fused import train_many
+
+CONFIGS = [
+    TrainConfig(optimizer="sgd", lr=0.05, momentum=0.9, decay="step", step_size=1, step_gamma=0.5, lr_mult_fc1=2.0, batch_size=64),
+    TrainConfig(optimizer="adam", lr=1e-3, decay="cosine", cosine_eta_min_ratio=0.01, lr_mult_fc2=0.3, batch_size=64),
+    TrainConfig(optimizer="adamw", lr=2e-3, weight_decay=0.01, decay="exponential", exp_gamma=0.8, batch_size=64),
+    TrainConfig(optimizer="rmsprop", lr=5e-4, decay="plateau", plateau_patience=0, plateau_factor=0.5, lr_mult_fc1=0.5, batch_size=64),
+    TrainConfig(optimizer="adagrad", lr=0.02, weight_decay=1e-4, decay="constant", lr_mult_fc2=3.0, batch_size=64),
+    TrainConfig(optimizer="sgd", lr=0.01, momentum=0.5, weight_decay=1e-3, decay="cosine", batch_size=64),
+]
+SEEDS = [11, 12, 13, 14, 15, 16]
+
+
+@pytest.fixture(scope="module")
+def data64(mnist_dir):
+    return load_mnist(mnist_dir, device="cpu", dtype=torch.float64, train_samples=640)
+
+
+def rel(a: torch.Tensor, b: torch.Tensor) -> float:
+    return ((a - b).abs().max() / b.abs().max()).item()
+
+
+def test_same_curves_and_final_weights_as_separate_runs(data64) -> None:
+    fused = train_many(CONFIGS, data64, epochs=3, seeds=SEEDS, shuffle_seed=7)
+    for config, seed, got in zip(CONFIGS, SEEDS, fused):
+        want = train(config, data64, epochs=3, seed=seed, shuffle_seed=7)
+        assert got.val_losses == pytest.approx(want.val_losses, rel=1e-9), config.optimizer
+        assert got.train_losses == pytest.approx(want.train_losses, rel=1e-9)
+        assert got.val_accuracies == want.val_accuracies
+        for p, q in zip(got.model.parameters(), want.model.parameters()):
+            assert rel(p, q) < 1e-9, (config.optimizer, rel(p, q))
+        assert got.final_lrs == pytest.approx(want.final_lrs, rel=1e-12)
+        assert got.best_epoch == want.best_epoch and not got.diverged
+    # the trials really differ from each other (the test would pass vacuously otherwise)
+    assert len({round(r.val_losses[-1], 6) for r in fused}) == len(CONFIGS)
+
+
+def test_a_stopped_trial_freezes_and_a_diverged_one_is_infeasible(data64) -> None:
+    configs = [CONFIGS[1], TrainConfig(optimizer="sgd", lr=10.0, batch_size=64), CONFIGS[0]]
+    calls = []
+
+    def report(index: int, epoch: int, val_loss: float) -> bool:
+        calls.append((index, epoch))
+        return index == 2 and epoch == 1  # stop the third config after its first epoch
+
+    fused = train_many(configs, data64, epochs=3, report=report, seeds=[1, 2, 3], shuffle_seed=5)
+    assert fused[1].diverged and fused[1].epochs_run == 1 and fused[1].best_val_loss == float("inf")
+    assert fused[2].stopped and fused[2].epochs_run == 1
+    assert (1, 1) not in calls and sorted(calls) == [(0, 1), (0, 2), (0, 3), (2, 1)]
+    alone = train(configs[2], data64, epochs=3, seed=3, shuffle_seed=5, report=lambda e, v: True)
+    for p, q in zip(fused[2].model.parameters(), alone.model.parameters()):
+        assert rel(p, q) < 1e-9  # frozen where train stopped
+    reference = train(configs[0], data64, epochs=3, seed=1, shuffle_seed=5)
+    assert fused[0].val_losses == pytest.approx(reference.val_losses, rel=1e-9)  # unaffected by the others
+
+
+def test_bad_arguments(data64) -> None:
+    with pytest.raises(ValueError, match="batch size"):
+        train_many([CONFIGS[0], TrainConfig(batch_size=32)], data64, epochs=1)
+    with pytest.raises(ValueError, match="one seed per config"):
+        train_many(CONFIGS[:2], data64, epochs=1, seeds=[1])
+    with pytest.raises(ValueError, match="epochs="):
+        train_many(CONFIGS[:1], data64, epochs=0)
