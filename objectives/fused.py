@@ -34,7 +34,7 @@ from objectives.config import OPTIMIZERS, TrainConfig
 from objectives.data import MnistData
 from objectives.model import LAYERS, MLP, build_model
 from objectives.schedules import LRSchedule
-from objectives.train import DIVERGENCE_LOSS, TrainResult
+from objectives.train import TrainResult, _diverged, _result
 
 __all__ = ["train_many"]
 
@@ -140,7 +140,7 @@ def train_many(
     weights = [torch.stack([getattr(m, layer).weight.detach() for m in models]).requires_grad_() for layer in LAYERS]
     biases = [torch.stack([getattr(m, layer).bias.detach() for m in models]).requires_grad_() for layer in LAYERS]
     params = [t for pair in zip(weights, biases) for t in pair]  # fc1.w, fc1.b, fc2.w, …
-    param_layer = [layer for layer in LAYERS for _ in range(2)]
+    param_layer = [i for i in range(len(LAYERS)) for _ in range(2)]  # row of the LR table
     states: list[dict[str, torch.Tensor]] = [{} for _ in params]
     base = {layer: [c.lr * c.lr_mult(layer) for c in cfgs] for layer in LAYERS}
     momentum = torch.tensor([c.momentum for c in cfgs], device=device, dtype=dtype)
@@ -152,7 +152,6 @@ def train_many(
     active = [True] * k
     history: list[dict[str, list[float]]] = [{"val": [], "acc": [], "train": [], "sec": []} for _ in range(k)]
     diverged, stopped = [False] * k, [False] * k
-    final_lrs: list[dict[str, float] | None] = [None] * k
     step = 0
 
     def forward(x: torch.Tensor) -> torch.Tensor:
@@ -179,8 +178,8 @@ def train_many(
             factors = [s.factor if a else 0.0 for s, a in zip(schedules, active)]
             lrs = torch.tensor([[base[layer][s] * factors[s] for s in range(k)] for layer in LAYERS], dtype=dtype).to(device)
             with torch.no_grad():
-                for p, layer, state in zip(params, param_layer, states):
-                    lr_layer = lrs[LAYERS.index(layer)]
+                for p, row, state in zip(params, param_layer, states):
+                    lr_layer = lrs[row]
                     for opt, a, b in groups:
                         group_state = state.setdefault(opt, {})
                         _update(opt, p[a:b], p.grad[a:b], group_state, step, lr_layer[a:b], momentum[a:b], wd[a:b])
@@ -208,34 +207,28 @@ def train_many(
             h["val"].append(val_l[s])
             h["acc"].append(acc[s])
             h["sec"].append(seconds)
-            if not all(math.isfinite(v) and v <= DIVERGENCE_LOSS for v in (train_l[s], val_l[s])):
+            if _diverged(train_l[s], val_l[s]):
                 diverged[s], active[s] = True, False
             else:
                 schedules[s].epoch_end(val_l[s])
                 if report is not None and report(order[s], epoch, val_l[s]):
                     stopped[s], active[s] = True, False
-            if not active[s] or epoch == epochs:
-                final_lrs[s] = {layer: base[layer][s] * schedules[s].factor for layer in LAYERS}
         if not any(active):
             break
 
+    # a stopped trial's schedule is no longer stepped, so its factor is the one it stopped with
     results: list[TrainResult | None] = [None] * k_all
-    for s, c in enumerate(cfgs):
+    for s in range(k):
         h = history[s]
-        finished = h["val"][:-1] if diverged[s] else h["val"]
-        best_loss, best_i = min(((v, i) for i, v in enumerate(finished)), default=(math.inf, None))
         model = MLP().to(device=device, dtype=dtype)
         with torch.no_grad():
             for layer, w, b in zip(LAYERS, weights, biases):
                 getattr(model, layer).weight.copy_(w[s])
                 getattr(model, layer).bias.copy_(b[s])
-        results[order[s]] = TrainResult(
-            val_losses=h["val"], val_accuracies=h["acc"], train_losses=h["train"], epoch_seconds=h["sec"],
-            best_epoch=None if best_i is None else best_i + 1, best_val_loss=best_loss,
-            best_val_accuracy=math.nan if best_i is None else h["acc"][best_i],
-            diverged=diverged[s], stopped=stopped[s],
+        results[order[s]] = _result(
+            h["val"], h["acc"], h["train"], h["sec"], diverged[s], stopped[s],
             initial_lrs={layer: base[layer][s] for layer in LAYERS},
-            final_lrs=final_lrs[s] or {layer: base[layer][s] * schedules[s].factor for layer in LAYERS},
+            final_lrs={layer: base[layer][s] * schedules[s].factor for layer in LAYERS},
             model=model,
         )
     return results  # type: ignore[return-value]

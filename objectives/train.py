@@ -63,6 +63,34 @@ class TrainResult:
         return sum(self.epoch_seconds) / len(self.epoch_seconds) if self.epoch_seconds else math.nan
 
 
+def _diverged(train_loss: float, val_loss: float) -> bool:
+    """A NaN, infinite or exploding epoch: the run is infeasible (shared with ``train_many``)."""
+    return not all(math.isfinite(v) and v <= DIVERGENCE_LOSS for v in (train_loss, val_loss))
+
+
+def _result(
+    val_losses: list[float], val_accs: list[float], train_losses: list[float], epoch_seconds: list[float],
+    diverged: bool, stopped: bool, initial_lrs: dict[str, float], final_lrs: dict[str, float], model: nn.Module,
+) -> TrainResult:
+    """A :class:`TrainResult` with the best epoch chosen on validation loss (shared with ``train_many``)."""
+    finished = val_losses[:-1] if diverged else val_losses  # the diverged epoch never counts
+    best_loss, best_i = min(((loss, i) for i, loss in enumerate(finished)), default=(math.inf, None))
+    return TrainResult(
+        val_losses=val_losses,
+        val_accuracies=val_accs,
+        train_losses=train_losses,
+        epoch_seconds=epoch_seconds,
+        best_epoch=None if best_i is None else best_i + 1,
+        best_val_loss=best_loss,
+        best_val_accuracy=math.nan if best_i is None else val_accs[best_i],
+        diverged=diverged,
+        stopped=stopped,
+        initial_lrs=initial_lrs,
+        final_lrs=final_lrs,
+        model=model,
+    )
+
+
 @torch.no_grad()
 def _eval_sums(model: nn.Module, x: torch.Tensor, y: torch.Tensor, chunk: int = 8192) -> torch.Tensor:
     """``[sum of losses, number correct]`` over ``(x, y)`` as a device tensor (no host sync)."""
@@ -144,7 +172,7 @@ def train(
         val_accs.append(correct / data.val_x.shape[0])
         epoch_seconds.append(time.perf_counter() - t0)
 
-        if not all(math.isfinite(v) and v <= DIVERGENCE_LOSS for v in (train_loss, val_loss)):
+        if _diverged(train_loss, val_loss):
             diverged = True
             break
         set_lr_factor(optimizer, schedule.epoch_end(val_loss))
@@ -152,20 +180,5 @@ def train(
             stopped = True
             break
 
-    finished = val_losses[:-1] if diverged else val_losses  # the diverged epoch never counts
-    feasible = [(loss, i) for i, loss in enumerate(finished)]
-    best_loss, best_i = min(feasible) if feasible else (math.inf, None)
-    return TrainResult(
-        val_losses=val_losses,
-        val_accuracies=val_accs,
-        train_losses=train_losses,
-        epoch_seconds=epoch_seconds,
-        best_epoch=None if best_i is None else best_i + 1,
-        best_val_loss=best_loss,
-        best_val_accuracy=math.nan if best_i is None else val_accs[best_i],
-        diverged=diverged,
-        stopped=stopped,
-        initial_lrs=initial_lrs,
-        final_lrs={g["layer"]: g["lr"] for g in optimizer.param_groups},
-        model=model,
-    )
+    final_lrs = {g["layer"]: g["lr"] for g in optimizer.param_groups}
+    return _result(val_losses, val_accs, train_losses, epoch_seconds, diverged, stopped, initial_lrs, final_lrs, model)
