@@ -12,6 +12,7 @@ nothing. Exit codes: 0 done, 2 bad input (one line on stderr, nothing stored is 
 from __future__ import annotations
 
 import argparse
+import functools
 import importlib.metadata
 import multiprocessing
 import os
@@ -135,6 +136,16 @@ def _sampler_seed(seed: int, n_existing: int, worker: int) -> int:
     return int(np.random.SeedSequence([seed, n_existing, worker]).generate_state(1)[0])
 
 
+@functools.cache
+def _open(url: str, heartbeat_interval: int) -> optuna.storages.RDBStorage:
+    return open_storage(url, heartbeat_interval=heartbeat_interval)
+
+
+def _storage(s: Settings) -> optuna.storages.RDBStorage:
+    """The study's storage, opened once per process (each worker process opens its own)."""
+    return _open(s.storage, s.heartbeat_interval)
+
+
 def _finished(study: optuna.Study) -> int:
     return len(study.get_trials(deepcopy=False, states=FINISHED))
 
@@ -174,7 +185,7 @@ def _optimize(s: Settings, worker: int, n_existing: int, prefix: str = "") -> No
     Retries queued for dead workers' trials (WAITING) are run first, even when the budget is
     already reached, so that a crash never leaves a trial without its retry.
     """
-    storage = open_storage(s.storage, heartbeat_interval=s.heartbeat_interval)
+    storage = _storage(s)
     study = optuna.load_study(
         study_name=s.study_name,
         storage=storage,
@@ -233,12 +244,13 @@ def _alive(pid: int) -> bool:
 def _settle_orphans(s: Settings) -> None:
     """Wait until trials left RUNNING by dead processes of this host are failed by their stale
     heartbeat (Optuna then queues each again once, as WAITING, for the next worker to run)."""
-    study = optuna.load_study(study_name=s.study_name, storage=open_storage(s.storage, heartbeat_interval=s.heartbeat_interval))
+    storage = _storage(s)
+    study = optuna.load_study(study_name=s.study_name, storage=storage)
     host = socket.gethostname()
     orphans = _orphans(study, host)
     if not orphans:
         return
-    grace = 2 * s.heartbeat_interval  # open_storage's default grace period
+    grace = storage.grace_period
     print(f"waiting up to {grace + s.heartbeat_interval} s for the heartbeat of trial(s) "
           f"{', '.join(str(t.number) for t in orphans)} (left RUNNING by a dead worker) to go stale", flush=True)
     deadline = time.monotonic() + grace + s.heartbeat_interval + 5
@@ -320,7 +332,7 @@ def _lr_range_space(s: Settings, device: torch.device, stored: dict | None) -> t
 
 def _open_study(s: Settings, argv: list[str], device: torch.device) -> tuple[optuna.Study, Settings]:
     """Create the study, or load it after checking that it is the same experiment."""
-    storage = open_storage(s.storage, heartbeat_interval=s.heartbeat_interval)
+    storage = _storage(s)
     command = "python -m study.run " + shlex.join(argv)
     try:
         study = optuna.load_study(study_name=s.study_name, storage=storage)
@@ -424,7 +436,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"error: {e}", file=sys.stderr)
         return EXIT_USAGE
 
-    study = optuna.load_study(study_name=s.study_name, storage=open_storage(s.storage, heartbeat_interval=s.heartbeat_interval))
+    study = optuna.load_study(study_name=s.study_name, storage=_storage(s))
     new = len(study.get_trials(deepcopy=False)) - n_existing
     print(summary(study, target=s.trials, wall_seconds=time.perf_counter() - started, new_trials=new, dashboard=dashboard))
     if code == EXIT_INTERRUPTED:
