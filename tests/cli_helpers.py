@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import os
+import socket
 import subprocess
+import urllib.request
 import sys
 import time
 from pathlib import Path
@@ -17,8 +19,8 @@ FINISHED = (TrialState.COMPLETE, TrialState.PRUNED)
 ENV = {**os.environ, "PYTHONPATH": str(ROOT)}
 
 
-def run_cli(*args: str, cwd: Path, timeout: float = 240) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([sys.executable, "-m", "study.run", *args], capture_output=True, text=True,
+def run_cli(*args: str, cwd: Path, timeout: float = 240, module: str = "study.run") -> subprocess.CompletedProcess[str]:
+    return subprocess.run([sys.executable, "-m", module, *args], capture_output=True, text=True,
                           cwd=cwd, env=ENV, timeout=timeout)
 
 
@@ -51,3 +53,37 @@ def wait_for_running(url: str, proc: subprocess.Popen[str], timeout: float = 120
         time.sleep(0.1)
     proc.kill()
     raise AssertionError("no trial started in time")
+
+
+def free_port() -> int:
+    """A loopback port nothing listens on (at the moment of asking)."""
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def start_dashboard(url: str, port: int, timeout: float = 60) -> subprocess.Popen[bytes]:
+    """A real optuna-dashboard process on 127.0.0.1:``port``, once it answers its API."""
+    exe = Path(sys.executable).with_name("optuna-dashboard")
+    proc = subprocess.Popen([str(exe), url, "--host", "127.0.0.1", "--port", str(port), "--quiet"],
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        try:
+            urllib.request.urlopen(f"http://127.0.0.1:{port}/api/studies", timeout=2).close()
+            return proc
+        except OSError:
+            if proc.poll() is not None:
+                raise AssertionError(f"optuna-dashboard exited: {proc.stdout.read().decode()}")
+            time.sleep(0.3)
+    stop_dashboard(proc)
+    raise AssertionError("optuna-dashboard did not answer in time")
+
+
+def stop_dashboard(proc: subprocess.Popen[bytes]) -> None:
+    proc.terminate()
+    try:
+        proc.wait(timeout=10)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        proc.wait()

@@ -66,8 +66,9 @@ def postgres_server():
     Run as the unprivileged ``postgres`` user when the tests run as root (the server refuses
     root). ``.ci/run`` installs the Debian package when it is missing.
     """
-    import socket
     import subprocess
+
+    from cli_helpers import free_port
     import tempfile
 
     initdb, pg_ctl = _postgres_bin("initdb"), _postgres_bin("pg_ctl")
@@ -82,9 +83,7 @@ def postgres_server():
         user = pwd.getpwnam("postgres")
         os.chown(base, user.pw_uid, user.pw_gid)
         prefix = ["runuser", "-u", "postgres", "--"]
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
+    port = free_port()
     data = base / "data"
 
     def run(*cmd: str) -> None:

@@ -3,21 +3,17 @@
 from __future__ import annotations
 
 import gzip
-import os
 import signal
-import socket
 import sqlite3
-import subprocess
 import sys
 import time
 from pathlib import Path
 
-import optuna
 import pytest
 import torch
 from optuna.trial import TrialState
 
-from cli_helpers import FINISHED, ROOT, SMALL, load, run_cli, snapshot
+from cli_helpers import FINISHED, SMALL, free_port, load, run_cli, snapshot, start_cli, wait_for_running
 from study.run import main
 
 
@@ -93,9 +89,7 @@ def test_bad_input_is_one_line_exit_2_and_changes_nothing(finished_study, tmp_pa
     cwd, url = finished_study
     damaged = mnist_copy / "train-labels-idx1-ubyte.gz"
     damaged.write_bytes(gzip.compress(gzip.decompress(damaged.read_bytes())[:-1] + b"\x07"))
-    with socket.socket() as sock:  # a loopback port with nothing listening
-        sock.bind(("127.0.0.1", 0))
-        closed_port = sock.getsockname()[1]
+    closed_port = free_port()  # a loopback port with nothing listening
     empty = tmp_path / "empty"
     empty.mkdir()
     args = [a.replace("{empty}", str(empty)).replace("{corrupt}", str(mnist_copy))
@@ -155,20 +149,8 @@ def test_ctrl_c_marks_the_trial_failed_exits_130_and_rerun_completes(tmp_path: P
     url = f"sqlite:///{tmp_path / 'c.db'}"
     args = ["--trials", "2", "--storage", url, "--epochs", "40", "--train-samples", "2000", "--device", "cpu",
             "--pruner", "none"]
-    env = {**os.environ, "PYTHONPATH": str(ROOT)}
-    proc = subprocess.Popen([sys.executable, "-m", "study.run", *args], cwd=tmp_path, env=env,
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-    deadline = time.monotonic() + 120
-    while time.monotonic() < deadline:  # wait until the first trial is running
-        try:
-            if any(t.state == TrialState.RUNNING for t in load(url).trials):
-                break
-        except KeyError:  # the study is not created yet
-            pass
-        time.sleep(0.2)
-    else:
-        proc.kill()
-        pytest.fail("no trial started")
+    proc = start_cli(*args, cwd=tmp_path)
+    wait_for_running(url, proc)
     time.sleep(1.0)
     proc.send_signal(signal.SIGINT)
     out, err = proc.communicate(timeout=30)

@@ -3,22 +3,13 @@
 from __future__ import annotations
 
 import json
-import socket
-import subprocess
-import sys
-import time
 import urllib.request
 from pathlib import Path
 
 import pytest
 
+from cli_helpers import free_port, start_dashboard, stop_dashboard
 from study.run import main
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def get(url: str) -> dict:
@@ -33,20 +24,10 @@ def test_dashboard_shows_trials_params_curves_and_user_attrs(tmp_path: Path) -> 
                  "--device", "cpu", "--pruner", "none"]) == 0
 
     port = free_port()
-    dashboard = Path(sys.executable).with_name("optuna-dashboard")
-    proc = subprocess.Popen([str(dashboard), storage, "--host", "127.0.0.1", "--port", str(port), "--quiet"],
-                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+    proc = start_dashboard(storage, port)
     base = f"http://127.0.0.1:{port}"
     try:
-        deadline = time.monotonic() + 60
-        while True:
-            try:
-                studies = get(f"{base}/api/studies")["study_summaries"]
-                break
-            except OSError:
-                if proc.poll() is not None or time.monotonic() > deadline:
-                    pytest.fail(f"optuna-dashboard did not come up: {proc.stdout.read().decode() if proc.poll() is not None else 'timeout'}")
-                time.sleep(0.3)
+        studies = get(f"{base}/api/studies")["study_summaries"]
         [summary] = [s for s in studies if s["study_name"] == "mnist-mlp-lr"]
         detail = get(f"{base}/api/studies/{summary['study_id']}")
         trials = detail["trials"]
@@ -64,10 +45,5 @@ def test_dashboard_shows_trials_params_curves_and_user_attrs(tmp_path: Path) -> 
         assert detail["has_intermediate_values"] is True
         assert detail.get("objective_names") == ["val_loss"]  # the metric name set by study.run
     finally:
-        proc.terminate()
-        try:
-            proc.wait(timeout=10)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
+        stop_dashboard(proc)
     assert proc.returncode is not None

@@ -39,8 +39,8 @@ def test_bad_arguments_name_the_value(mnist_2k) -> None:
 
 
 def test_cli_writes_the_figure_prints_the_suggestion_and_stores_nothing(tmp_path: Path) -> None:
-    done = run_cli_module("study.lr_range", "--optimizer", "adam", "--train-samples", "2000", "--device", "cpu",
-                          "--out", "figs/adam.html", cwd=tmp_path)
+    done = run_cli("--optimizer", "adam", "--train-samples", "2000", "--device", "cpu", "--out", "figs/adam.html",
+                   cwd=tmp_path, module="study.lr_range")
     assert done.returncode == 0, done.stderr
     assert "suggested initial LR:" in done.stdout and "suggested search range:" in done.stdout
     page = (tmp_path / "figs" / "adam.html").read_text()
@@ -49,7 +49,7 @@ def test_cli_writes_the_figure_prints_the_suggestion_and_stores_nothing(tmp_path
 
 
 def test_cli_bad_range_is_one_line(tmp_path: Path) -> None:
-    done = run_cli_module("study.lr_range", "--start-lr", "1", "--end-lr", "0.1", "--device", "cpu", cwd=tmp_path)
+    done = run_cli("--start-lr", "1", "--end-lr", "0.1", "--device", "cpu", cwd=tmp_path, module="study.lr_range")
     assert done.returncode == 2 and len(done.stderr.strip().splitlines()) == 1 and "--start-lr" in done.stderr
 
 
@@ -70,11 +70,3 @@ def test_study_run_lr_range_narrows_and_records_and_resumes(tmp_path: Path, caps
     assert "LR range test," not in capsys.readouterr().out
     assert len(load(url).trials) == 5
 
-
-def run_cli_module(module: str, *args: str, cwd: Path):
-    import subprocess
-    import sys
-
-    from cli_helpers import ENV
-
-    return subprocess.run([sys.executable, "-m", module, *args], capture_output=True, text=True, cwd=cwd, env=ENV, timeout=240)

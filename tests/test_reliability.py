@@ -6,8 +6,6 @@ from __future__ import annotations
 import json
 import os
 import signal
-import socket
-import sys
 import threading
 import time
 import urllib.request
@@ -20,7 +18,8 @@ import torch
 from optuna.storages import RetryHeartbeatStaleTrialCallback
 from optuna.trial import TrialState
 
-from cli_helpers import FINISHED, SMALL, load, run_cli, snapshot, start_cli, wait_for_running
+from cli_helpers import (FINISHED, SMALL, free_port, load, run_cli, snapshot, start_cli, start_dashboard,
+                         stop_dashboard, wait_for_running)
 from study.run import main
 
 pytestmark = pytest.mark.slow
@@ -134,9 +133,7 @@ def test_sigterm_of_workers_fails_trials_in_flight_and_rerun_resumes(tmp_path: P
 def test_sqlite_three_workers_while_the_dashboard_reads(tmp_path: Path) -> None:
     url = f"sqlite:///{tmp_path / 'busy.db'}"
     assert main(["--trials", "1", "--storage", url, *SMALL]) == 0
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
+    port = free_port()
     dashboard = start_dashboard(url, port)
     reads, errors, stop = [0], [], threading.Event()
 
@@ -152,39 +149,17 @@ def test_sqlite_three_workers_while_the_dashboard_reads(tmp_path: Path) -> None:
 
     thread = threading.Thread(target=hammer, daemon=True)
     try:
-        wait_http(port, dashboard)
         thread.start()
         done = run_cli("--trials", "10", "--workers", "3", "--storage", url, *SMALL, cwd=tmp_path)
     finally:
         stop.set()
         thread.join(timeout=10)
-        dashboard.terminate()
-        dashboard.wait(timeout=10)
+        stop_dashboard(dashboard)
     assert done.returncode == 0, done.stderr
     assert "locked" not in done.stderr
     trials = _check_ended_well(url, 10, 3)
     assert not any(t.state == TrialState.FAIL for t in trials)
     assert reads[0] > 10  # the dashboard really was reading throughout
-
-
-def start_dashboard(url: str, port: int):
-    import subprocess
-
-    exe = Path(sys.executable).with_name("optuna-dashboard")
-    return subprocess.Popen([str(exe), url, "--host", "127.0.0.1", "--port", str(port), "--quiet"],
-                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-
-
-def wait_http(port: int, proc, timeout: float = 60) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        try:
-            urllib.request.urlopen(f"http://127.0.0.1:{port}/api/studies", timeout=2).close()
-            return
-        except OSError:
-            assert proc.poll() is None, "optuna-dashboard exited"
-            time.sleep(0.3)
-    raise AssertionError("optuna-dashboard did not answer")
 
 
 def _one_error_line(capsys) -> str:

@@ -3,7 +3,6 @@ dashboard note and artifact, and the page rendered by headless Chromium."""
 
 from __future__ import annotations
 
-import json
 import re
 import shutil
 import subprocess
