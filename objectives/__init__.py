@@ -2,7 +2,8 @@
 
 The parts compose: :func:`load_mnist` (device-resident, checksummed data),
 :func:`suggest_config` over a :class:`SearchSpace` (a trial to a :class:`TrainConfig`),
-:func:`train` (a config to a :class:`TrainResult`, never seeing a trial), and
+:func:`train` (a config to a :class:`TrainResult`, never seeing a trial),
+:func:`train_many` / :func:`train_stream` (many configs fused in the same kernels), and
 :class:`MnistMLPObjective`, which ties them to an Optuna study. Importing this package has no
 side effects: nothing is loaded, printed or seeded until called.
 """
@@ -10,12 +11,12 @@ side effects: nothing is loaded, printed or seeded until called.
 from objectives.config import DECAYS, OPTIMIZERS, TrainConfig
 from objectives.data import MnistData, MnistDataError, check_mnist, default_data_dir, load_mnist
 from objectives.device import resolve_device
-from objectives.fused import train_many
+from objectives.fused import train_many, train_stream
 from objectives.model import LAYERS, MLP, build_model
 from objectives.objective import MnistMLPObjective
 from objectives.schedules import LRSchedule, build_optimizer, set_lr_factor
 from objectives.space import SearchSpace, suggest_config
-from objectives.train import DIVERGENCE_LOSS, TrainResult, evaluate, train
+from objectives.train import DIVERGENCE_LOSS, TrainResult, epoch_permutation, evaluate, train
 
 __all__ = [
     "DECAYS",
@@ -34,6 +35,7 @@ __all__ = [
     "build_optimizer",
     "check_mnist",
     "default_data_dir",
+    "epoch_permutation",
     "evaluate",
     "load_mnist",
     "resolve_device",
@@ -41,4 +43,5 @@ __all__ = [
     "suggest_config",
     "train",
     "train_many",
+    "train_stream",
 ]

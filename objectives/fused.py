@@ -1,31 +1,37 @@
-"""`train_many`: K configurations of the MLP trained in the same kernels.
+"""`train_many` / `train_stream`: many configurations of the MLP trained in the same kernels.
 
-Each layer's weights of the K trials are stacked ``[K, out, in]`` and every step runs one
-batched matrix product per layer (``torch.baddbmm``) for all of them; the loss is the sum of
+Each layer's weights of the K trials in flight are stacked ``[K, out, in]`` and every step runs
+one batched matrix product per layer (``torch.baddbmm``) for all of them; the loss is the sum of
 the trials' own mean losses, so each trial's gradient is exactly the one ``train`` computes.
 Per-trial hyperparameters (initial LR, layer multipliers, decay schedule, momentum, weight
 decay) become per-trial tensors applied in the update. The schedules are the same
 :class:`LRSchedule` objects as in ``train`` (torch schedulers on a one-parameter optimizer),
-one per trial, plateau fed with the trial's own validation loss.
+one per trial, plateau fed with the trial's own validation loss; at the start of each epoch the
+host steps them through the epoch and sends the whole LR table to the device in one copy, so
+the step loop has no host sync and no per-step host-to-device copy.
 
 torch.optim cannot do the update: its tensor ``lr`` must have one element, while here every
 trial has its own LR per layer. So the update is written below for the five optimizers of the
 search space, mirroring torch's single-tensor implementations step by step (same defaults,
 same order of operations), and checked against them: in float64 on the CPU, ``train_many``
-gives the per-epoch validation losses and final weights of K separate ``train`` runs to 1e-9
-(``tests/test_fused.py``). Trials are grouped by optimizer into contiguous slices of the stack.
+gives the per-epoch validation losses and final weights of K separate ``train`` runs to 1e-9,
+refilled slots included (``tests/test_fused.py``). Trials are grouped by optimizer into
+contiguous slices of the stack, so each update is a handful of ops on a view.
 
-All trials of one call share the minibatch order (``shuffle_seed``: common random numbers,
-which also lowers the noise between the trials being compared). A trial whose report asks to
-stop, or whose loss diverges, stops updating at once (its LR becomes 0) and its result is
-frozen. Refilling such a slot with a new trial is not done yet.
+Every trial shuffles with :func:`epoch_permutation` of one shared ``shuffle_seed`` (common
+random numbers), so its epoch e sees the same batches as ``train`` with that seed, whenever it
+runs. A trial ends at an epoch boundary (last epoch, its report asked to stop, or its loss
+diverged); its slot is then refilled with the next job, which starts at its own epoch 1 with its
+own schedule while the others go on, each slot gathering its own minibatch. The stacks are
+rebuilt only when the set of trials changes, so finished trials cost nothing afterwards.
 """
 
 from __future__ import annotations
 
 import math
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
+from dataclasses import dataclass, field
 
 import torch
 import torch.nn.functional as F
@@ -34,61 +40,281 @@ from objectives.config import OPTIMIZERS, TrainConfig
 from objectives.data import MnistData
 from objectives.model import LAYERS, MLP, build_model
 from objectives.schedules import LRSchedule
-from objectives.train import TrainResult, _diverged, _result
+from objectives.train import TrainResult, _diverged, _result, epoch_permutation
 
-__all__ = ["train_many"]
+__all__ = ["train_many", "train_stream"]
 
-#: ``report(index, epoch, val_loss)``: ``index`` is the config's position in ``configs``.
+#: ``report(index, epoch, val_loss)``: ``index`` is the job's position in the input.
 ReportMany = Callable[[int, int, float], "bool | None"]
 
 # torch.optim defaults, which ``train`` uses through build_optimizer
 _ADAM_BETAS, _ADAM_EPS = (0.9, 0.999), 1e-8
 _RMSPROP_ALPHA, _RMSPROP_EPS = 0.99, 1e-8
 _ADAGRAD_EPS = 1e-10
+# optimizer state per parameter; all start at zero (for SGD's buffer, 0·momentum + g is
+# exactly torch's first-step clone of g)
+_STATE = {"sgd": ("buf",), "adam": ("exp_avg", "exp_avg_sq"), "adamw": ("exp_avg", "exp_avg_sq"),
+          "rmsprop": ("square_avg",), "adagrad": ("sum",)}
+# rows of the per-epoch table: one LR per layer, then Adam's two bias corrections
+_ROW_BC1, _ROW_BC2 = len(LAYERS), len(LAYERS) + 1
+_EVAL_CHUNK = 8192
 
 
-def _per_trial(values: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
+def _column(values: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
     """``[k]`` values shaped to broadcast over a ``[k, …]`` parameter slice."""
     return values.view(-1, *([1] * (like.dim() - 1)))
 
 
-def _update(optimizer: str, p: torch.Tensor, g: torch.Tensor, state: dict[str, torch.Tensor], step: int,
-            lr: torch.Tensor, momentum: torch.Tensor, wd: torch.Tensor) -> None:
-    """One in-place update of the stacked slice ``p`` (k trials) with per-trial ``lr``, ``momentum``,
-    ``wd`` (shape ``[k]``), in the order of torch's single-tensor implementation of ``optimizer``."""
-    lr, momentum, wd = (_per_trial(t, p) for t in (lr, momentum, wd))
-    decoupled = optimizer == "adamw"
-    if not decoupled and bool((wd != 0).any()):
+def _update(optimizer: str, p: torch.Tensor, g: torch.Tensor, state: dict[str, torch.Tensor], lr: torch.Tensor,
+            momentum: torch.Tensor, wd: torch.Tensor | None, bc1: torch.Tensor, bc2_sqrt: torch.Tensor) -> None:
+    """One in-place update of the stacked slice ``p`` (k trials of one optimizer) with per-trial
+    ``lr``, ``momentum``, ``wd`` (None: no trial of the slice has weight decay) and Adam's bias
+    corrections (shape ``[k]``), in the order of torch's single-tensor implementation."""
+    lr, momentum, bc1, bc2_sqrt = (_column(t, p) for t in (lr, momentum, bc1, bc2_sqrt))
+    wd = None if wd is None else _column(wd, p)
+    if wd is not None and optimizer != "adamw":
         g = g + wd * p  # grad.add(param, alpha=weight_decay)
     if optimizer == "sgd":
-        if "buf" not in state:
-            state["buf"] = g.clone()
-        else:
-            state["buf"].mul_(momentum).add_(g)
+        state["buf"].mul_(momentum).add_(g)
         p.sub_(lr * state["buf"])
     elif optimizer in ("adam", "adamw"):
         beta1, beta2 = _ADAM_BETAS
-        if decoupled:
+        if wd is not None and optimizer == "adamw":
             p.mul_(1 - lr * wd)
-        if "exp_avg" not in state:
-            state["exp_avg"], state["exp_avg_sq"] = torch.zeros_like(p), torch.zeros_like(p)
         state["exp_avg"].lerp_(g, 1 - beta1)
         state["exp_avg_sq"].mul_(beta2).addcmul_(g, g, value=1 - beta2)
-        step_size = lr / (1 - beta1**step)
-        denom = (state["exp_avg_sq"].sqrt() / ((1 - beta2**step) ** 0.5)).add_(_ADAM_EPS)
-        p.sub_(step_size * (state["exp_avg"] / denom))
+        denom = (state["exp_avg_sq"].sqrt() / bc2_sqrt).add_(_ADAM_EPS)
+        p.sub_((lr / bc1) * (state["exp_avg"] / denom))
     elif optimizer == "rmsprop":
-        if "square_avg" not in state:
-            state["square_avg"] = torch.zeros_like(p)
         state["square_avg"].mul_(_RMSPROP_ALPHA).addcmul_(g, g, value=1 - _RMSPROP_ALPHA)
         p.sub_(lr * (g / state["square_avg"].sqrt().add_(_RMSPROP_EPS)))
     elif optimizer == "adagrad":
-        if "sum" not in state:
-            state["sum"] = torch.zeros_like(p)
         state["sum"].addcmul_(g, g, value=1)
         p.sub_(lr * (g / state["sum"].sqrt().add_(_ADAGRAD_EPS)))
     else:
         raise ValueError(f"optimizer must be one of {OPTIMIZERS}, but got {optimizer=}")
+
+
+@dataclass(eq=False)
+class _Trial:
+    """One job in flight: its config, schedule, progress and place in the stack."""
+
+    index: int
+    config: TrainConfig
+    seed: int
+    schedule: LRSchedule
+    fresh: MLP | None  # initial weights, until the trial is first packed
+    row: int = -1  # position in the current stack
+    steps: int = 0  # optimizer steps done
+    val: list[float] = field(default_factory=list)
+    acc: list[float] = field(default_factory=list)
+    train: list[float] = field(default_factory=list)
+    sec: list[float] = field(default_factory=list)
+
+    @property
+    def epoch(self) -> int:  # epochs done
+        return len(self.val)
+
+    def lr(self, layer: str, factor: float = 1.0) -> float:
+        return self.config.lr * self.config.lr_mult(layer) * factor
+
+
+class _Stack:
+    """The trials in flight as stacked parameters and optimizer states, sorted by optimizer."""
+
+    def __init__(self, trials: list[_Trial], previous: _Stack | None, device: torch.device, dtype: torch.dtype) -> None:
+        trials = sorted(trials, key=lambda t: (OPTIMIZERS.index(t.config.optimizer), t.index))
+        self.trials, self.device, self.dtype = trials, device, dtype
+        self.groups: list[tuple[str, int, int]] = []  # (optimizer, start, stop) slices of the stack
+        for opt in OPTIMIZERS:
+            rows = [i for i, t in enumerate(trials) if t.config.optimizer == opt]
+            if rows:
+                self.groups.append((opt, rows[0], rows[-1] + 1))
+        old_group = {opt: a for opt, a, _ in previous.groups} if previous else {}
+
+        # fc1.weight, fc1.bias, fc2.weight, …: survivors' rows copied, newcomers' fresh weights
+        self.params: list[torch.Tensor] = []
+        self.states: list[dict[str, dict[str, torch.Tensor]]] = []
+        for j in range(2 * len(LAYERS)):
+            layer, kind = LAYERS[j // 2], ("weight", "bias")[j % 2]
+
+            def own(t: _Trial) -> torch.Tensor:
+                if t.fresh is not None:
+                    return getattr(getattr(t.fresh, layer), kind).detach()
+                return previous.params[j][t.row].detach()
+
+            self.params.append(torch.stack([own(t) for t in trials]).requires_grad_())
+            per_opt: dict[str, dict[str, torch.Tensor]] = {}
+            for opt, a, b in self.groups:
+                per_opt[opt] = {}
+                for name in _STATE[opt]:
+                    rows = [torch.zeros_like(self.params[j][0]) if t.fresh is not None
+                            else previous.states[j][opt][name][t.row - old_group[opt]] for t in trials[a:b]]
+                    per_opt[opt][name] = torch.stack(rows)
+            self.states.append(per_opt)
+        for row, t in enumerate(trials):
+            t.row, t.fresh = row, None
+
+        cfgs = [t.config for t in trials]
+        self.momentum = torch.tensor([c.momentum for c in cfgs], device=device, dtype=dtype)
+        self.wd = torch.tensor([c.weight_decay for c in cfgs], device=device, dtype=dtype)
+        # decided on the host, once: a device-side test per step would be a host sync
+        self.has_wd = {opt: any(c.weight_decay != 0 for c in cfgs[a:b]) for opt, a, b in self.groups}
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """``x``: ``[batch, 784]`` shared by all trials, or ``[k, batch, 784]`` one per trial."""
+        k = len(self.trials)
+        h = x.expand(k, *x.shape) if x.dim() == 2 else x
+        weights, biases = self.params[0::2], self.params[1::2]
+        for i, (w, b) in enumerate(zip(weights, biases)):
+            h = torch.baddbmm(b.unsqueeze(1), h, w.transpose(1, 2))
+            if i < len(weights) - 1:
+                h = torch.relu(h)
+        return h  # [k, batch, 10]
+
+    def table(self, steps: int) -> torch.Tensor:
+        """``[steps, layers + 2, k]``: each trial's LR per layer for the next ``steps`` updates
+        (stepping its schedule through them) and Adam's bias corrections, sent in one copy."""
+        columns = []
+        for t in self.trials:
+            factors = []
+            for _ in range(steps):
+                factors.append(t.schedule.factor)  # the LR of this update; then the schedule steps
+                t.schedule.step()
+            ts = range(t.steps + 1, t.steps + steps + 1)
+            b1, b2 = _ADAM_BETAS
+            columns.append([[t.lr(layer, f) for f in factors] for layer in LAYERS]
+                           + [[1 - b1**s for s in ts], [math.sqrt(1 - b2**s) for s in ts]])
+            t.steps += steps
+        host = torch.tensor(columns, dtype=torch.float64)  # [k, rows, steps]
+        return host.permute(2, 1, 0).to(device=self.device, dtype=self.dtype)
+
+    @torch.no_grad()
+    def update(self, grads: Sequence[torch.Tensor], lrs: torch.Tensor) -> None:
+        """One optimizer step of every trial; ``lrs`` is one step's row of :meth:`table`."""
+        for j, (p, g) in enumerate(zip(self.params, grads)):
+            lr = lrs[j // 2]
+            for opt, a, b in self.groups:
+                _update(opt, p[a:b], g[a:b], self.states[j][opt], lr[a:b], self.momentum[a:b],
+                        self.wd[a:b] if self.has_wd[opt] else None, lrs[_ROW_BC1, a:b], lrs[_ROW_BC2, a:b])
+
+    def model(self, t: _Trial) -> MLP:
+        """A standalone copy of trial ``t``'s current weights."""
+        model = MLP().to(device=self.device, dtype=self.dtype)
+        with torch.no_grad():
+            for j, p in enumerate(self.params):
+                getattr(getattr(model, LAYERS[j // 2]), ("weight", "bias")[j % 2]).copy_(p[t.row])
+        return model
+
+
+def train_stream(
+    jobs: Iterable[tuple[TrainConfig, int]],
+    data: MnistData,
+    epochs: int,
+    *,
+    slots: int,
+    report: ReportMany | None = None,
+    shuffle_seed: int = 0,
+) -> Iterator[tuple[int, TrainResult]]:
+    """Train the ``(config, seed)`` jobs, at most ``slots`` at once; yield ``(index, result)`` as
+    each finishes, ``index`` being the job's position in ``jobs``.
+
+    ``jobs`` is consumed lazily: a job is taken when a slot is free (at the start, and at each
+    epoch boundary where a trial ended), after the results of the trials that ended there have
+    been yielded. So a caller can decide what to train next from what has finished, as an
+    Optuna study does with ask-and-tell. Trial ``i`` starts from the weights of
+    ``train(config, …, seed=seed)`` and gives what ``train(config, data, epochs, seed=seed,
+    shuffle_seed=shuffle_seed)`` gives (to rounding). All configs must share the batch size.
+
+    Args:
+        report: ``report(index, epoch, val_loss)`` after each epoch of each trial that did not
+            diverge; return True to stop that trial (it is then yielded, ``stopped``).
+        shuffle_seed: seeds the minibatch order shared by all trials (:func:`epoch_permutation`).
+    """
+    if isinstance(epochs, bool) or not isinstance(epochs, int) or epochs < 1:
+        raise ValueError(f"epochs must be an int >= 1, but got {epochs=}")
+    if isinstance(slots, bool) or not isinstance(slots, int) or slots < 1:
+        raise ValueError(f"slots must be an int >= 1, but got {slots=}")
+    device, dtype = data.device, data.dtype
+    n, n_val = data.train_x.shape[0], data.val_x.shape[0]
+    source = iter(enumerate(jobs))
+    batch_size: int | None = None
+    steps_per_epoch = 0
+    flight: list[_Trial] = []
+    stack: _Stack | None = None
+    exhausted = False
+
+    while True:
+        joined = False
+        while not exhausted and len(flight) < slots:
+            try:
+                index, (config, seed) = next(source)
+            except StopIteration:
+                exhausted = True
+                break
+            if batch_size is None:
+                batch_size, steps_per_epoch = config.batch_size, math.ceil(n / config.batch_size)
+            elif config.batch_size != batch_size:
+                raise ValueError(f"trials trained together must share the batch size {batch_size}, "
+                                 f"but job {index} has batch_size={config.batch_size}")
+            flight.append(_Trial(index, config, seed, LRSchedule(config, steps_per_epoch, epochs),
+                                 build_model(seed, device, dtype)))
+            joined = True
+        if not flight:
+            return
+        if joined or stack is None or len(stack.trials) != len(flight):
+            stack = _Stack(flight, stack, device, dtype)
+        k, bs = len(stack.trials), batch_size
+
+        t0 = time.perf_counter()
+        # one permutation per distinct epoch in flight; a shared one is sliced once for all trials
+        perms = {e: epoch_permutation(n, shuffle_seed, e, device) for e in {t.epoch + 1 for t in stack.trials}}
+        perm = next(iter(perms.values())) if len(perms) == 1 else torch.stack([perms[t.epoch + 1] for t in stack.trials])
+        lr_table = stack.table(steps_per_epoch)
+        loss_sum = torch.zeros(k, device=device, dtype=dtype)
+        for step, i in enumerate(range(0, n, bs)):
+            idx = perm[..., i : i + bs]  # [batch] or [k, batch]
+            logits = stack.forward(data.train_x[idx])
+            y = data.train_y[idx]
+            y = y.repeat(k) if y.dim() == 1 else y.reshape(-1)
+            losses = F.cross_entropy(logits.reshape(-1, 10), y, reduction="none").view(k, -1).mean(dim=1)
+            grads = torch.autograd.grad(losses.sum(), stack.params)  # each trial's own mean-loss gradient
+            stack.update(grads, lr_table[step])
+            loss_sum += losses.detach() * idx.shape[-1]
+
+        with torch.no_grad():
+            val_sum = torch.zeros(k, device=device, dtype=dtype)
+            correct = torch.zeros(k, device=device, dtype=dtype)
+            for i in range(0, n_val, _EVAL_CHUNK):
+                logits = stack.forward(data.val_x[i : i + _EVAL_CHUNK])
+                y = data.val_y[i : i + _EVAL_CHUNK]
+                val_sum += F.cross_entropy(logits.reshape(-1, 10), y.repeat(k), reduction="none").view(k, -1).sum(dim=1)
+                correct += (logits.argmax(dim=2) == y).sum(dim=1)
+        train_l, val_l, acc = torch.stack([loss_sum / n, val_sum / n_val, correct / n_val]).tolist()  # the epoch's one sync
+        seconds = time.perf_counter() - t0
+
+        ended: list[tuple[_Trial, bool, bool]] = []  # (trial, diverged, stopped)
+        for t in stack.trials:
+            r = t.row
+            t.train.append(train_l[r])
+            t.val.append(val_l[r])
+            t.acc.append(acc[r])
+            t.sec.append(seconds)
+            if _diverged(train_l[r], val_l[r]):
+                ended.append((t, True, False))
+                continue
+            t.schedule.epoch_end(val_l[r])
+            stop = bool(report(t.index, t.epoch, val_l[r])) if report is not None else False
+            if stop or t.epoch == epochs:
+                ended.append((t, False, stop))
+        for t, diverged, stopped in ended:
+            flight.remove(t)
+            yield t.index, _result(
+                t.val, t.acc, t.train, t.sec, diverged, stopped,
+                initial_lrs={layer: t.lr(layer) for layer in LAYERS},
+                final_lrs={layer: t.lr(layer, t.schedule.factor) for layer in LAYERS},
+                model=stack.model(t),
+            )
 
 
 def train_many(
@@ -98,8 +324,10 @@ def train_many(
     report: ReportMany | None = None,
     seeds: Sequence[int] | None = None,
     shuffle_seed: int = 0,
+    slots: int | None = None,
 ) -> list[TrainResult]:
-    """Train every config of ``configs`` at once; results in the order of ``configs``.
+    """Train every config of ``configs`` (at most ``slots`` at once, default all); results in
+    the order of ``configs``.
 
     Args:
         configs: the configurations; they must share the batch size.
@@ -111,124 +339,16 @@ def train_many(
             the same weights as ``train(configs[i], …, seed=seeds[i])``.
         shuffle_seed: seeds the minibatch order shared by all trials; ``train`` with the same
             ``shuffle_seed`` sees the same order.
+        slots: how many trials train at once; a slot freed by a finished trial takes the next.
     """
-    k_all = len(configs)
-    if k_all == 0:
+    if len(configs) == 0:
         raise ValueError("configs must not be empty")
-    if isinstance(epochs, bool) or not isinstance(epochs, int) or epochs < 1:
-        raise ValueError(f"epochs must be an int >= 1, but got {epochs=}")
-    seeds = list(range(k_all)) if seeds is None else list(seeds)
-    if len(seeds) != k_all:
-        raise ValueError(f"need one seed per config, but got {len(seeds)} seeds for {k_all} configs")
-    batch_sizes = {c.batch_size for c in configs}
-    if len(batch_sizes) != 1:
-        raise ValueError(f"configs trained together must share the batch size, but got {sorted(batch_sizes)}")
-
-    # contiguous slices per optimizer: slot s holds config order[s]
-    order = sorted(range(k_all), key=lambda i: OPTIMIZERS.index(configs[i].optimizer))
-    cfgs = [configs[i] for i in order]
-    groups = []
-    for opt in OPTIMIZERS:
-        slots = [s for s, c in enumerate(cfgs) if c.optimizer == opt]
-        if slots:
-            groups.append((opt, slots[0], slots[-1] + 1))
-
-    device, dtype = data.device, data.dtype
-    n, bs = data.train_x.shape[0], batch_sizes.pop()
-    steps_per_epoch = math.ceil(n / bs)
-    models = [build_model(seeds[i], device, dtype) for i in order]
-    weights = [torch.stack([getattr(m, layer).weight.detach() for m in models]).requires_grad_() for layer in LAYERS]
-    biases = [torch.stack([getattr(m, layer).bias.detach() for m in models]).requires_grad_() for layer in LAYERS]
-    params = [t for pair in zip(weights, biases) for t in pair]  # fc1.w, fc1.b, fc2.w, …
-    param_layer = [i for i in range(len(LAYERS)) for _ in range(2)]  # row of the LR table
-    states: list[dict[str, torch.Tensor]] = [{} for _ in params]
-    base = {layer: [c.lr * c.lr_mult(layer) for c in cfgs] for layer in LAYERS}
-    momentum = torch.tensor([c.momentum for c in cfgs], device=device, dtype=dtype)
-    wd = torch.tensor([c.weight_decay for c in cfgs], device=device, dtype=dtype)
-    schedules = [LRSchedule(c, steps_per_epoch, epochs) for c in cfgs]
-    generator = torch.Generator(device=device).manual_seed(shuffle_seed)
-
-    k = len(cfgs)
-    active = [True] * k
-    history: list[dict[str, list[float]]] = [{"val": [], "acc": [], "train": [], "sec": []} for _ in range(k)]
-    diverged, stopped = [False] * k, [False] * k
-    step = 0
-
-    def forward(x: torch.Tensor) -> torch.Tensor:
-        h = x.expand(k, *x.shape)
-        for i, (w, b) in enumerate(zip(weights, biases)):
-            h = torch.baddbmm(b.unsqueeze(1), h, w.transpose(1, 2))
-            if i < len(weights) - 1:
-                h = torch.relu(h)
-        return h  # [k, batch, 10]
-
-    for epoch in range(1, epochs + 1):
-        t0 = time.perf_counter()
-        perm = torch.randperm(n, device=device, generator=generator)
-        loss_sum = torch.zeros(k, device=device, dtype=dtype)
-        for i in range(0, n, bs):
-            idx = perm[i : i + bs]
-            logits = forward(data.train_x[idx])
-            y = data.train_y[idx]
-            losses = F.cross_entropy(logits.reshape(-1, 10), y.repeat(k), reduction="none").view(k, -1).mean(dim=1)
-            for p in params:
-                p.grad = None
-            losses.sum().backward()  # each trial's gradient is that of its own mean loss
-            step += 1
-            factors = [s.factor if a else 0.0 for s, a in zip(schedules, active)]
-            lrs = torch.tensor([[base[layer][s] * factors[s] for s in range(k)] for layer in LAYERS], dtype=dtype).to(device)
-            with torch.no_grad():
-                for p, row, state in zip(params, param_layer, states):
-                    lr_layer = lrs[row]
-                    for opt, a, b in groups:
-                        group_state = state.setdefault(opt, {})
-                        _update(opt, p[a:b], p.grad[a:b], group_state, step, lr_layer[a:b], momentum[a:b], wd[a:b])
-            loss_sum += losses.detach() * idx.shape[0]
-            for s in range(k):
-                if active[s]:
-                    schedules[s].step()
-
-        with torch.no_grad():
-            val_sum = torch.zeros(k, device=device, dtype=dtype)
-            correct = torch.zeros(k, device=device, dtype=dtype)
-            for i in range(0, data.val_x.shape[0], 8192):
-                logits = forward(data.val_x[i : i + 8192])
-                y = data.val_y[i : i + 8192]
-                val_sum += F.cross_entropy(logits.reshape(-1, 10), y.repeat(k), reduction="none").view(k, -1).sum(dim=1)
-                correct += (logits.argmax(dim=2) == y).sum(dim=1)
-        train_l, val_l, acc = (torch.stack([loss_sum / n, val_sum / data.val_x.shape[0], correct / data.val_x.shape[0]])
-                               .tolist())  # the epoch's one sync
-        seconds = time.perf_counter() - t0
-        for s in range(k):
-            if not active[s]:
-                continue
-            h = history[s]
-            h["train"].append(train_l[s])
-            h["val"].append(val_l[s])
-            h["acc"].append(acc[s])
-            h["sec"].append(seconds)
-            if _diverged(train_l[s], val_l[s]):
-                diverged[s], active[s] = True, False
-            else:
-                schedules[s].epoch_end(val_l[s])
-                if report is not None and report(order[s], epoch, val_l[s]):
-                    stopped[s], active[s] = True, False
-        if not any(active):
-            break
-
-    # a stopped trial's schedule is no longer stepped, so its factor is the one it stopped with
-    results: list[TrainResult | None] = [None] * k_all
-    for s in range(k):
-        h = history[s]
-        model = MLP().to(device=device, dtype=dtype)
-        with torch.no_grad():
-            for layer, w, b in zip(LAYERS, weights, biases):
-                getattr(model, layer).weight.copy_(w[s])
-                getattr(model, layer).bias.copy_(b[s])
-        results[order[s]] = _result(
-            h["val"], h["acc"], h["train"], h["sec"], diverged[s], stopped[s],
-            initial_lrs={layer: base[layer][s] for layer in LAYERS},
-            final_lrs={layer: base[layer][s] * schedules[s].factor for layer in LAYERS},
-            model=model,
-        )
+    seeds = list(range(len(configs))) if seeds is None else list(seeds)
+    if len(seeds) != len(configs):
+        raise ValueError(f"need one seed per config, but got {len(seeds)} seeds for {len(configs)} configs")
+    results: list[TrainResult | None] = [None] * len(configs)
+    stream = train_stream(zip(configs, seeds), data, epochs, slots=slots or len(configs), report=report,
+                          shuffle_seed=shuffle_seed)
+    for index, result in stream:
+        results[index] = result
     return results  # type: ignore[return-value]

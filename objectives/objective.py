@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import math
 import os
 
@@ -11,7 +12,8 @@ import torch
 from objectives.data import MnistData, check_train_samples, load_mnist
 from objectives.device import resolve_device
 from objectives.space import SearchSpace, suggest_config
-from objectives.train import train
+from objectives.config import TrainConfig
+from objectives.train import TrainResult, train
 
 __all__ = ["MnistMLPObjective"]
 
@@ -19,8 +21,11 @@ __all__ = ["MnistMLPObjective"]
 class MnistMLPObjective:
     """Train the MNIST MLP with a sampled config; the value is the best validation loss reached.
 
-    Each trial samples a :class:`TrainConfig` with :func:`suggest_config`, is seeded with
-    ``seed + trial.number`` (the same seed gives the same values on the CPU), reports the
+    Each trial samples a :class:`TrainConfig` with :func:`suggest_config`, draws its initial
+    weights from ``seed + trial.number`` and its minibatch order from ``seed`` itself, shared
+    by all trials (common random numbers: trials differ by their config and initial weights,
+    not by the luck of the batch order, and ``train_many`` can fuse them exactly). The same
+    seed gives the same values on the CPU. It reports the
     validation loss after every epoch and is pruned when the study's pruner says so. A run
     whose loss turns NaN, infinite or explodes is infeasible: it records ``diverged=True`` and
     is pruned, so it never fails the study. User attrs per trial: ``seed``, ``lr``,
@@ -36,7 +41,8 @@ class MnistMLPObjective:
         data_dir: folder with the MNIST files; default ``STUDY_DATA_DIR``, else ``./data``.
         train_samples: train on a subset of the 50k training images (quick runs, tests).
         batch_size: examples per step.
-        seed: base seed; trial ``n`` uses ``seed + n``.
+        seed: base seed; trial ``n`` starts from weights seeded by ``seed + n``; every trial
+            shuffles with ``seed``.
         space: the ranges to sample from; default :class:`SearchSpace()`.
     """
 
@@ -81,20 +87,10 @@ class MnistMLPObjective:
         return {**self.__dict__, "_data": None}
 
     def __call__(self, trial: optuna.Trial) -> float:
-        config = suggest_config(trial, self.space, batch_size=self.batch_size)
-        seed = self.seed + trial.number
-        trial.set_user_attr("seed", seed)
-        trial.set_user_attr("lr", config.lr)
-        for layer, lr in config.initial_lrs().items():
-            trial.set_user_attr(f"initial_lr_{layer}", lr)
-
-        def report(epoch: int, val_loss: float) -> bool:
-            trial.report(val_loss, epoch)
-            # after the last epoch there is nothing left to save: the trial is complete
-            return epoch < self.epochs and trial.should_prune()
-
+        config, seed = self.start_trial(trial)
         try:
-            result = train(config, self.data, self.epochs, report=report, seed=seed)
+            result = train(config, self.data, self.epochs, report=functools.partial(self.report, trial),
+                           seed=seed, shuffle_seed=self.seed)
         except torch.OutOfMemoryError:
             # this trial fails (the caller decides whether the study goes on: catch=...);
             # the cached blocks are released so that the next trial starts clean
@@ -102,7 +98,31 @@ class MnistMLPObjective:
             if self.device.type == "cuda":
                 torch.cuda.empty_cache()
             raise
+        return self.finish_trial(trial, result)
 
+    # The two halves of a trial around its training, shared with the fused engine of study.run,
+    # which trains many trials at once with train_many and tells the study through ask-and-tell.
+
+    def start_trial(self, trial: optuna.Trial) -> tuple[TrainConfig, int]:
+        """Sample the trial's config and record its seeds and initial LRs; returns (config, seed)."""
+        config = suggest_config(trial, self.space, batch_size=self.batch_size)
+        seed = self.seed + trial.number
+        trial.set_user_attr("seed", seed)
+        trial.set_user_attr("shuffle_seed", self.seed)
+        trial.set_user_attr("lr", config.lr)
+        for layer, lr in config.initial_lrs().items():
+            trial.set_user_attr(f"initial_lr_{layer}", lr)
+        return config, seed
+
+    def report(self, trial: optuna.Trial, epoch: int, val_loss: float) -> bool:
+        """Report an epoch's validation loss; True when the trial should stop (pruned)."""
+        trial.report(val_loss, epoch)
+        # after the last epoch there is nothing left to save: the trial is complete
+        return epoch < self.epochs and trial.should_prune()
+
+    @staticmethod
+    def finish_trial(trial: optuna.Trial, result: TrainResult) -> float:
+        """Record the result's user attrs; returns the trial's value or raises ``TrialPruned``."""
         trial.set_user_attr("epochs_run", result.epochs_run)
         trial.set_user_attr("seconds_per_epoch", result.seconds_per_epoch)
         trial.set_user_attr("diverged", result.diverged)

@@ -1,7 +1,8 @@
 """`train(config, data, epochs) -> TrainResult`: one MLP on device-resident MNIST.
 
-A flat loop with no DataLoader: each epoch shuffles with a permutation drawn on the device,
-slices minibatches out of the resident tensors, and keeps the running loss on the device; the
+A flat loop with no DataLoader: each epoch shuffles with a permutation that is a function of
+``(shuffle_seed, epoch)`` only (:func:`epoch_permutation`), slices minibatches out of the
+resident tensors, and keeps the running loss on the device; the
 host reads it once per epoch, together with the validation loss and accuracy. The function
 never sees an Optuna trial: it calls ``report(epoch, val_loss)``, so the same code trains a
 fixed config, a trial, or anything else that wants per-epoch progress.
@@ -17,6 +18,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -26,7 +28,7 @@ from objectives.data import MnistData
 from objectives.model import build_model
 from objectives.schedules import LRSchedule, build_optimizer, set_lr_factor
 
-__all__ = ["DIVERGENCE_LOSS", "TrainResult", "evaluate", "train"]
+__all__ = ["DIVERGENCE_LOSS", "TrainResult", "epoch_permutation", "evaluate", "train"]
 
 #: A mean loss above this (about 40x the loss of uniform guessing, ln 10 ≈ 2.3) counts as
 #: exploding: the run is infeasible, like one whose loss is NaN or infinite.
@@ -61,6 +63,20 @@ class TrainResult:
     @property
     def seconds_per_epoch(self) -> float:
         return sum(self.epoch_seconds) / len(self.epoch_seconds) if self.epoch_seconds else math.nan
+
+
+def epoch_permutation(n: int, shuffle_seed: int, epoch: int, device: torch.device) -> torch.Tensor:
+    """The minibatch order of ``epoch`` (1-based): a permutation of ``range(n)`` on ``device``.
+
+    It depends on ``(shuffle_seed, epoch)`` alone, not on what ran before, so trials that share
+    a ``shuffle_seed`` see the same batches in their epoch e whenever they run it: common random
+    numbers, which lower the noise between the trials being compared and let ``train_many``
+    start a trial while others are in later epochs. Drawn on the CPU (the same order on every
+    device) and copied once per epoch.
+    """
+    seed = int(np.random.SeedSequence([shuffle_seed, epoch]).generate_state(1, dtype=np.uint64)[0])
+    perm = torch.randperm(n, generator=torch.Generator().manual_seed(seed))
+    return perm.to(device)
 
 
 def _diverged(train_loss: float, val_loss: float) -> bool:
@@ -124,7 +140,8 @@ def train(
         epochs: passes over the training set.
         report: called as ``report(epoch, val_loss)`` after each epoch; return True to stop.
         seed: seeds the initial weights (drawn on the CPU, so the same on every device).
-        shuffle_seed: seeds the minibatch order; defaults to ``seed``.
+        shuffle_seed: seeds the minibatch order (:func:`epoch_permutation`); defaults to ``seed``.
+            Runs with the same ``shuffle_seed`` see the same batches, epoch by epoch.
 
     A NaN, infinite or exploding (> ``DIVERGENCE_LOSS``) training or validation loss ends the
     run with ``diverged=True``. It is seen at the end of the epoch where it happened (the loss
@@ -141,7 +158,7 @@ def train(
     optimizer = build_optimizer(model, config)
     schedule = LRSchedule(config, steps_per_epoch, epochs)
     initial_lrs = {g["layer"]: g["lr"] for g in optimizer.param_groups}
-    generator = torch.Generator(device=device).manual_seed(seed if shuffle_seed is None else shuffle_seed)
+    shuffle_seed = seed if shuffle_seed is None else shuffle_seed
 
     val_losses: list[float] = []
     val_accs: list[float] = []
@@ -152,7 +169,7 @@ def train(
     for epoch in range(1, epochs + 1):
         t0 = time.perf_counter()
         model.train()
-        perm = torch.randperm(n, device=device, generator=generator)
+        perm = epoch_permutation(n, shuffle_seed, epoch, device)
         loss_sum = torch.zeros((), device=device, dtype=data.dtype)
         for i in range(0, n, bs):
             idx = perm[i : i + bs]

@@ -5,8 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from objectives import TrainConfig, load_mnist, train
-from objectives.fused import train_many
+from objectives import TrainConfig, epoch_permutation, load_mnist, train, train_many, train_stream
 
 CONFIGS = [
     TrainConfig(optimizer="sgd", lr=0.05, momentum=0.9, decay="step", step_size=1, step_gamma=0.5, lr_mult_fc1=2.0, batch_size=64),
@@ -69,3 +68,45 @@ def test_bad_arguments(data64) -> None:
         train_many(CONFIGS[:2], data64, epochs=1, seeds=[1])
     with pytest.raises(ValueError, match="epochs="):
         train_many(CONFIGS[:1], data64, epochs=0)
+    with pytest.raises(ValueError, match="slots="):
+        next(train_stream([(CONFIGS[0], 0)], data64, epochs=1, slots=0))
+
+
+def test_refilled_slots_train_like_separate_runs(data64) -> None:
+    # 2 slots for 5 jobs; stopping two trials early frees slots at different epochs, so the
+    # later jobs start while the others are in later epochs (each slot its own batches)
+    stop_after = {0: 1, 3: 2}
+    events = []
+
+    def jobs():
+        for i, config in enumerate(CONFIGS[:5]):
+            events.append(("take", i))
+            yield config, SEEDS[i]
+
+    def report(index: int, epoch: int, val_loss: float) -> bool:
+        return stop_after.get(index) == epoch
+
+    got = {}
+    for index, result in train_stream(jobs(), data64, epochs=3, slots=2, report=report, shuffle_seed=7):
+        events.append(("done", index))
+        got[index] = result
+    # lazily taken: a job is taken only after a trial finished and was handed out
+    assert events[:2] == [("take", 0), ("take", 1)]
+    assert events.index(("take", 2)) == events.index(("done", 0)) + 1
+    assert sorted(got) == [0, 1, 2, 3, 4]
+    for i, result in got.items():
+        want = train(CONFIGS[i], data64, epochs=3, seed=SEEDS[i], shuffle_seed=7,
+                     report=lambda e, v, i=i: stop_after.get(i) == e)
+        assert result.val_losses == pytest.approx(want.val_losses, rel=1e-9), (i, CONFIGS[i].optimizer)
+        assert result.stopped == want.stopped and result.epochs_run == want.epochs_run
+        for p, q in zip(result.model.parameters(), want.model.parameters()):
+            assert rel(p, q) < 1e-9, (i, rel(p, q))
+        assert result.final_lrs == pytest.approx(want.final_lrs, rel=1e-12)
+
+
+def test_the_shuffle_depends_only_on_seed_and_epoch() -> None:
+    a = epoch_permutation(1000, 3, 2, torch.device("cpu"))
+    assert torch.equal(a, epoch_permutation(1000, 3, 2, torch.device("cpu")))
+    assert torch.equal(a.sort().values, torch.arange(1000))
+    assert not torch.equal(a, epoch_permutation(1000, 3, 1, torch.device("cpu")))
+    assert not torch.equal(a, epoch_permutation(1000, 4, 2, torch.device("cpu")))
