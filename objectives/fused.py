@@ -42,7 +42,7 @@ from objectives.model import LAYERS, MLP, build_model
 from objectives.schedules import LRSchedule
 from objectives.train import TrainResult, _diverged, _result, epoch_permutation
 
-__all__ = ["train_many", "train_stream"]
+__all__ = ["AUTO_SLOTS_MAX", "auto_slots", "train_many", "train_stream"]
 
 #: ``report(index, epoch, val_loss)``: ``index`` is the job's position in the input.
 ReportMany = Callable[[int, int, float], "bool | None"]
@@ -315,6 +315,33 @@ def train_stream(
                 final_lrs={layer: t.lr(layer, t.schedule.factor) for layer in LAYERS},
                 model=stack.model(t),
             )
+
+
+#: ``auto_slots`` never goes above this: past it an H100 step is bound by the matrix products, not by
+#: kernel launches, so more trials in flight buy little throughput and cost the sampler feedback
+#: (each trial in flight is one the sampler cannot learn from yet).
+AUTO_SLOTS_MAX = 64
+
+
+def _bytes_per_trial(batch_size: int, dtype: torch.dtype) -> int:
+    """A generous estimate of one trial's share of the GPU memory ``train_stream`` uses."""
+    params = sum(i * o + o for i, o in zip((784, 512, 256), (512, 256, 10)))
+    # parameters, gradients, two optimizer states, update temporaries, and the stacks' copy
+    # while they are rebuilt
+    elements = 9 * params
+    elements += batch_size * (784 + 2 * (512 + 256) * 2 + 3 * 10)  # a step's activations and their gradients
+    elements += _EVAL_CHUNK * (2 * 512 + 2 * 256 + 10)  # a validation chunk
+    return elements * torch.tensor([], dtype=dtype).element_size() + 8 * 60_000  # + its own permutation
+
+
+def auto_slots(device: torch.device, batch_size: int = 128, dtype: torch.dtype = torch.float32,
+               cap: int = AUTO_SLOTS_MAX) -> int:
+    """How many trials to train at once on ``device``: 1 on the CPU (fusing is correct there but
+    not faster), else as many as half the free GPU memory holds, at most ``cap``."""
+    if device.type != "cuda":
+        return 1
+    free, _total = torch.cuda.mem_get_info(device)
+    return max(1, min(cap, int(free // 2 // _bytes_per_trial(batch_size, dtype))))
 
 
 def train_many(

@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import argparse
 
-__all__ = ["EXIT_FAILED", "EXIT_INTERRUPTED", "EXIT_OK", "EXIT_USAGE", "Parser", "int_at_least", "positive_float"]
+__all__ = ["EXIT_FAILED", "EXIT_INTERRUPTED", "EXIT_OK", "EXIT_USAGE", "Parser", "int_at_least", "int_or_auto",
+           "positive_float"]
 
 EXIT_OK, EXIT_FAILED, EXIT_USAGE, EXIT_INTERRUPTED = 0, 1, 2, 130
 
@@ -24,6 +25,21 @@ def int_at_least(low: int, high: int | None = None):
             bound = f">= {low}" if high is None else f"in [{low}, {high}]"
             raise argparse.ArgumentTypeError(f"must be {bound}, but got {text!r}")
         return value
+
+    return parse
+
+
+def int_or_auto(low: int):
+    """``auto``, or an integer >= ``low``."""
+    parse_int = int_at_least(low)
+
+    def parse(text: str) -> int | str:
+        if text == "auto":
+            return text
+        try:
+            return parse_int(text)
+        except argparse.ArgumentTypeError:
+            raise argparse.ArgumentTypeError(f"expected 'auto' or an integer >= {low}, but got {text!r}") from None
 
     return parse
 

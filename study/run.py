@@ -32,10 +32,13 @@ from optuna.trial import TrialState
 
 from objectives import MnistDataError, MnistMLPObjective, SearchSpace, check_mnist, load_mnist, resolve_device
 from objectives.data import SPLIT_SEED, TRAIN_SIZE, VAL_SIZE
+from objectives.fused import AUTO_SLOTS_MAX, auto_slots
 from objectives.lr_range import lr_range_test
 from storage import DEFAULT_STORAGE, StorageError, dashboard_command, open_storage
-from study.cli import EXIT_FAILED, EXIT_INTERRUPTED, EXIT_OK, EXIT_USAGE, Parser, int_at_least, positive_float
+from study.cli import (EXIT_FAILED, EXIT_INTERRUPTED, EXIT_OK, EXIT_USAGE, Parser, int_at_least, int_or_auto,
+                       positive_float)
 from study.choices import PRUNERS, SAMPLERS, SamplerUnavailable, make_pruner, make_sampler, warmup_epochs
+from study.parallel import optimize_fused
 from study.progress import FINISHED, TrialLog, summary
 
 DEFAULT_STUDY_NAME = "mnist-mlp-lr"
@@ -64,6 +67,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--timeout", type=positive_float, default=None, help="stop starting trials after this many seconds")
     p.add_argument("--workers", type=int_at_least(1), default=1,
                    help="processes on this machine working on the study (spread over the GPUs)")
+    p.add_argument("--parallel-trials", type=int_or_auto(1), default=1,
+                   help="trials in flight per worker, trained fused in the same kernels (objectives.train_stream); "
+                        f"auto: as many as half the free GPU memory holds, at most {AUTO_SLOTS_MAX}, and 1 on the CPU")
     p.add_argument("--heartbeat-interval", type=int_at_least(1), default=60,
                    help="seconds between a running trial's heartbeats; a trial silent for twice this is FAIL and retried once")
     p.add_argument("--lr-range", action="store_true",
@@ -89,6 +95,7 @@ class Settings:
     batch_size: int
     timeout: float | None
     workers: int
+    parallel_trials: int | str  # a count, or "auto"
     heartbeat_interval: int
     lr_range: bool
     space: SearchSpace = field(default_factory=SearchSpace)  # the default, or narrowed by --lr-range
@@ -165,14 +172,26 @@ class _StopAfterFailures:
     def __init__(self, limit: int = 5) -> None:
         self.limit, self.in_a_row, self.last = limit, 0, ""
 
-    def __call__(self, study: optuna.Study, trial: optuna.trial.FrozenTrial) -> None:
+    @property
+    def tripped(self) -> bool:
+        return self.in_a_row >= self.limit
+
+    def record(self, study: optuna.Study, trial: optuna.trial.FrozenTrial) -> None:
         if trial.state != TrialState.FAIL:
             self.in_a_row = 0
             return
         self.in_a_row += 1
         self.last = str(trial.user_attrs.get("error", "unknown error"))
-        if self.in_a_row >= self.limit:
-            study.stop()
+
+    def __call__(self, study: optuna.Study, trial: optuna.trial.FrozenTrial) -> None:
+        self.record(study, trial)
+        if self.tripped:
+            study.stop()  # only valid inside study.optimize; the fused loop asks `tripped` instead
+
+
+def _slots(s: Settings, device: torch.device) -> int:
+    """Trials in flight per worker: ``--parallel-trials`` (``auto``: from the device's free memory)."""
+    return auto_slots(device, s.batch_size) if s.parallel_trials == "auto" else int(s.parallel_trials)
 
 
 def _owner() -> str:
@@ -207,17 +226,22 @@ def _optimize(s: Settings, worker: int, n_existing: int, prefix: str = "") -> No
         return objective(trial)
 
     guard = _StopAfterFailures()
-    study.optimize(
-        run_trial,
-        timeout=s.timeout,
-        catch=(torch.OutOfMemoryError,),  # one trial out of GPU memory: that trial fails, the study goes on
-        callbacks=[
-            optuna.study.MaxTrialsCallback(s.trials, states=FINISHED),  # counts pruned ones too
-            TrialLog(s.trials, prefix),
-            guard,
-        ],
-    )
-    if guard.in_a_row >= guard.limit:
+    slots = _slots(s, objective.device)
+    if slots > 1:
+        optimize_fused(study, objective, trials=s.trials, slots=slots, timeout=s.timeout, owner=owner,
+                       callbacks=[TrialLog(s.trials, prefix), guard.record], stop=lambda: guard.tripped)
+    else:
+        study.optimize(
+            run_trial,
+            timeout=s.timeout,
+            catch=(torch.OutOfMemoryError,),  # one trial out of GPU memory: that trial fails, the study goes on
+            callbacks=[
+                optuna.study.MaxTrialsCallback(s.trials, states=FINISHED),  # counts pruned ones too
+                TrialLog(s.trials, prefix),
+                guard,
+            ],
+        )
+    if guard.tripped:
         raise WorkerError(f"{guard.in_a_row} trials in a row failed (last: {guard.last}); stopping this worker")
 
 
@@ -418,7 +442,7 @@ def main(argv: list[str] | None = None) -> int:
         return EXIT_OK
     print(f"study {s.study_name!r} in {s.storage}: {before} of {s.trials} trials finished; "
           f"{s.epochs} epochs each on {_device_name(device)}, sampler {s.sampler}, pruner {s.pruner}, "
-          f"{s.workers} worker(s)", flush=True)
+          f"{s.workers} worker(s), {_slots(s, device)} trial(s) at once per worker", flush=True)
 
     code = EXIT_OK
     try:

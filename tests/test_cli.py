@@ -70,6 +70,8 @@ BAD_INPUTS = [
     (["--device", "tpu"], "device='tpu'"),
     (["--train-samples", "0"], "--train-samples"),
     (["--workers", "0"], "--workers"),
+    (["--parallel-trials", "0"], "--parallel-trials"),
+    (["--parallel-trials", "many"], "'many'"),
     (["--timeout", "-1"], "--timeout"),
     (["--storage", "nope://x"], "nope://x"),
     (["--storage", "not a url"], "not a url"),
@@ -145,10 +147,11 @@ def test_sampler_without_its_dependency_is_a_clear_error(tmp_path: Path, monkeyp
 
 
 @pytest.mark.slow
-def test_ctrl_c_marks_the_trial_failed_exits_130_and_rerun_completes(tmp_path: Path) -> None:
+@pytest.mark.parametrize("parallel", ["1", "2"])
+def test_ctrl_c_marks_the_trial_failed_exits_130_and_rerun_completes(tmp_path: Path, parallel: str) -> None:
     url = f"sqlite:///{tmp_path / 'c.db'}"
     args = ["--trials", "2", "--storage", url, "--epochs", "40", "--train-samples", "2000", "--device", "cpu",
-            "--pruner", "none"]
+            "--pruner", "none", "--parallel-trials", parallel]
     proc = start_cli(*args, cwd=tmp_path)
     wait_for_running(url, proc)
     time.sleep(1.0)
@@ -158,6 +161,8 @@ def test_ctrl_c_marks_the_trial_failed_exits_130_and_rerun_completes(tmp_path: P
     assert "run the same command to resume" in err
     states = [t.state for t in load(url).trials]
     assert TrialState.RUNNING not in states and TrialState.FAIL in states
+    if parallel == "2":  # both trials were in flight: both are failed, none left RUNNING
+        assert states.count(TrialState.FAIL) == 2
     again = run_cli(*args, cwd=tmp_path)
     assert again.returncode == 0, again.stderr
     states = [t.state for t in load(url).trials]
@@ -195,3 +200,44 @@ def test_sqlite_on_a_network_file_system_is_refused(tmp_path: Path, monkeypatch)
     assert filesystem_type(Path("/tmp"), mounts) == "ext4"
     assert "nfs4" in NETWORK_FILESYSTEMS
     assert filesystem_type(Path("/tmp")) not in NETWORK_FILESYSTEMS  # this machine's real table
+
+
+def _most_at_once(trials) -> int:
+    """The largest number of trials that were running at the same moment."""
+    edges = sorted([(t.datetime_start, 1) for t in trials] + [(t.datetime_complete, -1) for t in trials],
+                   key=lambda e: (e[0], e[1]))
+    running = most = 0
+    for _, step in edges:
+        running += step
+        most = max(most, running)
+    return most
+
+
+@pytest.mark.slow
+def test_parallel_trials_run_fused_with_the_values_of_the_one_trial_engine(tmp_path: Path) -> None:
+    args = ["--epochs", "2", "--train-samples", "2000", "--device", "cpu", "--pruner", "none"]
+    fused_url, one_url = f"sqlite:///{tmp_path / 'fused.db'}", f"sqlite:///{tmp_path / 'one.db'}"
+    fused = run_cli("--trials", "6", *args, "--parallel-trials", "3", "--storage", fused_url, cwd=tmp_path)
+    assert fused.returncode == 0, fused.stderr
+    assert "3 trial(s) at once per worker" in fused.stdout and "[6/6] trial" in fused.stdout
+    trials = load(fused_url).trials
+    assert len(trials) == 6 and all(t.state in FINISHED for t in trials)  # the budget exactly, nothing RUNNING
+    assert _most_at_once(trials) == 3  # the slots were kept full, and never overfilled
+    assert len({t.user_attrs["worker"] for t in trials}) == 1  # one process ran them all
+    for t in trials:
+        assert t.user_attrs["shuffle_seed"] == 0 and t.user_attrs["seed"] == t.number
+        assert sorted(t.intermediate_values) == list(range(1, t.user_attrs["epochs_run"] + 1))
+
+    one = run_cli("--trials", "3", *args, "--storage", one_url, cwd=tmp_path)
+    assert one.returncode == 0, one.stderr
+    # TPE's first trials are random draws from the same seeded sampler: the same configs in both
+    # studies, trained fused or alone, with the same seeds and batch order, give the same losses
+    # (up to float32 rounding of batched against single matrix products)
+    for a, b in zip(trials[:3], load(one_url).trials[:3]):
+        assert a.params == b.params
+        assert list(a.intermediate_values.values()) == pytest.approx(list(b.intermediate_values.values()), rel=1e-4)
+
+    more = run_cli("--trials", "8", *args, "--parallel-trials", "3", "--storage", fused_url, cwd=tmp_path)
+    assert more.returncode == 0, more.stderr
+    states = [t.state for t in load(fused_url).trials]
+    assert len(states) == 8 and all(s in FINISHED for s in states)  # resumed to the new budget

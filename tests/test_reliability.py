@@ -10,6 +10,7 @@ import threading
 import time
 import urllib.request
 import warnings
+from collections import Counter
 from pathlib import Path
 
 import optuna
@@ -65,19 +66,24 @@ def test_three_workers_on_postgres_reach_the_budget(postgres_url: str, tmp_path:
     assert "postgresql+psycopg" in done.stdout.splitlines()[-1]  # the dashboard command names it
 
 
-@pytest.mark.parametrize("backend", ["sqlite", "postgres"])
-def test_a_worker_killed_mid_trial_is_failed_by_heartbeat_and_retried(backend: str, tmp_path: Path, request) -> None:
+@pytest.mark.parametrize("backend, parallel", [("sqlite", "1"), ("postgres", "1"), ("sqlite", "8"), ("postgres", "8")])
+def test_a_worker_killed_mid_trial_is_failed_by_heartbeat_and_retried(backend: str, parallel: str, tmp_path: Path,
+                                                                      request) -> None:
     url = request.getfixturevalue("postgres_url") if backend == "postgres" else f"sqlite:///{tmp_path / 'k.db'}"
-    proc = start_cli("--trials", "9", "--workers", "3", "--storage", url, *CRASHY, cwd=tmp_path)
+    proc = start_cli("--trials", "9", "--workers", "3", "--parallel-trials", parallel, "--storage", url, *CRASHY,
+                     cwd=tmp_path)
     for _ in range(2):  # a kill can land between two trials of that worker: then try another one
         worker = wait_for_running(url, proc).user_attrs["worker"]
+        if parallel != "1":  # let the workers fill their slots, then kill the one with the most in flight
+            time.sleep(1.0)
+            running = Counter(t.user_attrs.get("worker") for t in load(url).get_trials(states=(TrialState.RUNNING,)))
+            worker = max((w for w in running if w), key=running.__getitem__, default=worker)
         pid = int(worker.rpartition(":")[2])
         assert pid in _children(proc.pid)  # a worker process, not the parent
         os.kill(pid, signal.SIGKILL)
         # what the dead worker had in flight: still RUNNING (its heartbeat is not stale yet)
         in_flight = [t for t in load(url).get_trials(states=(TrialState.RUNNING,)) if t.user_attrs.get("worker") == worker]
         if in_flight:
-            victim = in_flight[0]
             break
     else:
         proc.kill()
@@ -86,12 +92,14 @@ def test_a_worker_killed_mid_trial_is_failed_by_heartbeat_and_retried(backend: s
     assert proc.returncode == 0, err
     assert "died" in err
     trials = _check_ended_well(url, 9, 3)
-    killed = trials[victim.number]
-    assert killed.state == TrialState.FAIL
-    retries = [t for t in trials if _retry_of(t) == victim.number]
-    assert len(retries) == 1 and retries[0].state in FINISHED
-    # the same configuration, run again (the kill may have come before every param was sampled)
-    assert killed.params.items() <= retries[0].params.items()
+    assert len(in_flight) >= (2 if parallel != "1" else 1)  # several trials of one process died at once
+    for victim in in_flight:  # every trial the dead worker had in flight (up to 8 with --parallel-trials 8)
+        killed = trials[victim.number]
+        assert killed.state == TrialState.FAIL
+        retries = [t for t in trials if _retry_of(t) == victim.number]
+        assert len(retries) == 1 and retries[0].state in FINISHED
+        # the same configuration, run again (the kill may have come before every param was sampled)
+        assert killed.params.items() <= retries[0].params.items()
 
 
 def test_rerun_after_every_worker_died_finishes_the_study(tmp_path: Path) -> None:
@@ -205,18 +213,46 @@ def test_out_of_memory_fails_one_trial_and_the_study_goes_on(tmp_path: Path, mon
     assert "failed: out of memory" in capsys.readouterr().out
 
 
-def test_a_worker_whose_every_trial_fails_stops(tmp_path: Path, monkeypatch, capsys) -> None:
+def test_out_of_memory_with_trials_in_flight_fails_them_and_halves_the_slots(tmp_path: Path, monkeypatch,
+                                                                              capsys) -> None:
+    import objectives.fused as fused_module
+
+    real_update, sizes = fused_module._Stack.update, []
+
+    def update_with_oom(self, grads, lrs):
+        sizes.append(len(self.trials))
+        if len(self.trials) == 4:  # four trials at once do not fit; two do
+            raise torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB")
+        return real_update(self, grads, lrs)
+
+    monkeypatch.setattr(fused_module._Stack, "update", update_with_oom)
+    url = f"sqlite:///{tmp_path / 'oom.db'}"
+    assert main(["--trials", "4", "--parallel-trials", "4", "--storage", url, *SMALL]) == 0
+    trials = load(url).trials
+    assert [t.state for t in trials[:4]] == [TrialState.FAIL] * 4
+    assert all("out of memory on cpu with 4 trials in flight" in t.user_attrs["error"] for t in trials[:4])
+    assert sum(t.state in FINISHED for t in trials) == 4 and len(trials) == 8
+    assert max(sizes[1:]) == 2  # went on with half the slots
+    assert capsys.readouterr().out.count("failed: out of memory") == 4
+
+
+@pytest.mark.parametrize("parallel", ["1", "4"])
+def test_a_worker_whose_every_trial_fails_stops(tmp_path: Path, monkeypatch, capsys, parallel: str) -> None:
+    import objectives.fused as fused_module
     import objectives.objective as objective_module
 
     def always_oom(*args, **kwargs):
         raise torch.OutOfMemoryError("CUDA out of memory")
 
     monkeypatch.setattr(objective_module, "train", always_oom)
+    monkeypatch.setattr(fused_module._Stack, "update", always_oom)
     url = f"sqlite:///{tmp_path / 'oom.db'}"
-    assert main(["--trials", "3", "--storage", url, *SMALL]) == 1
+    assert main(["--trials", "3", "--parallel-trials", parallel, "--storage", url, *SMALL]) == 1
     err = capsys.readouterr().err
-    assert "5 trials in a row failed" in err
-    assert [t.state for t in load(url).trials] == [TrialState.FAIL] * 5
+    assert "trials in a row failed" in err
+    states = [t.state for t in load(url).trials]
+    # one trial at a time: exactly 5; fused: the 3 in flight, then 1 at a time down to the 5th
+    assert states == [TrialState.FAIL] * 5
 
 
 def test_divergent_lr_never_fails_the_study(tmp_path: Path) -> None:

@@ -1,0 +1,93 @@
+"""Whole studies, one trial at a time against K trials fused: wall time and search quality.
+
+    python -m benchmarks.fused_study [--device auto] [--ks 1,32] [--repeats 3] [--trials 100] [--epochs 20]
+                                     [--train-samples N]
+
+For each K of ``--ks`` (a number or ``auto``) and each repeat r, runs ``python -m study.run
+--trials T --epochs E --parallel-trials K --seed r`` in this process on a fresh SQLite file
+(the data is loaded once, before the first study, so no study pays for it) and prints its wall
+time, finished/pruned counts and best validation loss; then, per K, the mean ± sd over the
+repeats and the ratio of wall times against the first K. Repeat r uses the same seed for every
+K, so the studies differ only in how many trials are in flight: this is the check that fusing
+does not cost search quality.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import io
+import statistics
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import optuna
+import torch
+from optuna.trial import TrialState
+
+from objectives import MnistDataError, load_mnist, resolve_device
+from study import run
+
+
+def _mean_sd(values: list[float], fmt: str = ".4f") -> str:
+    sd = statistics.stdev(values) if len(values) > 1 else 0.0
+    return f"{statistics.fmean(values):{fmt}} ± {sd:{fmt}}"
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--device", default="auto")
+    p.add_argument("--data-dir", default=None)
+    p.add_argument("--ks", default="1,32", help="comma-separated --parallel-trials values (numbers or auto)")
+    p.add_argument("--repeats", type=int, default=3)
+    p.add_argument("--trials", type=int, default=100)
+    p.add_argument("--epochs", type=int, default=20)
+    p.add_argument("--train-samples", type=int, default=None)
+    args = p.parse_args(argv)
+    try:
+        device = resolve_device(args.device)
+        load_mnist(args.data_dir, device=device, train_samples=args.train_samples)  # cached for every study
+    except (ValueError, MnistDataError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    name = torch.cuda.get_device_name(device) if device.type == "cuda" else f"CPU ({torch.get_num_threads()} threads)"
+    print(f"device: {device} = {name}; torch {torch.__version__}; {args.trials} trials x {args.epochs} epochs, "
+          f"{args.train_samples or 'all'} training images, {args.repeats} repeats (seed = repeat)")
+    print(f"{'K':>5} {'seed':>4} {'wall s':>8} {'complete':>8} {'pruned':>6} {'best val_loss':>13}")
+    rows: dict[str, tuple[list[float], list[float]]] = {}
+    with tempfile.TemporaryDirectory() as tmp:
+        for k in args.ks.split(","):
+            walls, bests = rows.setdefault(k, ([], []))
+            for r in range(args.repeats):
+                url = f"sqlite:///{Path(tmp) / f'k{k}-r{r}.db'}"
+                command = ["--trials", str(args.trials), "--epochs", str(args.epochs), "--device", str(device),
+                           "--parallel-trials", k, "--seed", str(r), "--storage", url]
+                if args.data_dir:
+                    command += ["--data-dir", args.data_dir]
+                if args.train_samples:
+                    command += ["--train-samples", str(args.train_samples)]
+                out = io.StringIO()
+                t0 = time.perf_counter()
+                with contextlib.redirect_stdout(out):
+                    code = run.main(command)
+                wall = time.perf_counter() - t0
+                if code != 0:
+                    print(f"error: study.run {' '.join(command)} exited with {code}", file=sys.stderr)
+                    return 1
+                study = optuna.load_study(study_name=run.DEFAULT_STUDY_NAME, storage=url)
+                states = [t.state for t in study.trials]
+                walls.append(wall)
+                bests.append(study.best_value)
+                print(f"{k:>5} {r:>4} {wall:>8.1f} {states.count(TrialState.COMPLETE):>8} "
+                      f"{states.count(TrialState.PRUNED):>6} {study.best_value:>13.4f}", flush=True)
+    base = statistics.fmean(next(iter(rows.values()))[0])
+    print(f"{'K':>5} {'wall s (mean ± sd)':>20} {'speed-up':>8} {'best val_loss (mean ± sd)':>26}")
+    for k, (walls, bests) in rows.items():
+        print(f"{k:>5} {_mean_sd(walls, ".1f"):>20} {base / statistics.fmean(walls):>7.1f}x {_mean_sd(bests):>26}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

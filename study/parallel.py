@@ -1,0 +1,163 @@
+"""`study.run --parallel-trials K`: K trials in flight per worker, trained fused by `train_stream`.
+
+Optuna's ``study.optimize`` runs one trial per thread, so this loop uses ask-and-tell instead:
+a trial is asked when a slot of the fused trainer is free, reports its validation loss after
+each of its epochs (the pruner decides on it as usual) and is told as soon as it ends, before
+its slot is refilled, so the sampler (TPE with the constant liar) always knows every finished
+trial. What ``study.optimize`` does around a trial is done here too: a WAITING retry is asked
+first, stale trials of dead workers are failed before each ask, and every trial in flight has
+a heartbeat (Optuna records heartbeats only inside ``optimize``), so a killed process leaves
+trials that the next run fails and retries, never a trial RUNNING for good.
+"""
+
+from __future__ import annotations
+
+import itertools
+import math
+import threading
+import time
+import warnings
+from collections.abc import Callable, Iterator
+
+import optuna
+import torch
+from optuna.trial import FrozenTrial, TrialState
+
+from objectives import MnistMLPObjective, TrainConfig, train_stream
+
+__all__ = ["Heartbeats", "optimize_fused"]
+
+class Heartbeats:
+    """Records the heartbeat of every trial in flight, every ``interval`` seconds, in a thread
+    (Optuna's own ``HeartbeatThread`` watches one trial and runs only inside ``optimize``)."""
+
+    def __init__(self, storage: optuna.storages.BaseStorage) -> None:
+        self._storage = storage
+        # RDBStorage has heartbeats (open_storage always sets an interval); other storages have none
+        get_interval = getattr(storage, "get_heartbeat_interval", None)
+        self._interval = get_interval() if get_interval is not None else None
+        self._ids: set[int] = set()
+        self._lock = threading.Lock()
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, name="heartbeats", daemon=True)
+
+    def add(self, trial_id: int) -> None:
+        if self._interval is None:
+            return
+        self._storage.record_heartbeat(trial_id)  # at once: the trial is never without one
+        with self._lock:
+            self._ids.add(trial_id)
+
+    def discard(self, trial_id: int) -> None:
+        with self._lock:
+            self._ids.discard(trial_id)
+
+    def _run(self) -> None:
+        while not self._stop.wait(self._interval):
+            with self._lock:
+                ids = sorted(self._ids)
+            for trial_id in ids:
+                self._storage.record_heartbeat(trial_id)
+
+    def __enter__(self) -> Heartbeats:
+        if self._interval is not None:
+            self._thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._stop.set()
+        if self._thread.is_alive():
+            self._thread.join()
+
+
+def optimize_fused(
+    study: optuna.Study,
+    objective: MnistMLPObjective,
+    *,
+    trials: int,
+    slots: int,
+    timeout: float | None,
+    owner: str,
+    callbacks: list[Callable[[optuna.Study, FrozenTrial], None]],
+    stop: Callable[[], bool],
+) -> None:
+    """Work on ``study`` with up to ``slots`` trials in flight until it has ``trials`` finished
+    (COMPLETE + PRUNED) trials, counting the ones running anywhere; no new trial after
+    ``timeout`` seconds or once ``stop()`` is true. ``callbacks`` run on each told trial, as
+    ``study.optimize``'s do. A WAITING retry is always run, even past the budget.
+
+    Out of GPU memory, the trials in flight fail and the loop goes on with half the slots.
+    Any other exception (Ctrl-C, SIGTERM) fails the trials in flight and propagates.
+    """
+    deadline = math.inf if timeout is None else time.monotonic() + timeout
+    in_flight: dict[int, optuna.Trial] = {}  # by the index train_stream gives the trial's job
+
+    def more_wanted() -> bool:
+        if stop():
+            return False
+        counts = {state: 0 for state in TrialState}
+        for t in study.get_trials(deepcopy=False):
+            counts[t.state] += 1
+        if counts[TrialState.WAITING]:
+            return True  # a dead worker's retry: runs even past the budget or the timeout
+        in_hand = counts[TrialState.COMPLETE] + counts[TrialState.PRUNED] + counts[TrialState.RUNNING]
+        return trials > in_hand and time.monotonic() < deadline
+
+    def jobs() -> Iterator[tuple[TrainConfig, int]]:
+        counter = itertools.count()  # train_stream numbers the jobs of each stream from 0
+        while True:
+            optuna.storages.fail_stale_trials(study)  # as study.optimize does before each trial
+            if not more_wanted():
+                return
+            trial = study.ask()
+            in_flight[next(counter)] = trial
+            heartbeats.add(trial._trial_id)
+            trial.set_user_attr("worker", owner)  # which process ran it: diagnosis, orphan detection
+            yield objective.start_trial(trial)
+
+    def tell(trial: optuna.Trial, **kwargs: object) -> None:
+        heartbeats.discard(trial._trial_id)
+        frozen = study.tell(trial, **kwargs)
+        for callback in callbacks:
+            callback(study, frozen)
+
+    def report(index: int, epoch: int, val_loss: float) -> bool:
+        return objective.report(in_flight[index], epoch, val_loss)
+
+    with Heartbeats(study._storage) as heartbeats, warnings.catch_warnings():
+        # ask() warns that heartbeats belong to study.optimize: here Heartbeats records them
+        warnings.filterwarnings("ignore", message="Heartbeat of storage is supposed to be used", category=UserWarning)
+        while more_wanted():
+            stream = train_stream(jobs(), objective.data, objective.epochs, slots=slots, report=report,
+                                  shuffle_seed=objective.seed)
+            try:
+                for index, result in stream:
+                    trial = in_flight.pop(index)
+                    try:
+                        value = objective.finish_trial(trial, result)
+                    except optuna.TrialPruned:
+                        tell(trial, state=TrialState.PRUNED)
+                    else:
+                        tell(trial, values=value)
+            except torch.OutOfMemoryError:
+                stream.close()
+                if objective.device.type == "cuda":
+                    torch.cuda.empty_cache()
+                error = f"out of memory on {objective.device} with {slots} trials in flight"
+                for trial in _drain(in_flight):
+                    trial.set_user_attr("error", error)
+                    tell(trial, state=TrialState.FAIL)
+                slots = max(1, slots // 2)
+            except BaseException:
+                for trial in _drain(in_flight):
+                    try:
+                        tell(trial, state=TrialState.FAIL)
+                    except Exception:  # noqa: BLE001 - the storage may be what failed; the heartbeat then fails it
+                        pass
+                raise
+
+
+def _drain(in_flight: dict[int, optuna.Trial]) -> list[optuna.Trial]:
+    trials = list(in_flight.values())
+    in_flight.clear()
+    return trials
