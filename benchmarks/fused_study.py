@@ -85,7 +85,7 @@ def main(argv: list[str] | None = None) -> int:
     base = statistics.fmean(next(iter(rows.values()))[0])
     print(f"{'K':>5} {'wall s (mean ± sd)':>20} {'speed-up':>8} {'best val_loss (mean ± sd)':>26}")
     for k, (walls, bests) in rows.items():
-        print(f"{k:>5} {_mean_sd(walls, ".1f"):>20} {base / statistics.fmean(walls):>7.1f}x {_mean_sd(bests):>26}")
+        print(f"{k:>5} {_mean_sd(walls, '.1f'):>20} {base / statistics.fmean(walls):>7.1f}x {_mean_sd(bests):>26}")
     return 0
 
 
