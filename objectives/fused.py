@@ -187,7 +187,7 @@ class _Stack:
                            + [[1 - b1**s for s in ts], [math.sqrt(1 - b2**s) for s in ts]])
             t.steps += steps
         host = torch.tensor(columns, dtype=torch.float64)  # [k, rows, steps]
-        return host.permute(2, 1, 0).to(device=self.device, dtype=self.dtype)
+        return host.permute(2, 1, 0).contiguous().to(device=self.device, dtype=self.dtype)
 
     @torch.no_grad()
     def update(self, grads: Sequence[torch.Tensor], lrs: torch.Tensor) -> None:

@@ -241,3 +241,10 @@ def test_parallel_trials_run_fused_with_the_values_of_the_one_trial_engine(tmp_p
     assert more.returncode == 0, more.stderr
     states = [t.state for t in load(fused_url).trials]
     assert len(states) == 8 and all(s in FINISHED for s in states)  # resumed to the new budget
+
+
+def test_parallel_trials_auto_is_one_on_the_cpu(tmp_path: Path, capsys) -> None:
+    url = f"sqlite:///{tmp_path / 'auto.db'}"
+    assert main(["--trials", "1", "--parallel-trials", "auto", "--storage", url, *SMALL]) == 0
+    assert "1 trial(s) at once per worker" in capsys.readouterr().out
+    assert load(url).user_attrs["command"].endswith("--parallel-trials auto --storage " + url + " " + " ".join(SMALL))
