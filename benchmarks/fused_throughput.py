@@ -5,19 +5,30 @@
 Both engines train the same K configurations (drawn from the default search space with a seeded
 random sampler, all with the same batch size) on the same device, in one process; each figure
 is measured after a warm-up run of the same size. The one-trial figure is measured once at the
-smallest K (it does not depend on K). Prints one row per K and the ratio.
+smallest K (it does not depend on K). Prints one row per K and the ratio, and then the number
+of ATen operations (views excluded: on a GPU each is a kernel launch) that one training step
+dispatches in each engine, counted with a ``TorchDispatchMode`` as the difference between
+epochs of 20 and 10 steps: where launches bound a step (small models on a GPU), this is what
+fusing divides by K.
 """
 
 from __future__ import annotations
 
 import argparse
+import collections
 import sys
 import time
+from collections.abc import Callable
 
 import optuna
 import torch
 
-from objectives import MnistDataError, load_mnist, resolve_device, suggest_config, train, train_many
+from torch.utils._python_dispatch import TorchDispatchMode
+
+from objectives import MnistDataError, MnistData, load_mnist, resolve_device, suggest_config, train, train_many
+
+_VIEWS = {"view", "_unsafe_view", "_reshape_alias", "reshape", "slice", "select", "unsqueeze", "squeeze", "expand",
+          "transpose", "t", "permute", "as_strided", "detach", "alias"}
 
 
 def _sync(device: torch.device) -> None:
@@ -40,6 +51,26 @@ def timed(fn) -> float:
     t0 = time.perf_counter()
     fn()
     return time.perf_counter() - t0
+
+
+def _ops(fn: Callable[[], object]) -> int:
+    """ATen operations ``fn`` dispatches, views excluded."""
+    counts: collections.Counter[str] = collections.Counter()
+
+    class Count(TorchDispatchMode):
+        def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+            counts[func.overloadpacket.__name__] += 1
+            return func(*args, **(kwargs or {}))
+
+    with Count():
+        fn()
+    return sum(n for name, n in counts.items() if name not in _VIEWS)
+
+
+def ops_per_step(run: Callable[[MnistData], object], data_dir: str | None, device: torch.device, batch_size: int) -> float:
+    """Operations per training step of ``run(data)``: one epoch of 20 steps minus one of 10."""
+    small, large = (load_mnist(data_dir, device=device, train_samples=n * batch_size) for n in (10, 20))
+    return (_ops(lambda: run(large)) - _ops(lambda: run(small))) / 10
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -80,6 +111,15 @@ def main(argv: list[str] | None = None) -> int:
 
         rate = k * args.epochs / timed(fused)
         print(f"{k:>4}  {single_rate:>13.2f} t-e/s  {rate:>9.2f} t-e/s  {rate / single_rate:>5.1f}x")
+
+    print("operations per training step (views excluded), one epoch of 20 steps minus one of 10:")
+    one_ops = ops_per_step(lambda d: train(one, d, 1), args.data_dir, device, args.batch_size)
+    print(f"  one-trial engine ({one.optimizer}): {one_ops:.0f}")
+    for k in ks:
+        batch = configs(k, args.batch_size)
+        ops = ops_per_step(lambda d: train_many(batch, d, 1), args.data_dir, device, args.batch_size)
+        kinds = len({c.optimizer for c in batch})
+        print(f"  train_many, K = {k} ({kinds} optimizer(s)): {ops:.0f} for K trials, {ops / k:.1f} per trial")
     return 0
 
 

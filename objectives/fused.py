@@ -1,6 +1,7 @@
 """`train_many` / `train_stream`: many configurations of the MLP trained in the same kernels.
 
-Each layer's weights of the K trials in flight are stacked ``[K, out, in]`` and every step runs
+Each layer's weights of the K trials in flight are stacked ``[K, out, in]`` (views of one
+``[K, P]`` buffer, a trial per row) and every step runs
 one batched matrix product per layer (``torch.baddbmm``) for all of them; the loss is the sum of
 the trials' own mean losses, so each trial's gradient is exactly the one ``train`` computes.
 Per-trial hyperparameters (initial LR, layer multipliers, decay schedule, momentum, weight
@@ -16,7 +17,7 @@ search space, mirroring torch's single-tensor implementations step by step (same
 same order of operations), and checked against them: in float64 on the CPU, ``train_many``
 gives the per-epoch validation losses and final weights of K separate ``train`` runs to 1e-9,
 refilled slots included (``tests/test_fused.py``). Trials are grouped by optimizer into
-contiguous slices of the stack, so each update is a handful of ops on a view.
+contiguous blocks of rows, so a step's update is a handful of ops per optimizer, whatever K.
 
 Every trial shuffles with :func:`epoch_permutation` of one shared ``shuffle_seed`` (common
 random numbers), so its epoch e sees the same batches as ``train`` with that seed, whenever it
@@ -60,39 +61,48 @@ _ROW_BC1, _ROW_BC2 = len(LAYERS), len(LAYERS) + 1
 _EVAL_CHUNK = 8192
 
 
-def _column(values: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
-    """``[k]`` values shaped to broadcast over a ``[k, …]`` parameter slice."""
-    return values.view(-1, *([1] * (like.dim() - 1)))
+def _column(values: torch.Tensor) -> torch.Tensor:
+    """``[k]`` per-trial values as a ``[k, 1]`` column, to broadcast over ``[k, P]`` rows."""
+    return values.unsqueeze(1)
 
 
-def _update(optimizer: str, p: torch.Tensor, g: torch.Tensor, state: dict[str, torch.Tensor], lr: torch.Tensor,
-            momentum: torch.Tensor, wd: torch.Tensor | None, bc1: torch.Tensor, bc2_sqrt: torch.Tensor) -> None:
-    """One in-place update of the stacked slice ``p`` (k trials of one optimizer) with per-trial
-    ``lr``, ``momentum``, ``wd`` (None: no trial of the slice has weight decay) and Adam's bias
-    corrections (shape ``[k]``), in the order of torch's single-tensor implementation."""
-    lr, momentum, bc1, bc2_sqrt = (_column(t, p) for t in (lr, momentum, bc1, bc2_sqrt))
-    wd = None if wd is None else _column(wd, p)
+# The parameters of one trial as one flat row, in the order of MLP.parameters() (fc1.weight,
+# fc1.bias, fc2.weight, …), so that a layer's weight and bias are one contiguous segment: the
+# optimizer update then runs once over all of a group's parameters, with the per-layer LR
+# applied per segment, instead of once per parameter tensor (a few dozen kernels per step
+# instead of a few hundred, which is what bounds a step on a GPU).
+_SHAPES = [shape for i, o in zip((784, 512, 256), (512, 256, 10)) for shape in ((o, i), (o,))]
+_BOUNDS = [0]
+for _shape in _SHAPES:
+    _BOUNDS.append(_BOUNDS[-1] + math.prod(_shape))
+_SEGMENTS = [(_BOUNDS[2 * i], _BOUNDS[2 * i + 2]) for i in range(len(LAYERS))]  # per layer: weight + bias
+_P = _BOUNDS[-1]
+
+
+def _direction(optimizer: str, p: torch.Tensor, g: torch.Tensor, state: dict[str, torch.Tensor],
+               momentum: torch.Tensor, wd: torch.Tensor | None, bc2_sqrt: torch.Tensor) -> torch.Tensor:
+    """Update the optimizer state of the rows ``p`` (k trials of one optimizer, ``[k, P]``) with
+    their gradient ``g`` and return the direction that the LR scales (``p -= lr · direction``),
+    in the order of torch's single-tensor implementation. ``momentum``, ``wd`` (None: no trial
+    of the group has weight decay) and Adam's ``bc2_sqrt`` are ``[k, 1]`` columns; Adam's other
+    bias correction divides the LR (see :meth:`_Stack.update`)."""
     if wd is not None and optimizer != "adamw":
         g = g + wd * p  # grad.add(param, alpha=weight_decay)
     if optimizer == "sgd":
-        state["buf"].mul_(momentum).add_(g)
-        p.sub_(lr * state["buf"])
-    elif optimizer in ("adam", "adamw"):
+        return state["buf"].mul_(momentum).add_(g)
+    if optimizer in ("adam", "adamw"):
         beta1, beta2 = _ADAM_BETAS
-        if wd is not None and optimizer == "adamw":
-            p.mul_(1 - lr * wd)
         state["exp_avg"].lerp_(g, 1 - beta1)
         state["exp_avg_sq"].mul_(beta2).addcmul_(g, g, value=1 - beta2)
         denom = (state["exp_avg_sq"].sqrt() / bc2_sqrt).add_(_ADAM_EPS)
-        p.sub_((lr / bc1) * (state["exp_avg"] / denom))
-    elif optimizer == "rmsprop":
+        return state["exp_avg"] / denom
+    if optimizer == "rmsprop":
         state["square_avg"].mul_(_RMSPROP_ALPHA).addcmul_(g, g, value=1 - _RMSPROP_ALPHA)
-        p.sub_(lr * (g / state["square_avg"].sqrt().add_(_RMSPROP_EPS)))
-    elif optimizer == "adagrad":
+        return g / state["square_avg"].sqrt().add_(_RMSPROP_EPS)
+    if optimizer == "adagrad":
         state["sum"].addcmul_(g, g, value=1)
-        p.sub_(lr * (g / state["sum"].sqrt().add_(_ADAGRAD_EPS)))
-    else:
-        raise ValueError(f"optimizer must be one of {OPTIMIZERS}, but got {optimizer=}")
+        return g / state["sum"].sqrt().add_(_ADAGRAD_EPS)
+    raise ValueError(f"optimizer must be one of {OPTIMIZERS}, but got {optimizer=}")
 
 
 @dataclass(eq=False)
@@ -120,44 +130,45 @@ class _Trial:
 
 
 class _Stack:
-    """The trials in flight as stacked parameters and optimizer states, sorted by optimizer."""
+    """The trials in flight as rows of one ``[k, P]`` parameter buffer (and one per optimizer
+    state), sorted by optimizer so that each optimizer's trials are a contiguous block of rows;
+    ``params`` are the per-layer ``[k, out, in]`` / ``[k, out]`` views the forward pass uses."""
 
     def __init__(self, trials: list[_Trial], previous: _Stack | None, device: torch.device, dtype: torch.dtype) -> None:
         trials = sorted(trials, key=lambda t: (OPTIMIZERS.index(t.config.optimizer), t.index))
         self.trials, self.device, self.dtype = trials, device, dtype
-        self.groups: list[tuple[str, int, int]] = []  # (optimizer, start, stop) slices of the stack
+        self.groups: list[tuple[str, int, int]] = []  # (optimizer, start, stop) rows of the stack
         for opt in OPTIMIZERS:
             rows = [i for i, t in enumerate(trials) if t.config.optimizer == opt]
             if rows:
                 self.groups.append((opt, rows[0], rows[-1] + 1))
-        old_group = {opt: a for opt, a, _ in previous.groups} if previous else {}
+        old_start = {opt: a for opt, a, _ in previous.groups} if previous else {}
 
-        # fc1.weight, fc1.bias, fc2.weight, …: survivors' rows copied, newcomers' fresh weights
-        self.params: list[torch.Tensor] = []
-        self.states: list[dict[str, dict[str, torch.Tensor]]] = []
-        for j in range(2 * len(LAYERS)):
-            layer, kind = LAYERS[j // 2], ("weight", "bias")[j % 2]
+        # survivors' rows are copied, newcomers' come from their fresh models; states likewise
+        # (a newcomer's state is zero, as torch's is before the first step)
+        def row(t: _Trial) -> torch.Tensor:
+            if t.fresh is not None:
+                return torch.cat([q.detach().reshape(-1) for q in t.fresh.parameters()])
+            return previous.flat[t.row]
 
-            def own(t: _Trial) -> torch.Tensor:
-                if t.fresh is not None:
-                    return getattr(getattr(t.fresh, layer), kind).detach()
-                return previous.params[j][t.row].detach()
-
-            self.params.append(torch.stack([own(t) for t in trials]).requires_grad_())
-            per_opt: dict[str, dict[str, torch.Tensor]] = {}
-            for opt, a, b in self.groups:
-                per_opt[opt] = {}
-                for name in _STATE[opt]:
-                    rows = [torch.zeros_like(self.params[j][0]) if t.fresh is not None
-                            else previous.states[j][opt][name][t.row - old_group[opt]] for t in trials[a:b]]
-                    per_opt[opt][name] = torch.stack(rows)
-            self.states.append(per_opt)
-        for row, t in enumerate(trials):
-            t.row, t.fresh = row, None
+        self.flat = torch.stack([row(t) for t in trials])
+        self.states: dict[str, dict[str, torch.Tensor]] = {}
+        for opt, a, b in self.groups:
+            self.states[opt] = {
+                name: torch.stack([self.flat.new_zeros(_P) if t.fresh is not None
+                                   else previous.states[opt][name][t.row - old_start[opt]] for t in trials[a:b]])
+                for name in _STATE[opt]
+            }
+        for i, t in enumerate(trials):
+            t.row, t.fresh = i, None
+        # leaves for autograd that share the buffer's memory: the update writes the buffer in place
+        k = len(trials)
+        self.params = [self.flat[:, lo:hi].view(k, *shape).requires_grad_()
+                       for shape, lo, hi in zip(_SHAPES, _BOUNDS, _BOUNDS[1:])]
 
         cfgs = [t.config for t in trials]
-        self.momentum = torch.tensor([c.momentum for c in cfgs], device=device, dtype=dtype)
-        self.wd = torch.tensor([c.weight_decay for c in cfgs], device=device, dtype=dtype)
+        self.momentum = _column(torch.tensor([c.momentum for c in cfgs], device=device, dtype=dtype))
+        self.wd = _column(torch.tensor([c.weight_decay for c in cfgs], device=device, dtype=dtype))
         # decided on the host, once: a device-side test per step would be a host sync
         self.has_wd = {opt: any(c.weight_decay != 0 for c in cfgs[a:b]) for opt, a, b in self.groups}
 
@@ -192,18 +203,28 @@ class _Stack:
     @torch.no_grad()
     def update(self, grads: Sequence[torch.Tensor], lrs: torch.Tensor) -> None:
         """One optimizer step of every trial; ``lrs`` is one step's row of :meth:`table`."""
-        for j, (p, g) in enumerate(zip(self.params, grads)):
-            lr = lrs[j // 2]
-            for opt, a, b in self.groups:
-                _update(opt, p[a:b], g[a:b], self.states[j][opt], lr[a:b], self.momentum[a:b],
-                        self.wd[a:b] if self.has_wd[opt] else None, lrs[_ROW_BC1, a:b], lrs[_ROW_BC2, a:b])
+        k = len(self.trials)
+        g_all = torch.cat([g.reshape(k, -1) for g in grads], dim=1)  # [k, P], rows like self.flat
+        lr_cols = lrs.unsqueeze(2)  # [rows, k, 1]
+        for opt, a, b in self.groups:
+            p, wd = self.flat[a:b], self.wd[a:b] if self.has_wd[opt] else None
+            direction = _direction(opt, p, g_all[a:b], self.states[opt], self.momentum[a:b], wd,
+                                   lr_cols[_ROW_BC2, a:b])
+            lr = lr_cols[: len(LAYERS), a:b]  # [layers, k, 1]
+            if opt in ("adam", "adamw"):
+                if wd is not None and opt == "adamw":
+                    for layer, (lo, hi) in enumerate(_SEGMENTS):
+                        p[:, lo:hi].mul_(1 - lr[layer] * wd)  # decoupled: param.mul_(1 - lr * weight_decay)
+                lr = lr / lr_cols[_ROW_BC1, a:b]  # step_size = lr / bias_correction1
+            for layer, (lo, hi) in enumerate(_SEGMENTS):
+                p[:, lo:hi].addcmul_(lr[layer], direction[:, lo:hi], value=-1)  # p -= lr · direction
 
     def model(self, t: _Trial) -> MLP:
         """A standalone copy of trial ``t``'s current weights."""
         model = MLP().to(device=self.device, dtype=self.dtype)
         with torch.no_grad():
-            for j, p in enumerate(self.params):
-                getattr(getattr(model, LAYERS[j // 2]), ("weight", "bias")[j % 2]).copy_(p[t.row])
+            for q, lo, hi in zip(model.parameters(), _BOUNDS, _BOUNDS[1:]):
+                q.copy_(self.flat[t.row, lo:hi].view_as(q))
         return model
 
 
