@@ -111,6 +111,8 @@ def _fingerprint(s: Settings) -> dict[str, object]:
         "batch_size": s.batch_size,
         "train_samples": s.train_samples or TRAIN_SIZE,
         "search_space": s.space.as_dict(),
+        # trials made before the batch order was shared are not comparable with those made after
+        "minibatch_order": "shared by all trials: epoch_permutation(seed, epoch)",
     }
 
 

@@ -226,6 +226,7 @@ def test_parallel_trials_run_fused_with_the_values_of_the_one_trial_engine(tmp_p
     assert len({t.user_attrs["worker"] for t in trials}) == 1  # one process ran them all
     for t in trials:
         assert t.user_attrs["shuffle_seed"] == 0 and t.user_attrs["seed"] == t.number
+        assert t.user_attrs["parallel_trials"] == 3
         assert sorted(t.intermediate_values) == list(range(1, t.user_attrs["epochs_run"] + 1))
 
     one = run_cli("--trials", "3", *args, "--storage", one_url, cwd=tmp_path)
