@@ -1,9 +1,9 @@
 """`train_many` / `train_stream`: many configurations of the MLP trained in the same kernels.
 
 Each layer's weights of the K trials in flight are stacked ``[K, out, in]`` (views of one
-``[K, P]`` buffer, a trial per row) and every step runs
-one batched matrix product per layer (``torch.baddbmm``) for all of them; the loss is the sum of
-the trials' own mean losses, so each trial's gradient is exactly the one ``train`` computes.
+``[K, P]`` buffer, a trial per row) and every step runs one batched matrix product per layer
+(``torch.baddbmm``) for all of them; the loss is the sum of the trials' own mean losses, so
+each trial's gradient is exactly the one ``train`` computes.
 Per-trial hyperparameters (initial LR, layer multipliers, decay schedule, momentum, weight
 decay) become per-trial tensors applied in the update. The schedules are the same
 :class:`LRSchedule` objects as in ``train`` (torch schedulers on a one-parameter optimizer),
