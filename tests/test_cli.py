@@ -249,3 +249,13 @@ def test_parallel_trials_auto_is_one_on_the_cpu(tmp_path: Path, capsys) -> None:
     assert main(["--trials", "1", "--parallel-trials", "auto", "--storage", url, *SMALL]) == 0
     assert "1 trial(s) at once per worker" in capsys.readouterr().out
     assert load(url).user_attrs["command"].endswith("--parallel-trials auto --storage " + url + " " + " ".join(SMALL))
+
+
+def test_parallel_trials_stop_asking_at_the_timeout(tmp_path: Path, capsys) -> None:
+    url = f"sqlite:///{tmp_path / 'timeout.db'}"
+    assert main(["--trials", "50", "--parallel-trials", "2", "--timeout", "0.5", "--storage", url, *SMALL]) == 0
+    states = [t.state for t in load(url).trials]
+    # the trials asked before the timeout (the first two, unless the machine is very slow) ran to
+    # their end, and no new one was asked after it
+    assert 1 <= len(states) <= 2 and all(s in FINISHED for s in states)
+    assert f"{len(states)} finished of 50" in capsys.readouterr().out
