@@ -110,3 +110,14 @@ def test_the_shuffle_depends_only_on_seed_and_epoch() -> None:
     assert torch.equal(a.sort().values, torch.arange(1000))
     assert not torch.equal(a, epoch_permutation(1000, 3, 1, torch.device("cpu")))
     assert not torch.equal(a, epoch_permutation(1000, 4, 2, torch.device("cpu")))
+
+
+def test_auto_slots_from_free_gpu_memory(monkeypatch) -> None:
+    from objectives.fused import AUTO_SLOTS_MAX, _bytes_per_trial, auto_slots
+
+    assert auto_slots(torch.device("cpu")) == 1  # fusing is correct on a CPU, not faster
+    per_trial = _bytes_per_trial(128, torch.float32)
+    assert 20e6 < per_trial < 200e6  # parameters, states and activations of one trial, generously
+    for free, want in [(10 * per_trial, 5), (1.5 * per_trial, 1), (0, 1), (10**12, AUTO_SLOTS_MAX)]:
+        monkeypatch.setattr(torch.cuda, "mem_get_info", lambda device=None, free=free: (int(free), 80 * 2**30))
+        assert auto_slots(torch.device("cuda")) == want, free  # half the free memory, 1 .. cap
