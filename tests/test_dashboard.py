@@ -18,10 +18,11 @@ def get(url: str) -> dict:
 
 
 @pytest.mark.slow
-def test_dashboard_shows_trials_params_curves_and_user_attrs(tmp_path: Path) -> None:
+@pytest.mark.parametrize("parallel", ["1", "3"])  # one trial at a time, and three fused
+def test_dashboard_shows_trials_params_curves_and_user_attrs(tmp_path: Path, parallel: str) -> None:
     storage = f"sqlite:///{tmp_path / 'dash.db'}"
     assert main(["--trials", "3", "--storage", storage, "--epochs", "3", "--train-samples", "2000",
-                 "--device", "cpu", "--pruner", "none"]) == 0
+                 "--device", "cpu", "--pruner", "none", "--parallel-trials", parallel]) == 0
 
     port = free_port()
     proc = start_dashboard(storage, port)
