@@ -24,6 +24,7 @@ import torch
 from optuna.trial import FrozenTrial, TrialState
 
 from objectives import MnistMLPObjective, TrainConfig, train_stream
+from study.progress import count_states
 
 __all__ = ["Heartbeats", "optimize_fused"]
 
@@ -95,9 +96,7 @@ def optimize_fused(
     def more_wanted() -> bool:
         if stop():
             return False
-        counts = {state: 0 for state in TrialState}
-        for t in study.get_trials(deepcopy=False):
-            counts[t.state] += 1
+        counts = count_states(study)
         if counts[TrialState.WAITING]:
             return True  # a dead worker's retry: runs even past the budget or the timeout
         in_hand = counts[TrialState.COMPLETE] + counts[TrialState.PRUNED] + counts[TrialState.RUNNING]
