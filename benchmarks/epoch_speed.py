@@ -26,20 +26,16 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from benchmarks._common import device_label, sync
 from objectives import TrainConfig, build_model, load_mnist, resolve_device, train
 from objectives.data import MNIST_FILES, SPLIT_SEED, TRAIN_SIZE, VAL_SIZE, MnistDataError, _read_verified, default_data_dir, find_mnist_files
-
-
-def _sync(device: torch.device) -> None:
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
 
 
 def seed_way_epoch_seconds(loader, device: torch.device, lr: float) -> float:
     """One epoch of the seed's loop over ``loader``; returns seconds."""
     model = build_model(0, device)
     optimizer = torch.optim.SGD(model.parameters(), lr=lr, momentum=0.9)
-    _sync(device)
+    sync(device)
     t0 = time.perf_counter()
     running_loss = 0.0
     for images, labels in loader:
@@ -49,7 +45,7 @@ def seed_way_epoch_seconds(loader, device: torch.device, lr: float) -> float:
         loss.backward()
         optimizer.step()
         running_loss += loss.item()
-    _sync(device)
+    sync(device)
     return time.perf_counter() - t0
 
 
@@ -63,10 +59,10 @@ def loader_only_seconds(loader) -> float:
 
 def ours_epoch_seconds(data, config: TrainConfig) -> float:
     """One epoch of ``train`` (with its validation pass); returns seconds."""
-    _sync(data.device)
+    sync(data.device)
     t0 = time.perf_counter()
     train(config, data, epochs=1)
-    _sync(data.device)
+    sync(data.device)
     return time.perf_counter() - t0
 
 
@@ -111,10 +107,9 @@ def main(argv: list[str] | None = None) -> int:
                 our_times.append(o)
                 loader_times.append(loader_only_seconds(loader))
 
-    name = torch.cuda.get_device_name(device) if device.type == "cuda" else f"CPU ({torch.get_num_threads()} threads)"
     seed_s, our_s = statistics.median(seed_times), statistics.median(our_times)
     loader_s = statistics.median(loader_times)
-    print(f"device: {device} = {name}; torch {torch.__version__}; batch size {args.batch_size}; "
+    print(f"device: {device_label(device)}; torch {torch.__version__}; batch size {args.batch_size}; "
           f"{TRAIN_SIZE} training images; median of {args.repeats} epochs after 1 warm-up")
     print(f"seed's way (DataLoader + ToTensor + .item() per batch): {seed_s:8.3f} s/epoch")
     print(f"objectives.train (tensor-resident, incl. validation):   {our_s:8.3f} s/epoch")

@@ -27,6 +27,7 @@ import optuna
 import torch
 from optuna.trial import TrialState
 
+from benchmarks._common import device_label
 from objectives import MnistDataError, load_mnist, resolve_device
 from study import run
 
@@ -52,8 +53,7 @@ def main(argv: list[str] | None = None) -> int:
     except (ValueError, MnistDataError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
-    name = torch.cuda.get_device_name(device) if device.type == "cuda" else f"CPU ({torch.get_num_threads()} threads)"
-    print(f"device: {device} = {name}; torch {torch.__version__}; {args.trials} trials x {args.epochs} epochs, "
+    print(f"device: {device_label(device)}; torch {torch.__version__}; {args.trials} trials x {args.epochs} epochs, "
           f"{args.train_samples or 'all'} training images, {args.repeats} repeats (seed = repeat)")
     print(f"{'K':>5} {'seed':>4} {'wall s':>8} {'complete':>8} {'pruned':>6} {'best val_loss':>13}")
     rows: dict[str, tuple[list[float], list[float]]] = {}

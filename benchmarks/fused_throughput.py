@@ -25,15 +25,11 @@ import torch
 
 from torch.utils._python_dispatch import TorchDispatchMode
 
+from benchmarks._common import device_label, sync
 from objectives import MnistDataError, MnistData, load_mnist, resolve_device, suggest_config, train, train_many
 
 _VIEWS = {"view", "_unsafe_view", "_reshape_alias", "reshape", "slice", "select", "unsqueeze", "squeeze", "expand",
           "transpose", "t", "permute", "as_strided", "detach", "alias"}
-
-
-def _sync(device: torch.device) -> None:
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
 
 
 def configs(k: int, batch_size: int) -> list:
@@ -90,15 +86,14 @@ def main(argv: list[str] | None = None) -> int:
     except (ValueError, MnistDataError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
-    name = torch.cuda.get_device_name(device) if device.type == "cuda" else f"CPU ({torch.get_num_threads()} threads)"
-    print(f"device: {device} = {name}; torch {torch.__version__}; {data.train_x.shape[0]} training images, "
+    print(f"device: {device_label(device)}; torch {torch.__version__}; {data.train_x.shape[0]} training images, "
           f"batch {args.batch_size}, {args.epochs} epochs per trial")
 
     one = configs(1, args.batch_size)[0]
 
     def single() -> None:
         train(one, data, args.epochs)
-        _sync(device)
+        sync(device)
 
     single_rate = args.epochs / timed(single)  # trial-epochs per second of the one-trial engine
     print(f"{'K':>4}  {'one-trial engine':>18}  {'train_many':>14}  {'ratio':>6}")
@@ -107,7 +102,7 @@ def main(argv: list[str] | None = None) -> int:
 
         def fused() -> None:
             train_many(batch, data, args.epochs, seeds=list(range(k)))
-            _sync(device)
+            sync(device)
 
         rate = k * args.epochs / timed(fused)
         print(f"{k:>4}  {single_rate:>13.2f} t-e/s  {rate:>9.2f} t-e/s  {rate / single_rate:>5.1f}x")
