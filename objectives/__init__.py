@@ -14,6 +14,7 @@ from objectives.device import resolve_device
 from objectives.fused import train_many, train_stream
 from objectives.model import LAYERS, MLP, build_model
 from objectives.objective import MnistMLPObjective
+from objectives.precision import PRECISIONS
 from objectives.schedules import LRSchedule, build_optimizer, set_lr_factor
 from objectives.space import SearchSpace, suggest_config
 from objectives.train import DIVERGENCE_LOSS, TrainResult, epoch_permutation, evaluate, train
@@ -28,6 +29,7 @@ __all__ = [
     "MnistDataError",
     "MnistMLPObjective",
     "OPTIMIZERS",
+    "PRECISIONS",
     "SearchSpace",
     "TrainConfig",
     "TrainResult",

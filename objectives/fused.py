@@ -40,6 +40,7 @@ import torch.nn.functional as F
 from objectives.config import OPTIMIZERS, TrainConfig
 from objectives.data import MnistData
 from objectives.model import LAYERS, MLP, build_model
+from objectives.precision import autocast, check_precision
 from objectives.schedules import LRSchedule
 from objectives.train import TrainResult, _diverged, _result, epoch_permutation
 
@@ -236,6 +237,7 @@ def train_stream(
     slots: int,
     report: ReportMany | None = None,
     shuffle_seed: int = 0,
+    precision: str = "fp32",
 ) -> Iterator[tuple[int, TrainResult]]:
     """Train the ``(config, seed)`` jobs, at most ``slots`` at once; yield ``(index, result)`` as
     each finishes, ``index`` being the job's position in ``jobs``.
@@ -245,18 +247,21 @@ def train_stream(
     been yielded. So a caller can decide what to train next from what has finished, as an
     Optuna study does with ask-and-tell. Trial ``i`` starts from the weights of
     ``train(config, …, seed=seed)`` and gives what ``train(config, data, epochs, seed=seed,
-    shuffle_seed=shuffle_seed)`` gives (to rounding). All configs must share the batch size.
+    shuffle_seed=shuffle_seed, precision=precision)`` gives (to rounding). All configs must
+    share the batch size.
 
     Args:
         report: ``report(index, epoch, val_loss)`` after each epoch of each trial that did not
             diverge; return True to stop that trial (it is then yielded, ``stopped``).
         shuffle_seed: seeds the minibatch order shared by all trials (:func:`epoch_permutation`).
+        precision: ``fp32`` or ``bf16``, as in ``train``.
     """
     if isinstance(epochs, bool) or not isinstance(epochs, int) or epochs < 1:
         raise ValueError(f"epochs must be an int >= 1, but got {epochs=}")
     if isinstance(slots, bool) or not isinstance(slots, int) or slots < 1:
         raise ValueError(f"slots must be an int >= 1, but got {slots=}")
     device, dtype = data.device, data.dtype
+    check_precision(precision, dtype)
     n, n_val = data.train_x.shape[0], data.val_x.shape[0]
     source = iter(enumerate(jobs))
     batch_size: int | None = None
@@ -295,10 +300,11 @@ def train_stream(
         loss_sum = torch.zeros(k, device=device, dtype=dtype)
         for step, i in enumerate(range(0, n, bs)):
             idx = perm[..., i : i + bs]  # [batch] or [k, batch]
-            logits = stack.forward(data.train_x[idx])
             y = data.train_y[idx]
             y = y.repeat(k) if y.dim() == 1 else y.reshape(-1)
-            losses = F.cross_entropy(logits.reshape(-1, 10), y, reduction="none").view(k, -1).mean(dim=1)
+            with autocast(device, precision):
+                logits = stack.forward(data.train_x[idx])
+                losses = F.cross_entropy(logits.reshape(-1, 10), y, reduction="none").view(k, -1).mean(dim=1)
             grads = torch.autograd.grad(losses.sum(), stack.params)  # each trial's own mean-loss gradient
             stack.update(grads, lr_table[step])
             loss_sum += losses.detach() * idx.shape[-1]
@@ -307,9 +313,10 @@ def train_stream(
             val_sum = torch.zeros(k, device=device, dtype=dtype)
             correct = torch.zeros(k, device=device, dtype=dtype)
             for i in range(0, n_val, _EVAL_CHUNK):
-                logits = stack.forward(data.val_x[i : i + _EVAL_CHUNK])
                 y = data.val_y[i : i + _EVAL_CHUNK]
-                val_sum += F.cross_entropy(logits.reshape(-1, 10), y.repeat(k), reduction="none").view(k, -1).sum(dim=1)
+                with autocast(device, precision):
+                    logits = stack.forward(data.val_x[i : i + _EVAL_CHUNK])
+                    val_sum += F.cross_entropy(logits.reshape(-1, 10), y.repeat(k), reduction="none").view(k, -1).sum(dim=1)
                 correct += (logits.argmax(dim=2) == y).sum(dim=1)
         train_l, val_l, acc = torch.stack([loss_sum / n, val_sum / n_val, correct / n_val]).tolist()  # the epoch's one sync
         seconds = time.perf_counter() - t0
@@ -373,6 +380,7 @@ def train_many(
     seeds: Sequence[int] | None = None,
     shuffle_seed: int = 0,
     slots: int | None = None,
+    precision: str = "fp32",
 ) -> list[TrainResult]:
     """Train every config of ``configs`` (at most ``slots`` at once, default all); results in
     the order of ``configs``.
@@ -388,6 +396,7 @@ def train_many(
         shuffle_seed: seeds the minibatch order shared by all trials; ``train`` with the same
             ``shuffle_seed`` sees the same order.
         slots: how many trials train at once; a slot freed by a finished trial takes the next.
+        precision: ``fp32`` or ``bf16``, as in ``train``.
     """
     if len(configs) == 0:
         raise ValueError("configs must not be empty")
@@ -396,7 +405,7 @@ def train_many(
         raise ValueError(f"need one seed per config, but got {len(seeds)} seeds for {len(configs)} configs")
     results: list[TrainResult | None] = [None] * len(configs)
     stream = train_stream(zip(configs, seeds), data, epochs, slots=slots or len(configs), report=report,
-                          shuffle_seed=shuffle_seed)
+                          shuffle_seed=shuffle_seed, precision=precision)
     for index, result in stream:
         results[index] = result
     return results  # type: ignore[return-value]

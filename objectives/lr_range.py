@@ -26,6 +26,7 @@ import torch.nn.functional as F
 from objectives.config import TrainConfig
 from objectives.data import MnistData
 from objectives.model import build_model
+from objectives.precision import autocast, check_precision
 from objectives.schedules import build_optimizer
 
 __all__ = ["LRRangeResult", "lr_range_test", "valley"]
@@ -77,11 +78,13 @@ def lr_range_test(
     seed: int = 0,
     beta: float = 0.9,
     diverge_factor: float = 4.0,
+    precision: str = "fp32",
 ) -> LRRangeResult:
     """Run the range test for ``optimizer`` on ``data.train_*`` (nothing else is touched).
 
     Reads the loss every step: the test must see divergence as it happens, and a few hundred
-    host reads cost nothing next to a study.
+    host reads cost nothing next to a study. ``precision`` is the arithmetic of the runs that
+    will use the range (``fp32`` or ``bf16``, as in ``train``).
     """
     if not (0 < start_lr < end_lr) or not math.isfinite(end_lr):
         raise ValueError(f"need 0 < start_lr < end_lr, but got {start_lr=}, {end_lr=}")
@@ -89,6 +92,7 @@ def lr_range_test(
         raise ValueError(f"steps must be an int >= 10, but got {steps=}")
     if not 0 <= beta < 1 or not diverge_factor > 1:
         raise ValueError(f"need 0 <= beta < 1 and diverge_factor > 1, but got {beta=}, {diverge_factor=}")
+    check_precision(precision, data.dtype)
     config = TrainConfig(optimizer=optimizer, lr=start_lr, batch_size=batch_size)
     device, n = data.device, data.train_x.shape[0]
     model = build_model(seed, device, data.dtype)
@@ -106,7 +110,8 @@ def lr_range_test(
         idx = perm[pos : pos + batch_size]
         pos += batch_size
         lrs.append(opt.param_groups[0]["lr"])
-        loss = F.cross_entropy(model(data.train_x[idx]), data.train_y[idx])
+        with autocast(device, precision):
+            loss = F.cross_entropy(model(data.train_x[idx]), data.train_y[idx])
         opt.zero_grad(set_to_none=True)
         loss.backward()
         opt.step()

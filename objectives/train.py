@@ -26,6 +26,7 @@ from torch import nn
 from objectives.config import TrainConfig
 from objectives.data import MnistData
 from objectives.model import build_model
+from objectives.precision import autocast, check_precision
 from objectives.schedules import LRSchedule, build_optimizer, set_lr_factor
 
 __all__ = ["DIVERGENCE_LOSS", "TrainResult", "epoch_permutation", "evaluate", "train"]
@@ -108,19 +109,21 @@ def _result(
 
 
 @torch.no_grad()
-def _eval_sums(model: nn.Module, x: torch.Tensor, y: torch.Tensor, chunk: int = 8192) -> torch.Tensor:
+def _eval_sums(model: nn.Module, x: torch.Tensor, y: torch.Tensor, chunk: int = 8192,
+               precision: str = "fp32") -> torch.Tensor:
     """``[sum of losses, number correct]`` over ``(x, y)`` as a device tensor (no host sync)."""
     sums = torch.zeros(2, device=x.device, dtype=x.dtype)
     for i in range(0, x.shape[0], chunk):
-        logits = model(x[i : i + chunk])
-        sums[0] += F.cross_entropy(logits, y[i : i + chunk], reduction="sum")
+        with autocast(x.device, precision):  # the loss of bf16 logits is still computed in float32
+            logits = model(x[i : i + chunk])
+            sums[0] += F.cross_entropy(logits, y[i : i + chunk], reduction="sum")
         sums[1] += (logits.argmax(dim=1) == y[i : i + chunk]).sum()
     return sums
 
 
-def evaluate(model: nn.Module, x: torch.Tensor, y: torch.Tensor) -> tuple[float, float]:
-    """Mean cross-entropy loss and accuracy of ``model`` on ``(x, y)``."""
-    loss_sum, correct = _eval_sums(model, x, y).tolist()
+def evaluate(model: nn.Module, x: torch.Tensor, y: torch.Tensor, precision: str = "fp32") -> tuple[float, float]:
+    """Mean cross-entropy loss and accuracy of ``model`` on ``(x, y)``, its forward pass at ``precision``."""
+    loss_sum, correct = _eval_sums(model, x, y, precision=check_precision(precision, x.dtype)).tolist()
     return loss_sum / x.shape[0], correct / x.shape[0]
 
 
@@ -131,6 +134,7 @@ def train(
     report: Report | None = None,
     seed: int = 0,
     shuffle_seed: int | None = None,
+    precision: str = "fp32",
 ) -> TrainResult:
     """Train a fresh MLP with ``config`` on ``data.train_*`` and validate on ``data.val_*``.
 
@@ -142,6 +146,8 @@ def train(
         seed: seeds the initial weights (drawn on the CPU, so the same on every device).
         shuffle_seed: seeds the minibatch order (:func:`epoch_permutation`); defaults to ``seed``.
             Runs with the same ``shuffle_seed`` see the same batches, epoch by epoch.
+        precision: ``fp32``, or ``bf16`` for mixed precision (:mod:`objectives.precision`):
+            the forward passes, training and validation, under bfloat16 autocast.
 
     A NaN, infinite or exploding (> ``DIVERGENCE_LOSS``) training or validation loss ends the
     run with ``diverged=True``. It is seen at the end of the epoch where it happened (the loss
@@ -150,6 +156,7 @@ def train(
     """
     if isinstance(epochs, bool) or not isinstance(epochs, int) or epochs < 1:
         raise ValueError(f"epochs must be an int >= 1, but got {epochs=}")
+    check_precision(precision, data.dtype)
     device = data.device
     n, bs = data.train_x.shape[0], config.batch_size
     steps_per_epoch = math.ceil(n / bs)
@@ -173,7 +180,8 @@ def train(
         loss_sum = torch.zeros((), device=device, dtype=data.dtype)
         for i in range(0, n, bs):
             idx = perm[i : i + bs]
-            loss = F.cross_entropy(model(data.train_x[idx]), data.train_y[idx])
+            with autocast(device, precision):  # the backward pass follows the forward's dtypes
+                loss = F.cross_entropy(model(data.train_x[idx]), data.train_y[idx])
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             optimizer.step()
@@ -181,7 +189,7 @@ def train(
             set_lr_factor(optimizer, schedule.step())
 
         model.eval()
-        sums = _eval_sums(model, data.val_x, data.val_y)
+        sums = _eval_sums(model, data.val_x, data.val_y, precision=precision)
         train_sum, val_sum, correct = torch.cat([loss_sum.reshape(1), sums]).tolist()  # the epoch's one sync
         train_loss, val_loss = train_sum / n, val_sum / data.val_x.shape[0]
         train_losses.append(train_loss)
