@@ -17,6 +17,7 @@ from pathlib import Path
 
 from objectives import OPTIMIZERS, MnistDataError, load_mnist, resolve_device
 from objectives.lr_range import LRRangeResult, lr_range_test
+from objectives.precision import PRECISIONS
 from study.cli import EXIT_OK, EXIT_USAGE, Parser, int_at_least, positive_float
 
 
@@ -58,6 +59,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--train-samples", type=int_at_least(1, 50_000), default=None, help="train on a subset")
     p.add_argument("--batch-size", type=int_at_least(1), default=128)
     p.add_argument("--seed", type=int_at_least(0), default=0)
+    p.add_argument("--precision", choices=PRECISIONS, default="fp32", help="fp32, or bf16 mixed precision, as the study's")
     return p
 
 
@@ -70,7 +72,8 @@ def main(argv: list[str] | None = None) -> int:
         device = resolve_device(args.device)
         data = load_mnist(args.data_dir, device=device, train_samples=args.train_samples)
         result = lr_range_test(args.optimizer, data, start_lr=args.start_lr, end_lr=args.end_lr,
-                               steps=args.steps, batch_size=args.batch_size, seed=args.seed)
+                               steps=args.steps, batch_size=args.batch_size, seed=args.seed,
+                               precision=args.precision)
         out.parent.mkdir(parents=True, exist_ok=True)
         range_figure(result).write_html(out, include_plotlyjs=True)
     except (ValueError, MnistDataError, OSError) as e:

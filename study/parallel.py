@@ -130,7 +130,7 @@ def optimize_fused(
         warnings.filterwarnings("ignore", message="Heartbeat of storage is supposed to be used", category=UserWarning)
         while more_wanted():
             stream = train_stream(jobs(), objective.data, objective.epochs, slots=slots, report=report,
-                                  shuffle_seed=objective.seed)
+                                  shuffle_seed=objective.seed, precision=objective.precision)
             try:
                 for index, result in stream:
                     trial = in_flight.pop(index)

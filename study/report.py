@@ -148,6 +148,7 @@ def final_word(study: optuna.Study, rows: list[DecayRow], seeds: int, device: st
     with ``seeds`` seeds; test accuracy mean ± sd. Stored in the study's user attrs."""
     epochs = int(study.user_attrs.get("epochs", 20))
     batch_size = int(study.user_attrs.get("batch_size", 128))
+    precision = study.user_attrs.get("precision", "fp32")  # the study's arithmetic, fp32 before --precision
     data = load_mnist(data_dir, device=resolve_device(device)).for_final_training()
     chosen = {"best": study.best_trial}
     chosen.update({f"best {row.decay}": row.best for row in rows if row.best is not None})
@@ -158,11 +159,11 @@ def final_word(study: optuna.Study, rows: list[DecayRow], seeds: int, device: st
             config = suggest_config(optuna.trial.FixedTrial(trial.params), batch_size=batch_size)
             accs = []
             for i in range(seeds):
-                result = train(config, data, epochs, seed=FINAL_SEED_BASE + i)
-                accs.append(evaluate(result.model, data.test_x, data.test_y)[1])  # the last epoch: no selection
+                result = train(config, data, epochs, seed=FINAL_SEED_BASE + i, precision=precision)
+                accs.append(evaluate(result.model, data.test_x, data.test_y, precision)[1])  # the last epoch: no selection
             done[trial.number] = {
                 "trial": trial.number, "decay": config.decay, "optimizer": config.optimizer,
-                "val_loss": trial.value, "epochs": epochs, "train_images": TRAIN_SIZE + 10_000,
+                "val_loss": trial.value, "epochs": epochs, "precision": precision, "train_images": TRAIN_SIZE + 10_000,
                 "seeds": [FINAL_SEED_BASE + i for i in range(seeds)], "test_accuracies": accs,
                 "test_accuracy_mean": statistics.fmean(accs),
                 "test_accuracy_sd": statistics.stdev(accs) if len(accs) > 1 else 0.0,

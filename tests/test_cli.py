@@ -79,6 +79,8 @@ BAD_INPUTS = [
     (["--data-dir", "{corrupt}"], "is corrupt"),
     (["--storage", "postgresql+psycopg://lrstudy@127.0.0.1:{closed_port}/db"], "cannot open storage"),
     (["--epochs", "3"], "epochs: stored 2, now 3"),  # same study name, another experiment
+    (["--precision", "fp16"], "'fp16'"),
+    (["--precision", "bf16"], "precision: stored 'fp32', now 'bf16'"),
 ]
 if not torch.cuda.is_available():
     BAD_INPUTS.append((["--device", "cuda"], "CUDA is not available"))

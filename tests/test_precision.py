@@ -1,5 +1,5 @@
 """bf16 mixed precision: it applies (the values change), learns as well, stays seeded, is
-checked where given."""
+checked where given, and a study records it as part of its experiment."""
 
 from __future__ import annotations
 
@@ -9,9 +9,12 @@ import optuna
 import pytest
 import torch
 
+from cli_helpers import FINISHED, SMALL, load
 from objectives import MnistMLPObjective, TrainConfig, build_model, load_mnist, train, train_many
 from objectives.lr_range import lr_range_test
 from objectives.precision import autocast
+from study.report import main as report_main
+from study.run import main
 
 CONFIGS = [
     TrainConfig(optimizer="sgd", lr=0.05, momentum=0.9, decay="step", step_size=2, step_gamma=0.5),
@@ -86,3 +89,28 @@ def test_objective_records_its_precision(mnist_dir: Path) -> None:
     study = optuna.create_study(direction="minimize")
     study.optimize(objective, n_trials=1)
     assert study.trials[0].user_attrs["precision"] == "bf16"
+
+
+@pytest.mark.slow
+def test_study_run_records_bf16_and_resumes_older_fp32_studies(tmp_path: Path, capsys) -> None:
+    bf16_url, fp32_url = f"sqlite:///{tmp_path / 'bf16.db'}", f"sqlite:///{tmp_path / 'fp32.db'}"
+    assert main(["--trials", "2", "--precision", "bf16", "--storage", bf16_url, *SMALL]) == 0
+    assert "in bf16" in capsys.readouterr().out
+    study = load(bf16_url)
+    assert study.user_attrs["precision"] == "bf16" and study.user_attrs["fingerprint"]["precision"] == "bf16"
+    assert all(t.user_attrs["precision"] == "bf16" for t in study.trials)
+    # the final word retrains in the study's precision
+    assert report_main(["--storage", bf16_url, "--out", str(tmp_path / "report"), "--final-seeds", "1",
+                        "--device", "cpu"]) == 0
+    assert load(bf16_url).user_attrs["final_test"]["best"]["precision"] == "bf16"
+
+    # a study made before --precision existed has no precision in its fingerprint: it trained in
+    # fp32, and resumes as such
+    assert main(["--trials", "1", "--storage", fp32_url, *SMALL]) == 0
+    study = load(fp32_url)
+    older = {k: v for k, v in study.user_attrs["fingerprint"].items() if k != "precision"}
+    study.set_user_attr("fingerprint", older)
+    assert main(["--trials", "2", "--storage", fp32_url, *SMALL]) == 0
+    trials = load(fp32_url).trials
+    assert len(trials) == 2 and all(t.state in FINISHED for t in trials)
+    assert trials[1].user_attrs["precision"] == "fp32"

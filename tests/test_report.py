@@ -63,6 +63,7 @@ def test_final_word_note_and_artifact_are_in_the_study(reported) -> None:
     assert final["best"]["trial"] == study.best_trial.number
     assert 0.8 < final["best"]["test_accuracy_mean"] <= 1.0  # 3 epochs on all 60k images
     assert final["best"]["train_images"] == 60_000 and len(final["best"]["seeds"]) == 1
+    assert final["best"]["precision"] == "fp32"  # the study's
     assert "Final word: test accuracy" in (out / "summary.md").read_text()
     from optuna_dashboard import get_note
 
