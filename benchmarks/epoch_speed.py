@@ -4,9 +4,10 @@ The seed's way, as in the seed article: ``torchvision.datasets.MNIST`` with
 ``transforms.ToTensor()``, a shuffling ``DataLoader``, each batch moved to the device and
 flattened, and the running loss read with ``loss.item()`` every batch. Ours: ``train`` on the
 device-resident tensors (which also runs its per-epoch validation pass on 10k images, so the
-comparison is conservative). Both train the same MLP with SGD (lr 0.05, momentum 0.9) on the
-same 50k training images at the same batch size; each is warmed up with one epoch, then the
-median of ``--repeats`` epochs is reported.
+comparison is conservative), once in fp32, the seed's arithmetic, and once in bf16 mixed
+precision (``precision="bf16"``). All train the same MLP with SGD (lr 0.05, momentum 0.9) on
+the same 50k training images at the same batch size; each is warmed up with one epoch, then
+the median of ``--repeats`` epochs is reported.
 
     python -m benchmarks.epoch_speed [--device auto] [--batch-size 128] [--repeats 3]
 
@@ -27,7 +28,7 @@ import torch
 import torch.nn.functional as F
 
 from benchmarks._common import device_label, sync
-from objectives import TrainConfig, build_model, load_mnist, resolve_device, train
+from objectives import PRECISIONS, TrainConfig, build_model, load_mnist, resolve_device, train
 from objectives.data import MNIST_FILES, SPLIT_SEED, TRAIN_SIZE, VAL_SIZE, MnistDataError, _read_verified, default_data_dir, find_mnist_files
 
 
@@ -57,11 +58,11 @@ def loader_only_seconds(loader) -> float:
     return time.perf_counter() - t0
 
 
-def ours_epoch_seconds(data, config: TrainConfig) -> float:
-    """One epoch of ``train`` (with its validation pass); returns seconds."""
+def ours_epoch_seconds(data, config: TrainConfig, precision: str) -> float:
+    """One epoch of ``train`` (with its validation pass) at ``precision``; returns seconds."""
     sync(data.device)
     t0 = time.perf_counter()
-    train(config, data, epochs=1)
+    train(config, data, epochs=1, precision=precision)
     sync(data.device)
     return time.perf_counter() - t0
 
@@ -98,26 +99,29 @@ def main(argv: list[str] | None = None) -> int:
         subset = Subset(dataset, order[:TRAIN_SIZE].tolist())  # the same 50k images as ours
         loader = DataLoader(subset, batch_size=args.batch_size, shuffle=True)
 
-        seed_times, our_times, loader_times = [], [], []
+        seed_times, loader_times = [], []
+        our_times: dict[str, list[float]] = {p: [] for p in PRECISIONS}
         for i in range(args.repeats + 1):  # the first round of each is the warm-up
             s = seed_way_epoch_seconds(loader, device, config.lr)
-            o = ours_epoch_seconds(data, config)
+            ours = {p: ours_epoch_seconds(data, config, p) for p in PRECISIONS}
             if i > 0:
                 seed_times.append(s)
-                our_times.append(o)
+                for p, seconds in ours.items():
+                    our_times[p].append(seconds)
                 loader_times.append(loader_only_seconds(loader))
 
-    seed_s, our_s = statistics.median(seed_times), statistics.median(our_times)
-    loader_s = statistics.median(loader_times)
+    seed_s, loader_s = statistics.median(seed_times), statistics.median(loader_times)
     print(f"device: {device_label(device)}; torch {torch.__version__}; batch size {args.batch_size}; "
           f"{TRAIN_SIZE} training images; median of {args.repeats} epochs after 1 warm-up")
-    print(f"seed's way (DataLoader + ToTensor + .item() per batch): {seed_s:8.3f} s/epoch")
-    print(f"objectives.train (tensor-resident, incl. validation):   {our_s:8.3f} s/epoch")
-    print(f"  of which the seed's data pipeline alone (no training):  {loader_s:8.3f} s/epoch")
-    print(f"speed-up: {seed_s / our_s:.1f}x")
-    # Both loops do the same matrix arithmetic; only the seed's data cost can be removed, so
-    # seed / (seed - loader) bounds any speed-up of the training arithmetic as it is.
-    print(f"bound with the same arithmetic, seed / (seed - data pipeline): {seed_s / max(seed_s - loader_s, 1e-9):.1f}x")
+    print(f"seed's way (DataLoader + ToTensor + .item() per batch, fp32): {seed_s:8.3f} s/epoch")
+    print(f"  of which the seed's data pipeline alone (no training):        {loader_s:8.3f} s/epoch")
+    for p in PRECISIONS:
+        our_s = statistics.median(our_times[p])
+        print(f"objectives.train, {p} (tensor-resident, incl. validation):   {our_s:8.3f} s/epoch   "
+              f"speed-up {seed_s / our_s:.1f}x")
+    # In fp32 both loops do the same matrix arithmetic; only the seed's data cost can be removed,
+    # so seed / (seed - loader) bounds any fp32 speed-up. bf16 changes the arithmetic itself.
+    print(f"fp32 bound, same arithmetic: seed / (seed - data pipeline) = {seed_s / max(seed_s - loader_s, 1e-9):.1f}x")
     return 0
 
 

@@ -1,15 +1,16 @@
-"""Whole studies, one trial at a time against K trials fused: wall time and search quality.
+"""Whole studies, one trial at a time against K trials fused, fp32 against bf16: wall time and search quality.
 
-    python -m benchmarks.fused_study [--device auto] [--ks 1,32] [--repeats 3] [--trials 100] [--epochs 20]
-                                     [--train-samples N]
+    python -m benchmarks.fused_study [--device auto] [--ks 1,32] [--precisions fp32] [--repeats 3]
+                                     [--trials 100] [--epochs 20] [--train-samples N]
 
-For each K of ``--ks`` (a number or ``auto``) and each repeat r, runs ``python -m study.run
---trials T --epochs E --parallel-trials K --seed r`` in this process on a fresh SQLite file
-(the data is loaded once, before the first study, so no study pays for it) and prints its wall
-time, finished/pruned counts and best validation loss; then, per K, the mean ± sd over the
-repeats and the ratio of wall times against the first K. Repeat r uses the same seed for every
-K, so the studies differ only in how many trials are in flight: this is the check that fusing
-does not cost search quality.
+For each K of ``--ks`` (a number or ``auto``), each precision of ``--precisions`` and each
+repeat r, runs ``python -m study.run --trials T --epochs E --parallel-trials K --precision P
+--seed r`` in this process on a fresh SQLite file (the data is loaded once, before the first
+study, so no study pays for it) and prints its wall time, finished/pruned counts and best
+validation loss; then, per (K, precision), the mean ± sd over the repeats and the ratio of wall
+times against the first. Repeat r uses the same seed for every variant, so the studies differ
+only in how many trials are in flight and in their arithmetic: this is the check that fusing,
+or bf16, does not cost search quality.
 """
 
 from __future__ import annotations
@@ -42,6 +43,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--device", default="auto")
     p.add_argument("--data-dir", default=None)
     p.add_argument("--ks", default="1,32", help="comma-separated --parallel-trials values (numbers or auto)")
+    p.add_argument("--precisions", default="fp32", help="comma-separated --precision values (fp32, bf16)")
     p.add_argument("--repeats", type=int, default=3)
     p.add_argument("--trials", type=int, default=100)
     p.add_argument("--epochs", type=int, default=20)
@@ -55,15 +57,16 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     print(f"device: {device_label(device)}; torch {torch.__version__}; {args.trials} trials x {args.epochs} epochs, "
           f"{args.train_samples or 'all'} training images, {args.repeats} repeats (seed = repeat)")
-    print(f"{'K':>5} {'seed':>4} {'wall s':>8} {'complete':>8} {'pruned':>6} {'best val_loss':>13}")
-    rows: dict[str, tuple[list[float], list[float]]] = {}
+    print(f"{'K':>5} {'prec':>4} {'seed':>4} {'wall s':>8} {'complete':>8} {'pruned':>6} {'best val_loss':>13}")
+    rows: dict[tuple[str, str], tuple[list[float], list[float]]] = {}
+    variants = [(k, prec) for k in args.ks.split(",") for prec in args.precisions.split(",")]
     with tempfile.TemporaryDirectory() as tmp:
-        for k in args.ks.split(","):
-            walls, bests = rows.setdefault(k, ([], []))
+        for k, prec in variants:
+            walls, bests = rows.setdefault((k, prec), ([], []))
             for r in range(args.repeats):
-                url = f"sqlite:///{Path(tmp) / f'k{k}-r{r}.db'}"
+                url = f"sqlite:///{Path(tmp) / f'k{k}-{prec}-r{r}.db'}"
                 command = ["--trials", str(args.trials), "--epochs", str(args.epochs), "--device", str(device),
-                           "--parallel-trials", k, "--seed", str(r), "--storage", url]
+                           "--parallel-trials", k, "--precision", prec, "--seed", str(r), "--storage", url]
                 if args.data_dir:
                     command += ["--data-dir", args.data_dir]
                 if args.train_samples:
@@ -80,12 +83,12 @@ def main(argv: list[str] | None = None) -> int:
                 states = [t.state for t in study.trials]
                 walls.append(wall)
                 bests.append(study.best_value)
-                print(f"{k:>5} {r:>4} {wall:>8.1f} {states.count(TrialState.COMPLETE):>8} "
+                print(f"{k:>5} {prec:>4} {r:>4} {wall:>8.1f} {states.count(TrialState.COMPLETE):>8} "
                       f"{states.count(TrialState.PRUNED):>6} {study.best_value:>13.4f}", flush=True)
     base = statistics.fmean(next(iter(rows.values()))[0])
-    print(f"{'K':>5} {'wall s (mean ± sd)':>20} {'speed-up':>8} {'best val_loss (mean ± sd)':>26}")
-    for k, (walls, bests) in rows.items():
-        print(f"{k:>5} {_mean_sd(walls, '.1f'):>20} {base / statistics.fmean(walls):>7.1f}x {_mean_sd(bests):>26}")
+    print(f"{'K':>5} {'prec':>4} {'wall s (mean ± sd)':>20} {'speed-up':>8} {'best val_loss (mean ± sd)':>26}")
+    for (k, prec), (walls, bests) in rows.items():
+        print(f"{k:>5} {prec:>4} {_mean_sd(walls, '.1f'):>20} {base / statistics.fmean(walls):>7.1f}x {_mean_sd(bests):>26}")
     return 0
 
 
