@@ -253,10 +253,14 @@ def _optimize(s: Settings, worker: int, n_existing: int, prefix: str = "") -> No
         raise WorkerError(f"{guard.in_a_row} trials in a row failed (last: {guard.last}); stopping this worker")
 
 
+def _running(study: optuna.Study) -> list[optuna.trial.FrozenTrial]:
+    return study.get_trials(deepcopy=False, states=(TrialState.RUNNING,))
+
+
 def _orphans(study: optuna.Study, host: str) -> list[optuna.trial.FrozenTrial]:
     """RUNNING trials started by a process of this host that no longer exists."""
     out = []
-    for trial in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
+    for trial in _running(study):
         worker_host, _, pid = str(trial.user_attrs.get("worker", "")).rpartition(":")
         if worker_host == host and pid.isdigit() and not _alive(int(pid)):
             out.append(trial)
@@ -273,22 +277,54 @@ def _alive(pid: int) -> bool:
     return True
 
 
+def _unclaimed(study: optuna.Study) -> set[int]:
+    """Numbers of the RUNNING trials that no process has claimed (no ``worker`` attr yet)."""
+    return {t.number for t in _running(study) if "worker" not in t.user_attrs}
+
+
+def _fail_and_retry(storage: optuna.storages.RDBStorage, study: optuna.Study,
+                    trials: list[optuna.trial.FrozenTrial]) -> None:
+    """Mark ``trials`` FAIL and queue each again once, as Optuna's ``fail_stale_trials`` does for a
+    stale heartbeat (the same callback, so a retry is linked to its trial the same way)."""
+    failed = []
+    for trial in trials:
+        try:
+            if storage.set_trial_state_values(trial._trial_id, TrialState.FAIL):
+                failed.append(trial._trial_id)
+        except optuna.exceptions.UpdateFinishedTrialError:
+            pass  # another process failed it first (its heartbeat went stale) and queued its retry
+    retry = storage.get_heartbeat_stale_trial_callback()
+    for trial_id in failed:
+        retry(study, storage.get_trial(trial_id))
+
+
 def _settle_orphans(s: Settings) -> None:
-    """Wait until trials left RUNNING by dead processes of this host are failed by their stale
-    heartbeat (Optuna then queues each again once, as WAITING, for the next worker to run)."""
+    """Fail the trials that dead processes left RUNNING, and queue each again once (as WAITING,
+    for the next worker to run).
+
+    Optuna fails a dead worker's trial once its heartbeat is stale, but never a trial whose
+    process died before recording its first heartbeat: it has none. So this does not wait for
+    heartbeats. A trial whose ``worker`` is a process of this host that no longer exists is
+    failed at once. A trial that no process has claimed (``worker`` is set right after ``ask``,
+    so only a process killed in between leaves one) is failed if it is still unclaimed after
+    the grace period. Trials of live processes and of other hosts are left to their heartbeats.
+    """
     storage = _storage(s)
     study = optuna.load_study(study_name=s.study_name, storage=storage)
-    host = socket.gethostname()
-    orphans = _orphans(study, host)
-    if not orphans:
-        return
-    grace = storage.grace_period
-    print(f"waiting up to {grace + s.heartbeat_interval} s for the heartbeat of trial(s) "
-          f"{', '.join(str(t.number) for t in orphans)} (left RUNNING by a dead worker) to go stale", flush=True)
-    deadline = time.monotonic() + grace + s.heartbeat_interval + 5
-    while _orphans(study, host) and time.monotonic() < deadline:
-        optuna.storages.fail_stale_trials(study)
-        time.sleep(min(1.0, s.heartbeat_interval / 2))
+    unclaimed = _unclaimed(study)
+    if unclaimed:
+        grace = storage.grace_period
+        print(f"waiting up to {grace} s for trial(s) {', '.join(map(str, sorted(unclaimed)))} "
+              "(RUNNING, but claimed by no process) to be claimed", flush=True)
+        deadline = time.monotonic() + grace
+        while unclaimed and time.monotonic() < deadline:
+            time.sleep(min(1.0, grace / 2))
+            unclaimed &= _unclaimed(study)
+    dead = _orphans(study, socket.gethostname()) + [t for t in _running(study) if t.number in unclaimed]
+    if dead:
+        print(f"trial(s) {', '.join(str(t.number) for t in dead)} were left RUNNING by a dead process: "
+              "marked FAIL and queued again once", flush=True)
+        _fail_and_retry(storage, study, dead)
 
 
 def _worker_main(s: Settings, worker: int, n_existing: int) -> None:

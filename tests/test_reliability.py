@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import os
 import signal
+import socket
 import subprocess
 import sys
 import threading
@@ -151,6 +152,32 @@ def test_rerun_after_every_worker_died_finishes_the_study(tmp_path: Path) -> Non
     for number in left:
         assert trials[number].state == TrialState.FAIL
         assert any(_retry_of(t) == number for t in trials)
+
+
+def test_trials_that_died_before_their_first_heartbeat_are_failed_and_retried(tmp_path: Path, capsys) -> None:
+    # Optuna's stale-heartbeat check never fails a trial that has no heartbeat at all: one whose
+    # process was killed right after ask(), before or after it set its worker attr
+    url = f"sqlite:///{tmp_path / 'h.db'}"
+    args = ["--storage", url, *SMALL, "--heartbeat-interval", "1"]
+    assert main(["--trials", "1", *args]) == 0
+    gone = subprocess.Popen(["true"])
+    gone.wait()  # a process of this host that no longer exists
+    study = load(url)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", UserWarning)  # ask() outside optimize: no heartbeat, as wanted
+        unclaimed = study.ask()
+        orphan = study.ask()
+    orphan.set_user_attr("worker", f"{socket.gethostname()}:{gone.pid}")
+    capsys.readouterr()
+    assert main(["--trials", "3", *args]) == 0
+    out = capsys.readouterr().out
+    assert f"trial(s) {unclaimed.number} (RUNNING, but claimed by no process)" in out
+    assert "were left RUNNING by a dead process: marked FAIL and queued again once" in out
+    trials = _check_ended_well(url, 3, 1)
+    for victim in (unclaimed, orphan):
+        assert trials[victim.number].state == TrialState.FAIL
+        retries = [t for t in trials if _retry_of(t) == victim.number]
+        assert len(retries) == 1 and retries[0].state in FINISHED
 
 
 def test_sigterm_of_workers_fails_trials_in_flight_and_rerun_resumes(tmp_path: Path) -> None:
