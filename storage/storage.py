@@ -112,7 +112,8 @@ def _prepare_sqlite(url: str, parsed: URL) -> None:
 
 
 def _serialize_sqlite_transactions(engine: sqlalchemy.engine.Engine) -> None:
-    """Make each transaction on ``engine`` hold SQLite's write lock from its first statement.
+    """Make each transaction on ``engine`` (whose connections are opened with
+    ``isolation_level=None``) hold SQLite's write lock from its first statement.
 
     Optuna updates a trial's state by reading it and then writing it in one transaction, with
     ``SELECT … FOR UPDATE``, which SQLite ignores; and Python's sqlite3 opens the transaction
@@ -120,20 +121,14 @@ def _serialize_sqlite_transactions(engine: sqlalchemy.engine.Engine) -> None:
     (WAITING) trial, both mark it RUNNING and both run it (measured: 4 processes asking for 40
     queued trials got 22 to 25 distinct ones; optuna/optuna#4621), and the second to finish
     dies on "Cannot tell a COMPLETE trial". This is SQLAlchemy's documented recipe for
-    serializable SQLite transactions: the driver's own BEGIN is turned off and every
-    transaction begins with BEGIN IMMEDIATE, so each read-then-write runs alone. Readers in
-    other processes (the dashboard) are not blocked: WAL gives them a snapshot.
+    serializable SQLite transactions: the driver's own BEGIN is turned off (the connect
+    argument) and every transaction begins with BEGIN IMMEDIATE, so each read-then-write runs
+    alone. Readers in other processes (the dashboard) are not blocked: WAL gives them a snapshot.
     """
 
-    @sqlalchemy.event.listens_for(engine, "connect")
-    def _no_driver_begin(dbapi_connection, connection_record) -> None:  # noqa: ANN001 - SQLAlchemy's signature
-        dbapi_connection.isolation_level = None
-
     @sqlalchemy.event.listens_for(engine, "begin")
-    def _begin_immediate(connection) -> None:  # noqa: ANN001
+    def _begin_immediate(connection: sqlalchemy.engine.Connection) -> None:
         connection.exec_driver_sql("BEGIN IMMEDIATE")
-
-    engine.dispose()  # connections opened before the listeners (RDBStorage's set-up) are replaced
 
 
 def open_storage(
@@ -164,7 +159,7 @@ def open_storage(
     engine_kwargs: dict[str, object]
     if parsed.get_backend_name() == "sqlite":
         _prepare_sqlite(url, parsed)
-        engine_kwargs = {"connect_args": {"timeout": lock_timeout}}
+        engine_kwargs = {"connect_args": {"timeout": lock_timeout, "isolation_level": None}}
     elif parsed.get_backend_name() == "postgresql":
         # many workers: keep a small pool each, drop dead connections, never hang on connect
         engine_kwargs = {"pool_pre_ping": True, "pool_size": 2, "max_overflow": 4, "connect_args": {"connect_timeout": 10}}
