@@ -44,7 +44,8 @@ class MnistMLPObjective:
         batch_size: examples per step.
         seed: base seed; trial ``n`` starts from weights seeded by ``seed + n``; every trial
             shuffles with ``seed``.
-        space: the ranges to sample from; default :class:`SearchSpace()`.
+        space: the ranges to sample from; default :class:`SearchSpace()`. Its epoch-valued
+            ranges are cut to ``epochs`` (:meth:`SearchSpace.for_epochs`).
         precision: ``fp32``, or ``bf16`` for bfloat16 mixed precision (:mod:`objectives.precision`):
             faster where the device multiplies bfloat16 natively (recent x86 CPUs, GPUs since
             Ampere); a study should not mix the two.
@@ -78,7 +79,7 @@ class MnistMLPObjective:
         self.train_samples = train_samples
         self.batch_size = batch_size
         self.seed = seed
-        self.space = space or SearchSpace()
+        self.space = (space or SearchSpace()).for_epochs(epochs)  # no step or patience longer than the run
         self.precision = precision
         self._data: MnistData | None = None
 

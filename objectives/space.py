@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass, fields
+from dataclasses import dataclass, fields, replace
 
 import optuna
 
@@ -42,11 +42,11 @@ class SearchSpace:
     sgd_momentum: Range = (0.9, 0.9)  # fixed at 0.9 by default; a range samples it (uniform)
     adamw_weight_decay: float = 0.01  # torch's default for AdamW; not searched
     decays: tuple[str, ...] = DECAYS
-    step_size: tuple[int, int] = (1, 8)  # step: epochs between drops, int
+    step_size: tuple[int, int] = (1, 8)  # step: epochs between drops, int (cut to the run: for_epochs)
     step_gamma: Range = (0.1, 0.9)  # step: factor at each drop, uniform
     exp_gamma: Range = (0.7, 0.99)  # exponential: factor per epoch, uniform
     cosine_eta_min_ratio: Range = (1e-4, 1e-1)  # cosine: final / initial LR, log-uniform
-    plateau_patience: tuple[int, int] = (1, 5)  # plateau: epochs, int
+    plateau_patience: tuple[int, int] = (1, 5)  # plateau: epochs, int (cut to the run: for_epochs)
     plateau_factor: Range = (0.1, 0.7)  # plateau: factor at each drop, uniform
     lr_mult_layers: tuple[str, ...] = ("fc1", "fc2")  # layers with a sampled multiplier
     lr_mult: Range = (0.1, 10.0)  # per-layer multiplier, log-uniform
@@ -71,6 +71,24 @@ class SearchSpace:
         _range("plateau_patience", self.plateau_patience, low=0, integer=True)
         if not (isinstance(self.adamw_weight_decay, (int, float)) and 0 <= self.adamw_weight_decay < math.inf):
             raise ValueError(f"adamw_weight_decay must be >= 0, but got adamw_weight_decay={self.adamw_weight_decay!r}")
+
+    def for_epochs(self, epochs: int) -> SearchSpace:
+        """This space with its epoch-valued ranges cut to what can act within ``epochs`` epochs.
+
+        A step decay first drops the LR after ``step_size`` epochs, which changes training only
+        if an epoch follows: at most ``epochs - 1``. Plateau lowers the LR after ``patience + 1``
+        epochs that do not improve on the best so far (the first epoch sets it), and that too
+        needs an epoch after it: at most ``epochs - 3``. Only the upper ends are cut, never below
+        the lower ends, so a range fixed by the user stays fixed.
+        """
+        if isinstance(epochs, bool) or not isinstance(epochs, int) or epochs < 1:
+            raise ValueError(f"epochs must be an int >= 1, but got {epochs=}")
+
+        def cut(bounds: tuple[int, int], most: int) -> tuple[int, int]:
+            return bounds[0], max(bounds[0], min(bounds[1], most))
+
+        return replace(self, step_size=cut(self.step_size, epochs - 1),
+                       plateau_patience=cut(self.plateau_patience, epochs - 3))
 
     def lr_range(self, optimizer: str) -> Range:
         """The initial-LR range of ``optimizer``."""

@@ -112,6 +112,7 @@ def optimize_fused(
             in_flight[next(counter)] = trial
             heartbeats.add(trial._trial_id)
             trial.set_user_attr("worker", owner)  # which process ran it: diagnosis, orphan detection
+            trial.set_user_attr("threads", torch.get_num_threads())  # its CPU share: explains its seconds
             # its seconds_per_epoch is the wall time of a fused epoch, shared by up to this many trials
             trial.set_user_attr("parallel_trials", slots)
             yield objective.start_trial(trial)

@@ -36,8 +36,9 @@ from objectives.fused import AUTO_SLOTS_MAX, auto_slots
 from objectives.lr_range import lr_range_test
 from objectives.precision import PRECISIONS
 from storage import DEFAULT_STORAGE, StorageError, dashboard_command, open_storage
-from study.cli import (EXIT_FAILED, EXIT_INTERRUPTED, EXIT_OK, EXIT_USAGE, Parser, int_at_least, int_or_auto,
-                       positive_float)
+from study.cli import (EXIT_CODES, EXIT_FAILED, EXIT_INTERRUPTED, EXIT_OK, EXIT_USAGE, Parser, add_device_arguments,
+                       int_at_least, int_or_auto, positive_float, set_threads, threads_per_process,
+                       usable_cores)
 from study.choices import PRUNERS, SAMPLERS, SamplerUnavailable, make_pruner, make_sampler, warmup_epochs
 from study.parallel import optimize_fused
 from study.progress import FINISHED, TrialLog, summary
@@ -51,23 +52,24 @@ class UsageError(Exception):
 
 def build_parser() -> argparse.ArgumentParser:
     p = Parser(prog="python -m study.run", description="Run (or resume) the MNIST-MLP learning-rate study.",
-                formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+               epilog=f"{EXIT_CODES}. The samplers cmaes, gp and qmc need the [samplers] extra: "
+                      "pip install -e '.[samplers]' (scipy, cmaes).")
     p.add_argument("--trials", type=int_at_least(1), default=100,
                    help="the study's total target of finished (complete + pruned) trials")
     p.add_argument("--epochs", type=int_at_least(1), default=20, help="epochs per trial")
     p.add_argument("--storage", default=DEFAULT_STORAGE, help="Optuna storage URL (SQLite file or postgresql+psycopg://…)")
     p.add_argument("--study-name", default=DEFAULT_STUDY_NAME, help="study name in the storage")
-    p.add_argument("--sampler", choices=SAMPLERS, default="tpe", help="Optuna sampler (seeded)")
+    p.add_argument("--sampler", choices=SAMPLERS, default="tpe",
+                   help="Optuna sampler, seeded (cmaes, gp, qmc: the [samplers] extra)")
     p.add_argument("--pruner", choices=PRUNERS, default="median", help="Optuna pruner, on the per-epoch validation loss")
     p.add_argument("--seed", type=int_at_least(0), default=0, help="seeds the sampler and the trials (trial n: seed + n)")
-    p.add_argument("--device", default="auto", help="auto|cpu|cuda|cuda:N")
-    p.add_argument("--data-dir", default=None, help="MNIST folder (default: $STUDY_DATA_DIR, else ./data)")
+    add_device_arguments(p, per="each worker process")
     p.add_argument("--train-samples", type=int_at_least(1, TRAIN_SIZE), default=None,
                    help=f"train on a subset of the {TRAIN_SIZE} training images (default: all)")
     p.add_argument("--batch-size", type=int_at_least(1), default=128, help="examples per step")
     p.add_argument("--precision", choices=PRECISIONS, default="fp32",
                    help="fp32, or bf16: bfloat16 mixed precision (autocast), about 2x faster on a CPU with AVX512-BF16")
-    p.add_argument("--timeout", type=positive_float, default=None, help="stop starting trials after this many seconds")
+    p.add_argument("--timeout", type=positive_float, default=None, help="stop starting trials after this many seconds (default: no limit)")
     p.add_argument("--workers", type=int_at_least(1), default=1,
                    help="processes on this machine working on the study (spread over the GPUs)")
     p.add_argument("--parallel-trials", type=int_or_auto(1), default=1,
@@ -76,7 +78,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--heartbeat-interval", type=int_at_least(1), default=60,
                    help="seconds between a running trial's heartbeats; a trial silent for twice this is FAIL and retried once")
     p.add_argument("--lr-range", action="store_true",
-                   help="first run the LR range test for each optimizer and sample each one's initial LR from its "
+                   help="off by default: first run the LR range test for each optimizer and sample each one's initial LR from its "
                         "suggested range (suggestion / 10 .. LR of the lowest smoothed loss); stored in the study")
     return p
 
@@ -94,6 +96,7 @@ class Settings:
     seed: int
     device: str
     data_dir: str | None
+    threads: int | None  # torch threads per worker process; None: the usable cores shared out
     train_samples: int | None
     batch_size: int
     precision: str
@@ -134,7 +137,7 @@ def _versions() -> dict[str, str]:
 def _device_name(device: torch.device) -> str:
     if device.type == "cuda":
         return f"{device} ({torch.cuda.get_device_name(device)})"
-    return f"cpu ({torch.get_num_threads()} threads, {platform.processor() or platform.machine()})"
+    return f"cpu ({platform.processor() or platform.machine()}, {usable_cores()} usable cores)"
 
 
 def _worker_device(s: Settings, worker: int) -> str:
@@ -231,6 +234,7 @@ def _optimize(s: Settings, worker: int, n_existing: int, prefix: str = "") -> No
 
     def run_trial(trial: optuna.Trial) -> float:
         trial.set_user_attr("worker", owner)  # which process ran it: diagnosis, orphan detection
+        trial.set_user_attr("threads", torch.get_num_threads())  # its CPU share: explains its seconds
         return objective(trial)
 
     guard = _StopAfterFailures()
@@ -334,8 +338,9 @@ def _worker_main(s: Settings, worker: int, n_existing: int) -> None:
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     signal.signal(signal.SIGTERM, _raise_interrupt)
     optuna.logging.set_verbosity(optuna.logging.ERROR)
-    if resolve_device(_worker_device(s, worker)).type == "cpu":
-        torch.set_num_threads(max(1, (os.cpu_count() or 1) // s.workers))  # share the cores
+    set_threads(s.workers, s.threads)  # the workers share the cores instead of each taking all of them
+    print(f"w{worker} started: process {os.getpid()}, {torch.get_num_threads()} thread(s), device "
+          f"{_worker_device(s, worker)}", flush=True)
     try:
         _optimize(s, worker, n_existing, prefix=f"w{worker} ")
     except KeyboardInterrupt:
@@ -464,12 +469,16 @@ def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
     args = build_parser().parse_args(argv)
     s = Settings(**vars(args))
+    s = replace(s, space=s.space.for_epochs(s.epochs))  # as the objective samples it; in the fingerprint
     optuna.logging.set_verbosity(optuna.logging.ERROR)  # our own line per trial instead
     warnings.filterwarnings("ignore", category=optuna.exceptions.ExperimentalWarning)
     # SIGINT too: a shell that starts us in the background leaves it ignored, and Python keeps that
     signal.signal(signal.SIGINT, signal.default_int_handler)
     signal.signal(signal.SIGTERM, _raise_interrupt)
     started = time.perf_counter()
+    # this process's own training (one worker, the LR range test) has the cores to itself; the
+    # --workers processes share them (each sets its share in _worker_main)
+    set_threads(1, s.threads)
     try:
         # everything a user can get wrong is checked before the storage is touched
         device = resolve_device(s.device)
@@ -489,8 +498,12 @@ def main(argv: list[str] | None = None) -> int:
         return EXIT_OK
     print(f"study {s.study_name!r} in {s.storage}: {before} of {s.trials} trials finished; "
           f"{s.epochs} epochs each on {_device_name(device)} in {s.precision}, sampler {s.sampler}, pruner {s.pruner}, "
-          f"{s.workers} worker(s), {_slots(s, device)} trial(s) at once per worker", flush=True)
+          f"{s.workers} worker(s) of {threads_per_process(s.workers, s.threads)} thread(s), "
+          f"{_slots(s, device)} trial(s) at once per worker", flush=True)
 
+    if s.threads is not None and s.threads * s.workers > usable_cores():
+        print(f"warning: {s.workers} worker(s) x {s.threads} threads on {usable_cores()} usable cores: "
+              "they will wait for each other", file=sys.stderr, flush=True)
     code = EXIT_OK
     try:
         _settle_orphans(s)  # a previous run on this machine died with trials RUNNING

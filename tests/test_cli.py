@@ -3,8 +3,11 @@
 from __future__ import annotations
 
 import gzip
+import os
+import re
 import signal
 import sqlite3
+import subprocess
 import sys
 import time
 from pathlib import Path
@@ -13,7 +16,7 @@ import pytest
 import torch
 from optuna.trial import TrialState
 
-from cli_helpers import FINISHED, SMALL, free_port, load, run_cli, snapshot, start_cli, wait_for_running
+from cli_helpers import ENV, FINISHED, SMALL, free_port, load, run_cli, snapshot, start_cli, wait_for_running
 from study.run import main
 
 
@@ -261,3 +264,74 @@ def test_parallel_trials_stop_asking_at_the_timeout(tmp_path: Path, capsys) -> N
     # their end, and no new one was asked after it
     assert 1 <= len(states) <= 2 and all(s in FINISHED for s in states)
     assert f"{len(states)} finished of 50" in capsys.readouterr().out
+
+
+@pytest.mark.parametrize("module", ["study.run", "study.report", "study.lr_range"])
+def test_help_states_each_default_once_and_the_exit_codes(module: str, tmp_path: Path) -> None:
+    done = run_cli("--help", cwd=tmp_path, module=module)
+    assert done.returncode == 0, done.stderr
+    text = " ".join(done.stdout.split())  # argparse wraps lines
+    assert "(default: None)" not in text and "(default: False)" not in text
+    assert "(default: $STUDY_DATA_DIR, else ./data)" in text and text.count("(default: $STUDY_DATA_DIR") == 1
+    assert "exit codes: 0 done" in text and "2 bad input" in text
+    assert "--threads" in text
+    if module == "study.run":
+        assert "130 interrupted" in text and "[samplers]" in text and "cmaes" in text
+        assert "--timeout" in text and "(default: no limit)" in text
+    if module != "study.lr_range":  # the report reads where study.run writes, unless told otherwise
+        assert "--storage STORAGE" in text and "(default: sqlite:///studies/lr-study.db)" in text
+
+
+def test_report_defaults_to_the_storage_of_study_run(tmp_path: Path) -> None:
+    # the two README commands without flags: study.run writes studies/lr-study.db, study.report reads it
+    done = run_cli("--trials", "2", *SMALL, cwd=tmp_path)
+    assert done.returncode == 0, done.stderr
+    report = run_cli("--final-seeds", "0", cwd=tmp_path, module="study.report")
+    assert report.returncode == 0, report.stderr
+    assert (tmp_path / "reports" / "mnist-mlp-lr" / "index.html").is_file()
+
+
+def test_epoch_valued_ranges_are_cut_to_the_run_and_fingerprinted(tmp_path: Path) -> None:
+    url = f"sqlite:///{tmp_path / 'cut.db'}"
+    args = ["--storage", url, "--sampler", "random", "--pruner", "none", "--epochs", "3", "--train-samples", "1000",
+            "--device", "cpu"]
+    assert main(["--trials", "12", *args]) == 0
+    study = load(url)
+    space = study.user_attrs["fingerprint"]["search_space"]
+    assert space["step_size"] == [1, 2] and space["plateau_patience"] == [1, 1]  # 3 epochs: a drop must act
+    step_sizes = [t.params["step_size"] for t in study.trials if "step_size" in t.params]
+    assert step_sizes and max(step_sizes) <= 2
+    assert all(t.distributions["step_size"].high == 2 for t in study.trials if "step_size" in t.params)
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(len(os.sched_getaffinity(0)) < 2, reason="needs 2 cores to share")
+def test_worker_processes_never_ask_for_more_threads_than_cores(tmp_path: Path) -> None:
+    two = sorted(os.sched_getaffinity(0))[:2]
+
+    def on(cores):  # run study.run on these cores only (a taskset), as a machine of that many cores
+        return lambda: os.sched_setaffinity(0, cores)
+
+    args = ["--epochs", "3", "--train-samples", "2000", "--device", "cpu", "--pruner", "none"]
+    cases = [  # (cores, workers, --threads, threads expected in each worker)
+        (two, ["--workers", "2"], 1),
+        (two[:1], ["--workers", "1"], 1),
+        (two, ["--workers", "1"], 2),
+        (two, ["--workers", "1", "--threads", "1"], 1),
+    ]
+    for i, (cores, flags, each) in enumerate(cases):
+        url = f"sqlite:///{tmp_path / f'threads{i}.db'}"
+        done = subprocess.run([sys.executable, "-m", "study.run", "--trials", "4", "--storage", url, *args, *flags],
+                              cwd=tmp_path, env=ENV, capture_output=True, text=True, timeout=300,
+                              preexec_fn=on(cores))
+        assert done.returncode == 0, done.stderr
+        workers = int(flags[1])
+        if workers > 1:  # each worker process says what torch.get_num_threads() gives it
+            threads = [int(n) for n in re.findall(r"^w\d+ started: process \d+, (\d+) thread", done.stdout, re.M)]
+            assert len(threads) == workers, done.stdout
+        else:  # the one process that trains records it in each trial
+            threads = sorted({t.user_attrs["threads"] for t in load(url).trials})
+        assert set(threads) == {each}, (flags, threads)
+        assert sum(threads) <= len(cores)
+        assert f"{workers} worker(s) of {each} thread(s)" in done.stdout
+        assert all(t.user_attrs["threads"] == each for t in load(url).trials)

@@ -99,3 +99,36 @@ def test_bad_space_names_the_value(kwargs: dict, name: str) -> None:
 def test_bad_config_names_the_value(kwargs: dict, name: str) -> None:
     with pytest.raises(ValueError, match=f"{name}="):
         TrainConfig(**kwargs)
+
+
+def test_for_epochs_cuts_the_epoch_valued_ranges_to_what_can_act() -> None:
+    space = SearchSpace()
+    assert space.for_epochs(20) == space  # the defaults fit a 20-epoch run
+    five = space.for_epochs(5)
+    assert five.step_size == (1, 4) and five.plateau_patience == (1, 2)  # a drop needs an epoch after it
+    assert five.lr_sgd == space.lr_sgd and five.exp_gamma == space.exp_gamma  # nothing else changes
+    one = space.for_epochs(1)
+    assert one.step_size == (1, 1) and one.plateau_patience == (1, 1)  # never below the lower end
+    assert SearchSpace(step_size=(3, 3)).for_epochs(2).step_size == (3, 3)  # a fixed value stays
+    with pytest.raises(ValueError, match="epochs=0"):
+        space.for_epochs(0)
+
+
+@pytest.mark.parametrize("epochs", [3, 5, 9])
+def test_the_cut_keeps_exactly_the_values_whose_drop_happens_within_the_run(epochs: int) -> None:
+    from objectives import LRSchedule
+
+    def factors(config: TrainConfig) -> list[float]:  # the factor of each epoch, losses only getting worse
+        schedule, out = LRSchedule(config, 2, epochs), []
+        for epoch in range(1, epochs + 1):
+            out.append(schedule.factor)
+            schedule.step(), schedule.step()
+            schedule.epoch_end(1.0 + epoch)
+        return out
+
+    space = SearchSpace(step_size=(1, 50), plateau_patience=(0, 50)).for_epochs(epochs)
+    top = space.step_size[1]
+    assert factors(TrainConfig(decay="step", step_size=top))[-1] < 1 == factors(TrainConfig(decay="step", step_size=top + 1))[-1]
+    top = space.plateau_patience[1]
+    assert factors(TrainConfig(decay="plateau", plateau_patience=top))[-1] < 1
+    assert factors(TrainConfig(decay="plateau", plateau_patience=top + 1))[-1] == 1
