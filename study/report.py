@@ -18,6 +18,7 @@ from __future__ import annotations
 import argparse
 import html
 import math
+import re
 import statistics
 import sys
 import warnings
@@ -32,8 +33,8 @@ from optuna.trial import FrozenTrial, TrialState
 from objectives import (DECAYS, LAYERS, LRSchedule, MnistDataError, evaluate, load_mnist, resolve_device,
                         suggest_config, train)
 from objectives.data import TRAIN_SIZE
-from storage import StorageError, open_storage, sqlite_path
-from study.cli import EXIT_OK, EXIT_USAGE, Parser, int_at_least
+from storage import DEFAULT_STORAGE, StorageError, open_storage, sqlite_path
+from study.cli import EXIT_OK, EXIT_USAGE, Parser, add_device_arguments, int_at_least, set_threads
 from study.progress import edge_warnings
 from study.run import DEFAULT_STUDY_NAME
 
@@ -222,6 +223,50 @@ def _table_html(rows: list[DecayRow]) -> str:
     return f'<table id="decay-table">{head}{"".join(body)}</table>'
 
 
+def _final_html(final: dict) -> str:
+    """The final word as the page's first table: it is the answer the study gives."""
+    head = "<tr><th>configuration</th><th>trial</th><th>optimizer</th><th>decay</th><th>val loss</th>" \
+           "<th>test accuracy (mean ± sd)</th><th>seeds</th></tr>"
+    body = []
+    for label, r in final.items():
+        cells = [label, str(r["trial"]), r["optimizer"], r["decay"], f"{r['val_loss']:.4f}",
+                 _pct(r["test_accuracy_mean"], r["test_accuracy_sd"], len(r["seeds"])), str(len(r["seeds"]))]
+        body.append("<tr>" + "".join(f"<td>{html.escape(c)}</td>" for c in cells) + "</tr>")
+    some = next(iter(final.values()))
+    note = (f"<p>Each configuration retrained on all {some['train_images']:,} training images for {some['epochs']} "
+            f"epochs in {html.escape(some['precision'])}, once per seed, and evaluated once on the 10k test images: "
+            "the test set's only use.</p>")
+    return f'{note}<table id="final-test">{head}{"".join(body)}</table>'
+
+
+def markdown_html(md: str) -> str:
+    """The summary's markdown as HTML for the page: headings, paragraphs, tables, lists, bold and
+    code, the only constructs :func:`summary_markdown` writes. Written here because none of our
+    dependencies renders markdown, and a raw ``<pre>`` hides the tables' structure."""
+    def inline(text: str) -> str:
+        text = re.sub(r"\*\*(.+?)\*\*", r"<strong>\1</strong>", html.escape(text, quote=False))
+        return re.sub(r"`(.+?)`", r"<code>\1</code>", text)
+
+    out: list[str] = []
+    blocks = re.split(r"\n\s*\n", md.strip())
+    for block in blocks:
+        lines = block.splitlines()
+        if lines[0].startswith("#"):
+            level = len(lines[0]) - len(lines[0].lstrip("#"))
+            out.append(f"<h{level + 2}>{inline(lines[0].lstrip('#').strip())}</h{level + 2}>")
+        elif all(line.startswith("|") for line in lines):
+            rows = [[inline(c.strip()) for c in line.strip().strip("|").split("|")] for line in lines
+                    if not re.fullmatch(r"[|\-: ]+", line)]
+            head = "".join(f"<th>{c}</th>" for c in rows[0])
+            body = "".join("<tr>" + "".join(f"<td>{c}</td>" for c in row) + "</tr>" for row in rows[1:])
+            out.append(f"<table><tr>{head}</tr>{body}</table>")
+        elif all(line.startswith("- ") for line in lines):
+            out.append("<ul>" + "".join(f"<li>{inline(line[2:])}</li>" for line in lines) + "</ul>")
+        else:
+            out.append(f"<p>{inline(' '.join(lines))}</p>")
+    return "\n".join(out)
+
+
 # After load: how many figures plotly drew, and any script error, as attributes a headless browser can read.
 _RENDER_CHECK = """<script>
 window.__errors = [];
@@ -249,14 +294,14 @@ def write_page(path: Path, title: str, sections: list[tuple[str, str]]) -> None:
 
 def build_parser() -> argparse.ArgumentParser:
     p = Parser(prog="python -m study.report", description="Report of an lr-study study: figures, comparison, final word.",
-                formatter_class=argparse.ArgumentDefaultsHelpFormatter)
-    p.add_argument("--storage", required=True, help="Optuna storage URL of the study")
-    p.add_argument("--study-name", default=DEFAULT_STUDY_NAME)
-    p.add_argument("--out", type=Path, required=True, help="folder for index.html and summary.md")
+               epilog="exit codes: 0 done, 2 bad input (one line on stderr)")
+    p.add_argument("--storage", default=DEFAULT_STORAGE, help="Optuna storage URL of the study, as given to study.run")
+    p.add_argument("--study-name", default=DEFAULT_STUDY_NAME, help="study name in the storage")
+    p.add_argument("--out", type=Path, default=None,
+                   help="folder for index.html and summary.md (default: reports/STUDY_NAME)")
     p.add_argument("--final-seeds", type=int_at_least(0), default=3,
                    help="seeds for retraining the best configs on all 60k images and testing them; 0 skips it")
-    p.add_argument("--device", default="auto", help="device for the final retraining")
-    p.add_argument("--data-dir", default=None, help="MNIST folder (default: $STUDY_DATA_DIR, else ./data)")
+    add_device_arguments(p, device_help="device for the final retraining: auto|cpu|cuda|cuda:N")
     p.add_argument("--artifact-dir", type=Path, default=None,
                    help="artifact store for the page (default: artifacts/ beside a SQLite file, else ./artifacts)")
     return p
@@ -264,6 +309,8 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    args.out = args.out or Path("reports") / args.study_name
+    set_threads(1, args.threads)
     optuna.logging.set_verbosity(optuna.logging.ERROR)
     warnings.filterwarnings("ignore", category=optuna.exceptions.ExperimentalWarning)
     try:
@@ -317,13 +364,14 @@ def main(argv: list[str] | None = None) -> int:
 
     edge = edge_warnings(study.best_trial)
     md = summary_markdown(study, rows, final, edge)
-    sections = []
+    # the answer first: the final word, then the summary (its final-word table is the one above)
+    sections = [("Final word: test accuracy", _final_html(final))] if final else []
+    sections.append(("Summary", markdown_html(summary_markdown(study, rows, None, edge))))
     for i, (heading, fig) in enumerate(figures):
         body = fig.to_html(full_html=False, include_plotlyjs=(i == 0))  # plotly.js once, inline: offline
         if heading == "Decay-strategy comparison":
             body += _table_html(rows)
         sections.append((heading, body))
-    sections.append(("Summary", f"<pre>{html.escape(md)}</pre>"))
     page = args.out / "index.html"
     write_page(page, f"lr-study report: {study.study_name}", sections)
     (args.out / "summary.md").write_text(md, encoding="utf-8")

@@ -65,6 +65,15 @@ def test_final_word_note_and_artifact_are_in_the_study(reported) -> None:
     assert final["best"]["train_images"] == 60_000 and len(final["best"]["seeds"]) == 1
     assert final["best"]["precision"] == "fp32"  # the study's
     assert "Final word: test accuracy" in (out / "summary.md").read_text()
+    # on the page the final word is the first section, an HTML table, not markdown in a <pre>
+    page = (out / "index.html").read_text()
+    sections = re.findall(r"<section><h2>([^<]*)</h2>(.*?)</section>", page, flags=re.S)
+    assert [heading for heading, _ in sections[:2]] == ["Final word: test accuracy", "Summary"]
+    table = re.search(r'<table id="final-test">(.*?)</table>', sections[0][1], flags=re.S).group(1)
+    rows = re.findall(r"<tr><td>([^<]+)</td><td>(\d+)</td>", table)
+    assert rows == [(label, str(r["trial"])) for label, r in final.items()]
+    assert "<pre>" not in page and "|---|" not in page
+    assert "<h4>Decay strategies</h4>" in sections[1][1] and "<table>" in sections[1][1]  # the summary, rendered
     from optuna_dashboard import get_note
 
     assert "## Decay strategies" in get_note(study)  # the study's note in the dashboard
