@@ -29,7 +29,7 @@ from objectives.model import build_model
 from objectives.precision import autocast, check_precision
 from objectives.schedules import build_optimizer
 
-__all__ = ["LRRangeResult", "lr_range_test", "valley"]
+__all__ = ["DIVERGE_FACTOR", "LRRangeResult", "lr_range_test", "valley"]
 
 
 @dataclass(frozen=True)
@@ -44,6 +44,9 @@ class LRRangeResult:
     low: float  # suggested search range: suggestion / 10 …
     high: float  # … the LR of the lowest smoothed loss (at least 3 x the suggestion)
     diverged: bool  # stopped early because the smoothed loss exceeded diverge_factor x its best
+
+
+DIVERGE_FACTOR = 4.0  # the test stops once the smoothed loss exceeds this many times its lowest
 
 
 def valley(lrs: list[float], smoothed: list[float]) -> int:
@@ -77,7 +80,7 @@ def lr_range_test(
     batch_size: int = 128,
     seed: int = 0,
     beta: float = 0.9,
-    diverge_factor: float = 4.0,
+    diverge_factor: float = DIVERGE_FACTOR,
     precision: str = "fp32",
 ) -> LRRangeResult:
     """Run the range test for ``optimizer`` on ``data.train_*`` (nothing else is touched).
