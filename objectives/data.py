@@ -14,6 +14,7 @@ import gzip
 import hashlib
 import os
 import tempfile
+import textwrap
 import threading
 import zlib
 from dataclasses import dataclass, field
@@ -169,7 +170,8 @@ def _download(root: Path) -> None:
                     folder.rmdir()
                 except OSError:
                     break
-        reason = " ".join(str(e).split())[:200]
+        # one line, cut at a word boundary: torchvision lists every mirror it tried
+        reason = textwrap.shorten(str(e), width=240, placeholder=" …")
         raise MnistDataError(
             f"MNIST not found in {root} (looked for the four IDX files, .gz or raw, there and in "
             f"{root / 'MNIST' / 'raw'}) and the download failed ({reason}); {_FIX}"

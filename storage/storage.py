@@ -14,6 +14,7 @@ is ``grace_period`` seconds old, and is queued again once (``RetryHeartbeatStale
 from __future__ import annotations
 
 import sqlite3
+import textwrap
 import warnings
 from pathlib import Path
 
@@ -35,8 +36,7 @@ class StorageError(RuntimeError):
 
 
 def _one_line(e: BaseException) -> str:
-    text = " ".join(str(e).split())
-    return text[:300] + ("…" if len(text) > 300 else "")
+    return textwrap.shorten(str(e), width=300, placeholder=" …")  # whole words
 
 
 def _parse(url: str) -> URL:

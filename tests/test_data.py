@@ -121,6 +121,29 @@ def test_nothing_found_tries_download_once_then_clear_error(tmp_path: Path) -> N
         load_mnist(tmp_path / "also-nowhere", device="cpu", download=False)
 
 
+def test_a_long_download_error_is_cut_at_a_word_boundary(tmp_path: Path, monkeypatch) -> None:
+    # torchvision's error names every mirror it tried, with the reason of each: far too long for
+    # one line, so it is shortened, but on whole words
+    import torchvision.datasets
+
+    mirrors = ["https://mirror-one.example/mnist/", "https://mirror-two.example/mnist/"]
+    error = "Error downloading train-images-idx3-ubyte.gz:\n" + "".join(
+        f"Tried {m}, got:\n<urlopen error [Errno -3] Temporary failure in name resolution>\n" for m in mirrors) * 3
+
+    def failing_mnist(*args, **kwargs):
+        raise RuntimeError(error)
+
+    monkeypatch.setattr(torchvision.datasets, "MNIST", failing_mnist)
+    with pytest.raises(MnistDataError) as excinfo:
+        load_mnist(tmp_path / "nowhere", device="cpu")
+    message = _one_line_error(excinfo)
+    reason = message.split("download failed (", 1)[1].split("); set STUDY_DATA_DIR", 1)[0]
+    assert reason.endswith(" …") and len(reason) <= 240
+    words = error.split()
+    kept = reason.removesuffix(" …").split()
+    assert kept == words[:len(kept)]  # whole words of the error, from its start
+
+
 @pytest.mark.parametrize(
     "kwargs, name",
     [({"train_samples": 0}, "train_samples"), ({"train_samples": 50_001}, "train_samples"),
