@@ -104,7 +104,13 @@ def postgres_url(postgres_server, request: pytest.FixtureRequest) -> str:
     """A fresh, empty database on the session's server; its URL."""
     import sqlalchemy
 
-    name = "t_" + "".join(c if c.isalnum() else "_" for c in request.node.name.lower())[:50]
+    # PostgreSQL cuts names at 63 bytes: a readable prefix and a hash of the whole test id, so that
+    # two parametrizations of one test never share (and try to drop) one database; they did, and
+    # the drop failed while this process still held pooled connections to the previous one
+    import hashlib
+
+    digest = hashlib.sha1(request.node.nodeid.encode()).hexdigest()[:10]
+    name = "t_" + "".join(c if c.isalnum() else "_" for c in request.node.name.lower())[:40] + "_" + digest
     engine = sqlalchemy.create_engine(f"{postgres_server['base']}/postgres", isolation_level="AUTOCOMMIT")
     with engine.connect() as connection:
         connection.exec_driver_sql(f'DROP DATABASE IF EXISTS "{name}"')
