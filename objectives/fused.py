@@ -48,6 +48,7 @@ __all__ = ["AUTO_SLOTS_MAX", "auto_slots", "train_many", "train_stream"]
 
 #: ``report(index, epoch, val_loss)``: ``index`` is the job's position in the input.
 ReportMany = Callable[[int, int, float], "bool | None"]
+ReportEpoch = Callable[[list[tuple[int, int, float]]], Iterable[int]]
 
 # torch.optim defaults, which ``train`` uses through build_optimizer
 _ADAM_BETAS, _ADAM_EPS = (0.9, 0.999), 1e-8
@@ -236,6 +237,7 @@ def train_stream(
     *,
     slots: int,
     report: ReportMany | None = None,
+    report_epoch: ReportEpoch | None = None,
     shuffle_seed: int = 0,
     precision: str = "fp32",
 ) -> Iterator[tuple[int, TrainResult]]:
@@ -253,6 +255,10 @@ def train_stream(
     Args:
         report: ``report(index, epoch, val_loss)`` after each epoch of each trial that did not
             diverge; return True to stop that trial (it is then yielded, ``stopped``).
+        report_epoch: instead of ``report``, one call per fused epoch with the ``(index, epoch,
+            val_loss)`` of every trial in flight that did not diverge; returns the indices to stop.
+            For a caller that writes and judges a whole epoch boundary at once (one storage
+            transaction instead of one per trial).
         shuffle_seed: seeds the minibatch order shared by all trials (:func:`epoch_permutation`).
         precision: ``fp32`` or ``bf16``, as in ``train``.
     """
@@ -260,6 +266,8 @@ def train_stream(
         raise ValueError(f"epochs must be an int >= 1, but got {epochs=}")
     if isinstance(slots, bool) or not isinstance(slots, int) or slots < 1:
         raise ValueError(f"slots must be an int >= 1, but got {slots=}")
+    if report is not None and report_epoch is not None:
+        raise ValueError("give report or report_epoch, not both")
     device, dtype = data.device, data.dtype
     check_precision(precision, dtype)
     n, n_val = data.train_x.shape[0], data.val_x.shape[0]
@@ -321,7 +329,7 @@ def train_stream(
         train_l, val_l, acc = torch.stack([loss_sum / n, val_sum / n_val, correct / n_val]).tolist()  # the epoch's one sync
         seconds = time.perf_counter() - t0
 
-        ended: list[tuple[_Trial, bool, bool]] = []  # (trial, diverged, stopped)
+        diverged: set[int] = set()
         for t in stack.trials:
             r = t.row
             t.train.append(train_l[r])
@@ -329,12 +337,18 @@ def train_stream(
             t.acc.append(acc[r])
             t.sec.append(seconds)
             if _diverged(train_l[r], val_l[r]):
-                ended.append((t, True, False))
-                continue
-            t.schedule.epoch_end(val_l[r])
-            stop = bool(report(t.index, t.epoch, val_l[r])) if report is not None else False
-            if stop or t.epoch == epochs:
-                ended.append((t, False, stop))
+                diverged.add(t.index)
+            else:
+                t.schedule.epoch_end(val_l[r])
+        reports = [(t.index, t.epoch, t.val[-1]) for t in stack.trials if t.index not in diverged]
+        if report_epoch is not None:
+            stops = set(report_epoch(reports)) if reports else set()
+        else:
+            stops = {index for index, epoch, val in reports if report is not None and report(index, epoch, val)}
+        ended: list[tuple[_Trial, bool, bool]] = []  # (trial, diverged, stopped)
+        for t in stack.trials:
+            if t.index in diverged or t.index in stops or t.epoch == epochs:
+                ended.append((t, t.index in diverged, t.index in stops))
         for t, diverged, stopped in ended:
             flight.remove(t)
             yield t.index, _result(

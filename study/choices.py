@@ -8,6 +8,8 @@ import warnings
 
 import optuna
 
+from study.pruning import InFlightMedianPruner
+
 __all__ = ["PRUNERS", "SAMPLERS", "SamplerUnavailable", "make_pruner", "make_sampler", "warmup_epochs"]
 
 SAMPLERS = ("tpe", "random", "cmaes", "gp", "qmc")
@@ -58,12 +60,20 @@ def warmup_epochs(epochs: int) -> int:
     return max(2, math.ceil(epochs / 5))
 
 
-def make_pruner(name: str, epochs: int) -> optuna.pruners.BasePruner:
-    """The pruner ``name`` for trials that report epochs 1..``epochs``."""
+def make_pruner(name: str, epochs: int, *, in_flight: bool = False) -> optuna.pruners.BasePruner:
+    """The pruner ``name`` for trials that report epochs 1..``epochs``.
+
+    ``in_flight``: several trials run at once (``--parallel-trials``). The median rule then takes
+    as peers every trial that reported the epoch, running ones included
+    (:class:`study.pruning.InFlightMedianPruner`): Optuna's ``MedianPruner`` waits for complete
+    trials, and the first wave has none until its last epoch. Successive halving and Hyperband
+    already judge against running trials; they are the same on both paths.
+    """
     if name not in PRUNERS:
         raise ValueError(f"pruner must be one of {PRUNERS}, but got {name=}")
     warmup = warmup_epochs(epochs)
-    median = optuna.pruners.MedianPruner(n_startup_trials=5, n_warmup_steps=warmup)
+    median = (InFlightMedianPruner(n_startup_trials=5, n_warmup_steps=warmup) if in_flight else
+              optuna.pruners.MedianPruner(n_startup_trials=5, n_warmup_steps=warmup))
     if name == "median":
         return median
     if name == "patient":  # prune only after 2 more epochs that do not improve on the trial's best

@@ -1,0 +1,163 @@
+"""Pruning with trials in flight: the in-flight median rule, decisions of a whole epoch boundary
+from one read (the same as the pruner's one at a time), one write per boundary whatever K, and
+a fused study that prunes its first wave before any trial completes."""
+
+from __future__ import annotations
+
+import math
+import warnings
+from pathlib import Path
+
+import optuna
+import pytest
+import sqlalchemy
+from optuna.trial import TrialState
+
+from cli_helpers import load
+from storage import open_storage
+from storage.batch import TrialWrites, rdb_backend, write_trials
+from study import parallel as parallel_module
+from study.choices import make_pruner
+from study.pruning import InFlightMedianPruner, judge_boundary
+from study.run import main
+
+
+def _running(study: optuna.Study, values_by_step: list[dict[int, float]]) -> list[optuna.Trial]:
+    trials = []
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", UserWarning)  # ask() outside optimize on a heartbeat storage
+        for values in values_by_step:
+            trial = study.ask()
+            for step, value in values.items():
+                trial.report(value, step)
+            trials.append(trial)
+    return trials
+
+
+def test_in_flight_median_by_hand() -> None:
+    study = optuna.create_study(pruner=InFlightMedianPruner(n_startup_trials=3, n_warmup_steps=2))
+    finished = _running(study, [{1: 9.0, 2: 1.0, 3: 1.0}, {1: 9.0, 2: 2.0}])
+    study.tell(finished[0], 1.0)
+    study.tell(finished[1], state=TrialState.PRUNED)  # a pruned trial is a peer at the steps it reached
+    failed = _running(study, [{2: 0.1}])[0]
+    study.tell(failed, state=TrialState.FAIL)  # a failed one is not
+    a, b, c = _running(study, [{2: 3.0}, {2: 4.0}, {}])
+    # at step 2 the peers of b are 1.0 (complete), 2.0 (pruned), 3.0 (running a): median 2.0 < 4.0
+    assert study.pruner.prune(study, study.trials[b.number]) is True
+    # peers of a: 1.0, 2.0, 4.0: median 2.0 < 3.0
+    assert study.pruner.prune(study, study.trials[a.number]) is True
+    a.report(1.5, 3)  # step 3: one peer (1.0) only, fewer than n_startup_trials = 3
+    assert study.pruner.prune(study, study.trials[a.number]) is False
+    c.report(100.0, 1)  # before the warm-up (2 steps) nothing is pruned
+    assert study.pruner.prune(study, study.trials[c.number]) is False
+    c.report(1.5, 2)  # peers 1.0, 2.0, 3.0, 4.0: median 2.5 > 1.5
+    assert study.pruner.prune(study, study.trials[c.number]) is False
+    c.report(float("nan"), 3)
+    assert study.pruner.prune(study, study.trials[c.number]) is True
+    with pytest.raises(ValueError, match="n_warmup_steps=-1"):
+        InFlightMedianPruner(n_warmup_steps=-1)
+
+
+@pytest.mark.parametrize("name", ["median", "patient", "sha", "hyperband"])
+def test_a_boundary_judged_from_one_snapshot_decides_as_the_pruner_one_at_a_time(name: str, tmp_path: Path) -> None:
+    epochs, k = 12, 10
+    decisions = []
+    for way in ("one at a time", "boundary"):
+        storage = open_storage(f"sqlite:///{tmp_path / f'{name}-{way}.db'}")
+        study = optuna.create_study(storage=storage, study_name="s", pruner=make_pruner(name, epochs, in_flight=True))
+        done = _running(study, [{e: 1 / e + 0.01 * i for e in range(1, epochs + 1)} for i in range(6)])
+        for trial in done:
+            study.tell(trial, 1 / epochs)
+        flight = _running(study, [{} for _ in range(k)])
+        out = []
+        for epoch in range(1, 6):  # the trials in flight report together, epoch after epoch
+            # half of them improve, at their own pace; the other half get worse (for the patient pruner)
+            values = [(t._trial_id, epoch, 1 / epoch + 0.013 * ((7 * i) % k) - 0.05 if i % 2 else
+                       0.5 + 0.01 * i + 0.02 * epoch) for i, t in enumerate(flight)]
+            if way == "one at a time":  # Optuna's API: every value reported, then each trial asks
+                for trial, (_, _, value) in zip(flight, values):
+                    trial.report(value, epoch)
+                out.append([trial.should_prune() for trial in flight])
+            else:
+                writes = TrialWrites(intermediate_values=values)
+                pruned = judge_boundary(study, values, {t._trial_id for t in flight}, writes)
+                assert write_trials(study._storage, writes) == 1  # values (and rung records) in one transaction
+                out.append([t._trial_id in pruned for t in flight])
+        decisions.append((out, [load(f"sqlite:///{tmp_path / f'{name}-{way}.db'}", "s").trials[t.number].system_attrs
+                                for t in flight]))
+    assert decisions[0] == decisions[1]
+    assert any(any(row) for row in decisions[0][0])  # the case does prune something
+
+
+@pytest.mark.parametrize("k", [3, 8])
+def test_a_fused_epoch_boundary_is_one_write_and_one_read_whatever_k(k: int, tmp_path: Path, monkeypatch) -> None:
+    from optuna.storages._cached_storage import _CachedStorage
+
+    from study import run as run_module
+
+    url = f"sqlite:///{tmp_path / 'tx.db'}"
+    commits, reads, boundaries = [0], [0], []
+    engine = rdb_backend(run_module._open(url, 60)).engine  # the storage study.run opens (once per process)
+    sqlalchemy.event.listen(engine, "commit", lambda connection: commits.__setitem__(0, commits[0] + 1))
+    real_reads = _CachedStorage.get_all_trials
+
+    def counted_reads(self, *args, **kwargs):
+        reads[0] += 1
+        return real_reads(self, *args, **kwargs)
+
+    monkeypatch.setattr(_CachedStorage, "get_all_trials", counted_reads)
+    real_stream = parallel_module.train_stream
+
+    def stream(*args, report_epoch, **kwargs):
+        def counted(reports):
+            before = commits[0], reads[0]
+            stop = report_epoch(reports)
+            boundaries.append((len(reports), commits[0] - before[0], reads[0] - before[1]))
+            return stop
+
+        return real_stream(*args, report_epoch=counted, **kwargs)
+
+    monkeypatch.setattr(parallel_module, "train_stream", stream)
+    assert main(["--trials", str(k), "--parallel-trials", str(k), "--epochs", "4", "--train-samples", "500",
+                 "--device", "cpu", "--storage", url, "--sampler", "random"]) == 0
+    assert boundaries[0][0] > k // 2  # the first boundary has the wave (less any trial that diverged at once)
+    # per boundary, whatever K: one read of the study (a transaction of its own on SQLite, where every
+    # transaction takes the lock) and one write; none for the last epoch's, which judges no trial
+    assert [(c, r) for _, c, r in boundaries[:-1]] == [(2, 1)] * (len(boundaries) - 1), boundaries
+    assert boundaries[-1][1:] == (1, 0)
+
+
+@pytest.mark.slow
+def test_a_fused_first_wave_is_pruned_before_any_trial_completes(tmp_path: Path) -> None:
+    url = f"sqlite:///{tmp_path / 'wave.db'}"
+    assert main(["--trials", "12", "--parallel-trials", "12", "--epochs", "5", "--train-samples", "1000",
+                 "--device", "cpu", "--storage", url, "--sampler", "random"]) == 0
+    trials = load(url).trials
+    assert len(trials) == 12 and all(t.state in (TrialState.COMPLETE, TrialState.PRUNED) for t in trials)
+    pruned = [t for t in trials if t.state == TrialState.PRUNED and not t.user_attrs["diverged"]]
+    complete = [t for t in trials if t.state == TrialState.COMPLETE]
+    assert pruned and complete
+    assert max(t.datetime_complete for t in pruned) < min(t.datetime_complete for t in complete)
+    assert all(t.user_attrs["epochs_run"] < 5 for t in pruned)
+    study = load(url)
+    assert study.user_attrs["trial_epochs"] == sum(t.user_attrs["epochs_run"] for t in trials) < 12 * 5
+
+
+def test_auto_parallel_trials_is_a_quarter_of_the_trials_left_within_memory(monkeypatch, tmp_path: Path) -> None:
+    import torch
+
+    from study import run as run_module
+
+    url = f"sqlite:///{tmp_path / 'auto.db'}"
+    study = optuna.create_study(storage=url, study_name="s")
+    s = run_module.Settings(**{**vars(run_module.build_parser().parse_args([])), "parallel_trials": "auto"})
+    monkeypatch.setattr(run_module, "auto_slots", lambda device, batch_size: 64)  # a GPU with room for 64
+    cuda = torch.device("cuda")
+    assert run_module._slots(s, cuda, study) == 25  # 100 trials: a quarter
+    assert run_module._slots(run_module.replace(s, workers=2), cuda, study) == 12  # shared by 2 workers
+    assert run_module._slots(run_module.replace(s, trials=1000), cuda, study) == 64  # memory decides
+    for _ in range(80):
+        study.add_trial(optuna.trial.create_trial(value=1.0))
+    assert run_module._slots(s, cuda, study) == 5  # 20 left
+    assert run_module._slots(run_module.replace(s, trials=81), cuda, study) == 1
+    assert math.isclose(run_module.AUTO_SHARE_OF_TRIALS, 0.25)
