@@ -113,15 +113,20 @@ class MnistMLPObjective:
 
     def start_trial(self, trial: optuna.Trial) -> tuple[TrainConfig, int]:
         """Sample the trial's config and record its seeds and initial LRs; returns (config, seed)."""
+        config, seed, attrs = self.prepare_trial(trial)
+        for key, value in attrs.items():
+            trial.set_user_attr(key, value)
+        return config, seed
+
+    def prepare_trial(self, trial: optuna.Trial) -> tuple[TrainConfig, int, dict[str, object]]:
+        """Sample the trial's config; returns (config, seed, the user attrs to record), writing no
+        attr, for a caller that records many trials' attrs at once."""
         config = suggest_config(trial, self.space, batch_size=self.batch_size)
         seed = self.seed + trial.number
-        trial.set_user_attr("seed", seed)
-        trial.set_user_attr("shuffle_seed", self.seed)
-        trial.set_user_attr("precision", self.precision)
-        trial.set_user_attr("lr", config.lr)
-        for layer, lr in config.initial_lrs().items():
-            trial.set_user_attr(f"initial_lr_{layer}", lr)
-        return config, seed
+        attrs: dict[str, object] = {"seed": seed, "shuffle_seed": self.seed, "precision": self.precision,
+                                    "lr": config.lr}
+        attrs.update({f"initial_lr_{layer}": lr for layer, lr in config.initial_lrs().items()})
+        return config, seed, attrs
 
     def report(self, trial: optuna.Trial, epoch: int, val_loss: float) -> bool:
         """Report an epoch's validation loss; True when the trial should stop (pruned)."""
@@ -132,15 +137,28 @@ class MnistMLPObjective:
     @staticmethod
     def finish_trial(trial: optuna.Trial, result: TrainResult) -> float:
         """Record the result's user attrs; returns the trial's value or raises ``TrialPruned``."""
-        trial.set_user_attr("epochs_run", result.epochs_run)
-        trial.set_user_attr("seconds_per_epoch", result.seconds_per_epoch)
-        trial.set_user_attr("diverged", result.diverged)
+        for key, value in MnistMLPObjective.result_attrs(result).items():
+            trial.set_user_attr(key, value)
+        return MnistMLPObjective.outcome(result)
+
+    @staticmethod
+    def result_attrs(result: TrainResult) -> dict[str, object]:
+        """The user attrs a finished trial records."""
+        attrs: dict[str, object] = {"epochs_run": result.epochs_run, "seconds_per_epoch": result.seconds_per_epoch,
+                                    "diverged": result.diverged}
         if result.best_epoch is not None:
-            trial.set_user_attr("best_epoch", result.best_epoch)
-            trial.set_user_attr("val_accuracy", result.best_val_accuracy)
+            attrs.update(best_epoch=result.best_epoch, val_accuracy=result.best_val_accuracy)
         if result.diverged:
             last = result.val_losses[-1]
-            trial.set_user_attr("diverged_loss", last if math.isfinite(last) else str(last))
+            attrs["diverged_loss"] = last if math.isfinite(last) else str(last)
+        return attrs
+
+    @staticmethod
+    def outcome(result: TrainResult) -> float:
+        """The trial's value (its best validation loss); raises ``TrialPruned`` for a diverged
+        (infeasible) or stopped trial."""
+        if result.diverged:
+            last = result.val_losses[-1]
             raise optuna.TrialPruned(f"diverged in epoch {result.epochs_run} (validation loss {last})")
         if result.stopped:
             raise optuna.TrialPruned(f"pruned after epoch {result.epochs_run}")

@@ -24,7 +24,9 @@ import torch
 from optuna.trial import FrozenTrial, TrialState
 
 from objectives import MnistMLPObjective, TrainConfig, train_stream
+from storage.batch import TrialWrites, write_trials
 from study.progress import count_states
+from study.pruning import judge_boundary
 
 __all__ = ["Heartbeats", "optimize_fused"]
 
@@ -111,11 +113,14 @@ def optimize_fused(
             trial = study.ask()
             in_flight[next(counter)] = trial
             heartbeats.add(trial._trial_id)
-            trial.set_user_attr("worker", owner)  # which process ran it: diagnosis, orphan detection
-            trial.set_user_attr("threads", torch.get_num_threads())  # its CPU share: explains its seconds
-            # its seconds_per_epoch is the wall time of a fused epoch, shared by up to this many trials
-            trial.set_user_attr("parallel_trials", slots)
-            yield objective.start_trial(trial)
+            config, seed, attrs = objective.prepare_trial(trial)
+            # which process ran it (diagnosis, orphan detection), its CPU share, and how many trials
+            # shared its fused epochs (its seconds_per_epoch is the wall time of one): one write
+            writes = TrialWrites()
+            writes.add_user_attrs(trial._trial_id, {"worker": owner, "threads": torch.get_num_threads(),
+                                                    "parallel_trials": slots, **attrs})
+            write_trials(study._storage, writes)
+            yield config, seed
 
     def tell(trial: optuna.Trial, **kwargs: object) -> None:
         heartbeats.discard(trial._trial_id)
@@ -123,20 +128,33 @@ def optimize_fused(
         for callback in callbacks:
             callback(study, frozen)
 
-    def report(index: int, epoch: int, val_loss: float) -> bool:
-        return objective.report(in_flight[index], epoch, val_loss)
+    def report_epoch(reports: list[tuple[int, int, float]]) -> set[int]:
+        """One epoch boundary: every trial's value in one write, every prune decided from one read."""
+        writes = TrialWrites()
+        ids = {}
+        for index, epoch, val_loss in reports:
+            ids[in_flight[index]._trial_id] = index
+            writes.intermediate_values.append((in_flight[index]._trial_id, epoch, val_loss))
+        # after the last epoch there is nothing left to save: the trial is complete
+        judge = {in_flight[index]._trial_id for index, epoch, _ in reports if epoch < objective.epochs}
+        pruned = judge_boundary(study, writes.intermediate_values, judge, writes)
+        write_trials(study._storage, writes)
+        return {ids[trial_id] for trial_id in pruned}
 
     with Heartbeats(study._storage) as heartbeats, warnings.catch_warnings():
         # ask() warns that heartbeats belong to study.optimize: here Heartbeats records them
         warnings.filterwarnings("ignore", message="Heartbeat of storage is supposed to be used", category=UserWarning)
         while more_wanted():
-            stream = train_stream(jobs(), objective.data, objective.epochs, slots=slots, report=report,
+            stream = train_stream(jobs(), objective.data, objective.epochs, slots=slots, report_epoch=report_epoch,
                                   shuffle_seed=objective.seed, precision=objective.precision)
             try:
                 for index, result in stream:
                     trial = in_flight.pop(index)
+                    writes = TrialWrites()
+                    writes.add_user_attrs(trial._trial_id, objective.result_attrs(result))
+                    write_trials(study._storage, writes)
                     try:
-                        value = objective.finish_trial(trial, result)
+                        value = objective.outcome(result)
                     except optuna.TrialPruned:
                         tell(trial, state=TrialState.PRUNED)
                     else:

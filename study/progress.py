@@ -8,7 +8,7 @@ import optuna
 from optuna.distributions import FloatDistribution, IntDistribution
 from optuna.trial import FrozenTrial, TrialState
 
-__all__ = ["FINISHED", "TrialLog", "count_states", "edge_warnings", "summary"]
+__all__ = ["FINISHED", "TrialLog", "count_states", "edge_warnings", "epochs_run", "summary", "trial_epochs"]
 
 FINISHED = (TrialState.COMPLETE, TrialState.PRUNED)  # what counts towards --trials
 
@@ -79,6 +79,17 @@ def edge_warnings(trial: FrozenTrial, margin: float = 0.02) -> list[str]:
     return out
 
 
+def epochs_run(trial: FrozenTrial) -> int:
+    """The epochs ``trial`` trained: its ``epochs_run``, or for a trial that never finished (failed,
+    running) the epochs it reported."""
+    return int(trial.user_attrs.get("epochs_run", len(trial.intermediate_values)))
+
+
+def trial_epochs(study: optuna.Study) -> int:
+    """The study's real cost: the sum of the epochs its trials trained, failed ones included."""
+    return sum(epochs_run(t) for t in study.get_trials(deepcopy=False))
+
+
 def summary(study: optuna.Study, *, target: int, wall_seconds: float, new_trials: int, dashboard: str) -> str:
     counts = count_states(study)
     finished = counts[TrialState.COMPLETE] + counts[TrialState.PRUNED]
@@ -86,7 +97,7 @@ def summary(study: optuna.Study, *, target: int, wall_seconds: float, new_trials
         f"study {study.study_name!r}: {finished} finished of {target} "
         f"({counts[TrialState.COMPLETE]} complete, {counts[TrialState.PRUNED]} pruned), "
         f"{counts[TrialState.FAIL]} failed, {counts[TrialState.RUNNING]} running; "
-        f"this run: {new_trials} trials in {wall_seconds:.1f} s",
+        f"{trial_epochs(study)} trial-epochs spent; this run: {new_trials} trials in {wall_seconds:.1f} s",
     ]
     try:
         best = study.best_trial
