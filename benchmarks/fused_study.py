@@ -1,14 +1,15 @@
 """Whole studies, one trial at a time against K trials fused, fp32 against bf16: wall time and search quality.
 
-    python -m benchmarks.fused_study [--device auto] [--ks 1,32] [--precisions fp32] [--repeats 3]
+    python -m benchmarks.fused_study [--device auto] [--ks 1,32] [--precisions fp32] [--pruners median] [--repeats 3]
                                      [--trials 100] [--epochs 20] [--train-samples N]
 
-For each K of ``--ks`` (a number or ``auto``), each precision of ``--precisions`` and each
-repeat r, runs ``python -m study.run --trials T --epochs E --parallel-trials K --precision P
---seed r`` in this process on a fresh SQLite file (the data is loaded once, before the first
+For each K of ``--ks`` (a number or ``auto``), each precision of ``--precisions``, each pruner
+of ``--pruners`` and each repeat r, runs ``python -m study.run --trials T --epochs E
+--parallel-trials K --precision P --pruner X --seed r`` in this process on a fresh SQLite file (the data is loaded once, before the first
 study, so no study pays for it) and prints its wall time, finished/pruned counts and best
-validation loss; then, per (K, precision), the mean ± sd over the repeats and the ratio of wall
-times against the first. Repeat r uses the same seed for every variant, so the studies differ
+validation loss and trial-epochs spent (the sum of the epochs its trials trained: the study's
+real cost, which pruning decides); then, per (K, precision), the mean ± sd over the repeats and
+the ratios of wall times and trial-epochs against the first. Repeat r uses the same seed for every variant, so the studies differ
 only in how many trials are in flight and in their arithmetic: this is the check that fusing,
 or bf16, does not cost search quality.
 """
@@ -31,6 +32,7 @@ from optuna.trial import TrialState
 from benchmarks._common import device_label
 from objectives import MnistDataError, load_mnist, resolve_device
 from study import run
+from study.progress import trial_epochs
 
 
 def _mean_sd(values: list[float], fmt: str = ".4f") -> str:
@@ -44,6 +46,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--data-dir", default=None)
     p.add_argument("--ks", default="1,32", help="comma-separated --parallel-trials values (numbers or auto)")
     p.add_argument("--precisions", default="fp32", help="comma-separated --precision values (fp32, bf16)")
+    p.add_argument("--pruners", default="median", help="comma-separated --pruner values")
     p.add_argument("--repeats", type=int, default=3)
     p.add_argument("--trials", type=int, default=100)
     p.add_argument("--epochs", type=int, default=20)
@@ -57,16 +60,19 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     print(f"device: {device_label(device)}; torch {torch.__version__}; {args.trials} trials x {args.epochs} epochs, "
           f"{args.train_samples or 'all'} training images, {args.repeats} repeats (seed = repeat)")
-    print(f"{'K':>5} {'prec':>4} {'seed':>4} {'wall s':>8} {'complete':>8} {'pruned':>6} {'best val_loss':>13}")
-    rows: dict[tuple[str, str], tuple[list[float], list[float]]] = {}
-    variants = [(k, prec) for k in args.ks.split(",") for prec in args.precisions.split(",")]
+    print(f"{'K':>5} {'prec':>4} {'pruner':>9} {'seed':>4} {'wall s':>8} {'complete':>8} {'pruned':>6} {'trial-epochs':>12} "
+          f"{'best val_loss':>13}")
+    rows: dict[tuple[str, str, str], tuple[list[float], list[float], list[float]]] = {}
+    variants = [(k, prec, pruner) for k in args.ks.split(",") for prec in args.precisions.split(",")
+                for pruner in args.pruners.split(",")]
     with tempfile.TemporaryDirectory() as tmp:
-        for k, prec in variants:
-            walls, bests = rows.setdefault((k, prec), ([], []))
+        for k, prec, pruner in variants:
+            walls, bests, costs = rows.setdefault((k, prec, pruner), ([], [], []))
             for r in range(args.repeats):
-                url = f"sqlite:///{Path(tmp) / f'k{k}-{prec}-r{r}.db'}"
+                url = f"sqlite:///{Path(tmp) / f'k{k}-{prec}-{pruner}-r{r}.db'}"
                 command = ["--trials", str(args.trials), "--epochs", str(args.epochs), "--device", str(device),
-                           "--parallel-trials", k, "--precision", prec, "--seed", str(r), "--storage", url]
+                           "--parallel-trials", k, "--precision", prec, "--pruner", pruner, "--seed", str(r),
+                           "--storage", url]
                 if args.data_dir:
                     command += ["--data-dir", args.data_dir]
                 if args.train_samples:
@@ -81,14 +87,19 @@ def main(argv: list[str] | None = None) -> int:
                     return 1
                 study = optuna.load_study(study_name=run.DEFAULT_STUDY_NAME, storage=url)
                 states = [t.state for t in study.trials]
+                cost = trial_epochs(study)
                 walls.append(wall)
                 bests.append(study.best_value)
-                print(f"{k:>5} {prec:>4} {r:>4} {wall:>8.1f} {states.count(TrialState.COMPLETE):>8} "
-                      f"{states.count(TrialState.PRUNED):>6} {study.best_value:>13.4f}", flush=True)
-    base = statistics.fmean(next(iter(rows.values()))[0])
-    print(f"{'K':>5} {'prec':>4} {'wall s (mean ± sd)':>20} {'speed-up':>8} {'best val_loss (mean ± sd)':>26}")
-    for (k, prec), (walls, bests) in rows.items():
-        print(f"{k:>5} {prec:>4} {_mean_sd(walls, '.1f'):>20} {base / statistics.fmean(walls):>7.1f}x {_mean_sd(bests):>26}")
+                costs.append(cost)
+                print(f"{k:>5} {prec:>4} {pruner:>9} {r:>4} {wall:>8.1f} {states.count(TrialState.COMPLETE):>8} "
+                      f"{states.count(TrialState.PRUNED):>6} {cost:>12} {study.best_value:>13.4f}", flush=True)
+    first = next(iter(rows.values()))
+    base, base_cost = statistics.fmean(first[0]), statistics.fmean(first[2])
+    print(f"{'K':>5} {'prec':>4} {'pruner':>9} {'wall s (mean ± sd)':>20} {'speed-up':>8} {'trial-epochs (mean ± sd)':>25} "
+          f"{'ratio':>6} {'best val_loss (mean ± sd)':>26}")
+    for (k, prec, pruner), (walls, bests, costs) in rows.items():
+        print(f"{k:>5} {prec:>4} {pruner:>9} {_mean_sd(walls, '.1f'):>20} {base / statistics.fmean(walls):>7.1f}x "
+              f"{_mean_sd(costs, '.0f'):>25} {statistics.fmean(costs) / base_cost:>5.2f}x {_mean_sd(bests):>26}")
     return 0
 
 
