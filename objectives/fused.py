@@ -329,7 +329,7 @@ def train_stream(
         train_l, val_l, acc = torch.stack([loss_sum / n, val_sum / n_val, correct / n_val]).tolist()  # the epoch's one sync
         seconds = time.perf_counter() - t0
 
-        diverged: set[int] = set()
+        blown: set[int] = set()  # indices of the trials that diverged in this epoch
         for t in stack.trials:
             r = t.row
             t.train.append(train_l[r])
@@ -337,18 +337,18 @@ def train_stream(
             t.acc.append(acc[r])
             t.sec.append(seconds)
             if _diverged(train_l[r], val_l[r]):
-                diverged.add(t.index)
+                blown.add(t.index)
             else:
                 t.schedule.epoch_end(val_l[r])
-        reports = [(t.index, t.epoch, t.val[-1]) for t in stack.trials if t.index not in diverged]
+        reports = [(t.index, t.epoch, t.val[-1]) for t in stack.trials if t.index not in blown]
         if report_epoch is not None:
             stops = set(report_epoch(reports)) if reports else set()
         else:
             stops = {index for index, epoch, val in reports if report is not None and report(index, epoch, val)}
         ended: list[tuple[_Trial, bool, bool]] = []  # (trial, diverged, stopped)
         for t in stack.trials:
-            if t.index in diverged or t.index in stops or t.epoch == epochs:
-                ended.append((t, t.index in diverged, t.index in stops))
+            if t.index in blown or t.index in stops or t.epoch == epochs:
+                ended.append((t, t.index in blown, t.index in stops))
         for t, diverged, stopped in ended:
             flight.remove(t)
             yield t.index, _result(
