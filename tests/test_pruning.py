@@ -58,6 +58,20 @@ def test_in_flight_median_by_hand() -> None:
         InFlightMedianPruner(n_warmup_steps=-1)
 
 
+def test_a_trial_pruned_earlier_counts_with_its_last_value() -> None:
+    # otherwise the peers at a later step are only the survivors, and the bar rises step after step
+    study = optuna.create_study(pruner=InFlightMedianPruner(n_startup_trials=2, n_warmup_steps=0))
+    for value in (5.0, 6.0):  # pruned after step 1
+        study.tell(_running(study, [{1: value}])[0], state=TrialState.PRUNED)
+    _running(study, [{1: 1.0, 2: 3.0}, {1: 1.0, 2: 3.5}])  # two survivors, running
+    x = _running(study, [{1: 1.0, 2: 4.0}])[0]
+    # peers at step 2: 5.0 and 6.0 (carried), 3.0, 3.5: median 4.25 > 4.0; among the survivors
+    # alone the median would be 3.25 and x would go
+    assert study.pruner.prune(study, study.trials[x.number]) is False
+    x.report(4.5, 3)  # step 3: 5.0, 6.0 carried; the survivors have not reported it: median 5.5
+    assert study.pruner.prune(study, study.trials[x.number]) is False
+
+
 @pytest.mark.parametrize("name", ["median", "patient", "sha", "hyperband"])
 def test_a_boundary_judged_from_one_snapshot_decides_as_the_pruner_one_at_a_time(name: str, tmp_path: Path) -> None:
     epochs, k = 12, 10
