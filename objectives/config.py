@@ -10,7 +10,7 @@ from objectives.model import LAYERS
 __all__ = ["DECAYS", "OPTIMIZERS", "TrainConfig"]
 
 OPTIMIZERS = ("sgd", "adam", "adamw", "rmsprop", "adagrad")
-DECAYS = ("constant", "step", "exponential", "cosine", "plateau")
+DECAYS = ("constant", "step", "exponential", "cosine", "plateau", "onecycle", "cosine_restarts")
 
 
 @dataclass(frozen=True)
@@ -18,8 +18,9 @@ class TrainConfig:
     """One training configuration; the same object trains a fixed run, a trial, or a batch.
 
     Layer ``L`` starts at ``lr * lr_mult_L`` and follows ``lr * lr_mult_L * schedule(t)``, where
-    the schedule factor starts at 1. Decay parameters of strategies other than ``decay`` are
-    ignored.
+    the schedule factor starts at 1 (at ``warmup_start_ratio`` with a warm-up, at
+    ``1 / onecycle_div_factor`` with onecycle, whose peak is ``lr``). Decay parameters of
+    strategies other than ``decay`` are ignored.
     """
 
     optimizer: str = "sgd"  # one of OPTIMIZERS
@@ -33,6 +34,14 @@ class TrainConfig:
     cosine_eta_min_ratio: float = 0.0  # cosine: final LR / initial LR
     plateau_patience: int = 2  # plateau: epochs without improvement before a drop
     plateau_factor: float = 0.5  # plateau: factor at each drop
+    onecycle_pct_start: float = 0.3  # onecycle: share of the training spent rising to the peak (lr)
+    onecycle_div_factor: float = 25.0  # onecycle: starts at lr / div_factor
+    onecycle_final_div_factor: float = 1e4  # onecycle: ends at lr / (div_factor * final_div_factor)
+    restart_period: int = 2  # cosine_restarts: epochs of the first cosine cycle
+    restart_mult: int = 2  # cosine_restarts: each cycle is this many times longer than the one before
+    restart_eta_min_ratio: float = 0.0  # cosine_restarts: lowest LR / initial LR
+    warmup_epochs: int = 0  # linear warm-up before the decay, in epochs (0: none; not with onecycle)
+    warmup_start_ratio: float = 0.1  # warm-up: first LR / initial LR
     lr_mult_fc1: float = 1.0  # LR multiplier of fc1
     lr_mult_fc2: float = 1.0  # LR multiplier of fc2
     lr_mult_fc3: float = 1.0  # LR multiplier of fc3
@@ -52,8 +61,17 @@ class TrainConfig:
         _in_range(exp_gamma=self.exp_gamma, low=0.0, high=1.0, low_open=True)
         _in_range(cosine_eta_min_ratio=self.cosine_eta_min_ratio, low=0.0, high=1.0)
         _in_range(plateau_factor=self.plateau_factor, low=0.0, high=1.0, low_open=True, high_open=True)
-        _positive_int(step_size=self.step_size, batch_size=self.batch_size)
-        _positive_int(plateau_patience=self.plateau_patience, allow_zero=True)
+        _positive_int(step_size=self.step_size, batch_size=self.batch_size, restart_period=self.restart_period,
+                      restart_mult=self.restart_mult)
+        _positive_int(plateau_patience=self.plateau_patience, warmup_epochs=self.warmup_epochs, allow_zero=True)
+        _in_range(onecycle_pct_start=self.onecycle_pct_start, low=0.0, high=1.0, low_open=True, high_open=True)
+        _in_range(onecycle_div_factor=self.onecycle_div_factor, onecycle_final_div_factor=self.onecycle_final_div_factor,
+                  low=1.0, high=math.inf, high_open=True)
+        _in_range(restart_eta_min_ratio=self.restart_eta_min_ratio, low=0.0, high=1.0)
+        _in_range(warmup_start_ratio=self.warmup_start_ratio, low=0.0, high=1.0, low_open=True)
+        if self.decay == "onecycle" and self.warmup_epochs:
+            raise ValueError("onecycle rises to its peak by itself (onecycle_pct_start): it takes no warm-up, "
+                             f"but got warmup_epochs={self.warmup_epochs!r}")
 
     def lr_mult(self, layer: str) -> float:
         """The multiplier of ``layer`` (one of ``LAYERS``)."""

@@ -1,4 +1,4 @@
-"""Optimizers with one param group per layer, and LR decay schedules from torch.optim.lr_scheduler.
+"""Optimizers with one param group per layer, and LR schedules (warm-up, decay) from torch.optim.lr_scheduler.
 
 Every param group's LR is ``lr * lr_mult_layer * factor(t)``. The factor comes from a torch
 scheduler stepped on a one-parameter optimizer whose LR starts at 1, rather than from a
@@ -20,41 +20,73 @@ __all__ = ["LRSchedule", "build_optimizer", "set_lr_factor"]
 
 
 class LRSchedule:
-    """The decay factor of ``config.decay`` as a function of the iteration.
+    """The LR factor of ``config`` (warm-up, then ``config.decay``) as a function of the iteration.
 
     ``factor`` is the multiplier of the initial LR for the next update; call :meth:`step` after
     each optimizer step and :meth:`epoch_end` with the validation loss after each epoch (only
-    ``plateau`` uses it). Per iteration: step ``η_t = η0·γ^⌊t/s⌋`` with ``s = step_size ·
-    steps_per_epoch``; exponential ``η_t = η0·γ^t`` with ``γ = exp_gamma^(1/steps_per_epoch)``;
-    cosine ``η_t = η_min + ½(η0 − η_min)(1 + cos(πt/T_max))`` with ``T_max = epochs ·
-    steps_per_epoch`` and ``η_min = cosine_eta_min_ratio·η0``.
+    ``plateau`` uses it). With ``T = epochs · steps_per_epoch`` iterations, per iteration t:
+
+    - warm-up (``warmup_epochs`` W > 0, any decay but onecycle; torch's ``LinearLR`` then the
+      decay, joined by ``SequentialLR``): ``f_t = r + (1 − r)·t/(W·steps_per_epoch)`` with
+      ``r = warmup_start_ratio``; the decay below then runs on the remaining iterations, its own
+      t counted from the end of the warm-up (``T`` is shortened by the warm-up);
+    - step ``f_t = γ^⌊t/s⌋`` with ``s = step_size · steps_per_epoch``; exponential ``f_t = γ^t``
+      with ``γ = exp_gamma^(1/steps_per_epoch)``; cosine ``f_t = η + ½(1 − η)(1 + cos(πt/T))``
+      with ``η = cosine_eta_min_ratio``; plateau: ×``plateau_factor`` after ``plateau_patience``
+      epochs without improvement (counted after the warm-up);
+    - onecycle (``OneCycleLR``, Smith & Topin 2017; cosine annealing, no momentum cycling): from
+      ``1/div_factor`` up to 1 over the first ``pct_start`` of the run, then down to
+      ``1/(div_factor · final_div_factor)``, which it reaches at the end of the last epoch
+      (``total_steps = T + 1``: the factor after the last update);
+    - cosine_restarts (``CosineAnnealingWarmRestarts``, SGDR, Loshchilov & Hutter 2017):
+      ``f_t = η + ½(1 − η)(1 + cos(π t_cur/T_i))``, ``η = restart_eta_min_ratio``, the first
+      cycle ``T_0 = restart_period · steps_per_epoch`` iterations long, each next one
+      ``restart_mult`` times longer, ``t_cur`` the iterations since the last restart.
     """
 
     def __init__(self, config: TrainConfig, steps_per_epoch: int, epochs: int) -> None:
         if steps_per_epoch < 1 or epochs < 1:
             raise ValueError(f"steps_per_epoch and epochs must be >= 1, but got {steps_per_epoch=}, {epochs=}")
+        if config.warmup_epochs >= epochs:
+            raise ValueError(f"the warm-up must leave epochs for the decay: warmup_epochs={config.warmup_epochs} "
+                             f"but got {epochs=}")
         self.decay = config.decay
         self._optimizer = torch.optim.SGD([torch.zeros(1, requires_grad=True)], lr=1.0)
         sched = torch.optim.lr_scheduler
-        self._scheduler: sched.LRScheduler | sched.ReduceLROnPlateau | None
+        warm = config.warmup_epochs * steps_per_epoch
+        total = epochs * steps_per_epoch - warm  # what the decay spans
+        # the warm-up's LinearLR comes first: a scheduler's constructor sets the LR it starts from
+        self._warmup = (sched.LinearLR(self._optimizer, start_factor=config.warmup_start_ratio, end_factor=1.0,
+                                       total_iters=warm) if warm else None)
+        self._warmup_epochs_left = config.warmup_epochs
+        decay: sched.LRScheduler | None
         if config.decay == "constant":
-            self._scheduler = None
+            decay = None
         elif config.decay == "step":
-            self._scheduler = sched.StepLR(
-                self._optimizer, step_size=config.step_size * steps_per_epoch, gamma=config.step_gamma
-            )
+            decay = sched.StepLR(self._optimizer, step_size=config.step_size * steps_per_epoch, gamma=config.step_gamma)
         elif config.decay == "exponential":
-            self._scheduler = sched.ExponentialLR(
-                self._optimizer, gamma=config.exp_gamma ** (1.0 / steps_per_epoch)
-            )
+            decay = sched.ExponentialLR(self._optimizer, gamma=config.exp_gamma ** (1.0 / steps_per_epoch))
         elif config.decay == "cosine":
-            self._scheduler = sched.CosineAnnealingLR(
-                self._optimizer, T_max=epochs * steps_per_epoch, eta_min=config.cosine_eta_min_ratio
-            )
-        else:  # plateau; the default threshold (1e-4 relative) counts only real improvements
-            self._scheduler = sched.ReduceLROnPlateau(
-                self._optimizer, mode="min", factor=config.plateau_factor, patience=config.plateau_patience
-            )
+            decay = sched.CosineAnnealingLR(self._optimizer, T_max=total, eta_min=config.cosine_eta_min_ratio)
+        elif config.decay == "onecycle":
+            decay = sched.OneCycleLR(self._optimizer, max_lr=1.0, total_steps=total + 1,
+                                     pct_start=config.onecycle_pct_start, div_factor=config.onecycle_div_factor,
+                                     final_div_factor=config.onecycle_final_div_factor, anneal_strategy="cos",
+                                     cycle_momentum=False)
+        elif config.decay == "cosine_restarts":
+            decay = sched.CosineAnnealingWarmRestarts(self._optimizer, T_0=config.restart_period * steps_per_epoch,
+                                                      T_mult=config.restart_mult, eta_min=config.restart_eta_min_ratio)
+        else:  # plateau, stepped per epoch with the validation loss (after the warm-up, in epoch_end)
+            decay = None
+            # the default threshold (1e-4 relative) counts only real improvements
+            self._plateau = sched.ReduceLROnPlateau(self._optimizer, mode="min", factor=config.plateau_factor,
+                                                    patience=config.plateau_patience)
+        self._scheduler: sched.LRScheduler | None
+        if self._warmup is not None and decay is not None:
+            self._scheduler = sched.SequentialLR(self._optimizer, [self._warmup, decay], milestones=[warm])
+        else:
+            self._scheduler = self._warmup if decay is None else decay
+        self._steps_left_in_warmup = warm if decay is None else 0  # a lone LinearLR stops at its end
         # The parameter has no gradient, so this step changes nothing; it only tells the scheduler
         # (which wrapped optimizer.step above) that stepping it next is in the right order.
         self._optimizer.step()
@@ -65,14 +97,21 @@ class LRSchedule:
 
     def step(self) -> float:
         """Advance one iteration; returns the new factor."""
-        if self._scheduler is not None and self.decay != "plateau":
+        if self._scheduler is self._warmup and self._warmup is not None:
+            if self._steps_left_in_warmup > 0:  # constant or plateau after a warm-up: the warm-up alone
+                self._warmup.step()
+                self._steps_left_in_warmup -= 1
+        elif self._scheduler is not None:
             self._scheduler.step()
         return self.factor
 
     def epoch_end(self, val_loss: float) -> float:
         """End of an epoch with its validation loss; returns the (possibly reduced) factor."""
         if self.decay == "plateau":
-            self._scheduler.step(val_loss)
+            if self._warmup_epochs_left > 0:  # patience counts from the end of the warm-up
+                self._warmup_epochs_left -= 1
+            else:
+                self._plateau.step(val_loss)
         return self.factor
 
 

@@ -48,6 +48,14 @@ class SearchSpace:
     cosine_eta_min_ratio: Range = (1e-4, 1e-1)  # cosine: final / initial LR, log-uniform
     plateau_patience: tuple[int, int] = (1, 5)  # plateau: epochs, int (cut to the run: for_epochs)
     plateau_factor: Range = (0.1, 0.7)  # plateau: factor at each drop, uniform
+    onecycle_pct_start: Range = (0.1, 0.5)  # onecycle: share of the run rising to the peak, uniform
+    onecycle_div_factor: Range = (5.0, 100.0)  # onecycle: peak / first LR, log-uniform
+    onecycle_final_div_factor: Range = (10.0, 1e4)  # onecycle: first / last LR, log-uniform
+    restart_period: tuple[int, int] = (1, 8)  # cosine_restarts: epochs of the first cycle, int (cut: for_epochs)
+    restart_mult: tuple[int, int] = (1, 3)  # cosine_restarts: growth of each next cycle, int
+    restart_eta_min_ratio: Range = (1e-4, 1e-1)  # cosine_restarts: lowest / initial LR, log-uniform
+    warmup_epochs: tuple[int, int] = (0, 3)  # linear warm-up epochs before the decay, int; 0 = none (cut: for_epochs)
+    warmup_start_ratio: Range = (0.01, 0.5)  # warm-up: first / initial LR, log-uniform
     lr_mult_layers: tuple[str, ...] = ("fc1", "fc2")  # layers with a sampled multiplier
     lr_mult: Range = (0.1, 10.0)  # per-layer multiplier, log-uniform
 
@@ -61,8 +69,16 @@ class SearchSpace:
                 "lr_mult_layers must leave at least one reference layer out (a multiplier on every "
                 f"layer is redundant with the initial LR), but got lr_mult_layers={self.lr_mult_layers!r}"
             )
-        for name in ("lr_sgd", "lr_adam", "lr_adamw", "lr_rmsprop", "lr_adagrad", "cosine_eta_min_ratio", "lr_mult"):
+        for name in ("lr_sgd", "lr_adam", "lr_adamw", "lr_rmsprop", "lr_adagrad", "cosine_eta_min_ratio", "lr_mult",
+                     "restart_eta_min_ratio"):
             _range(name, getattr(self, name), low=0.0, low_open=True)
+        _range("onecycle_pct_start", self.onecycle_pct_start, low=0.0, high=1.0, low_open=True, high_open=True)
+        _range("onecycle_div_factor", self.onecycle_div_factor, low=1.0)
+        _range("onecycle_final_div_factor", self.onecycle_final_div_factor, low=1.0)
+        _range("restart_period", self.restart_period, low=1, integer=True)
+        _range("restart_mult", self.restart_mult, low=1, integer=True)
+        _range("warmup_epochs", self.warmup_epochs, low=0, integer=True)
+        _range("warmup_start_ratio", self.warmup_start_ratio, low=0.0, high=1.0, low_open=True)
         _range("sgd_momentum", self.sgd_momentum, low=0.0, high=1.0, high_open=True)
         _range("step_gamma", self.step_gamma, low=0.0, high=1.0, low_open=True)
         _range("exp_gamma", self.exp_gamma, low=0.0, high=1.0, low_open=True)
@@ -78,8 +94,10 @@ class SearchSpace:
         A step decay first drops the LR after ``step_size`` epochs, which changes training only
         if an epoch follows: at most ``epochs - 1``. Plateau lowers the LR after ``patience + 1``
         epochs that do not improve on the best so far (the first epoch sets it), and that too
-        needs an epoch after it: at most ``epochs - 3``. Only the upper ends are cut, never below
-        the lower ends, so a range fixed by the user stays fixed.
+        needs an epoch after it: at most ``epochs - 3``. A warm restart, and the end of a warm-up,
+        act only with an epoch after them: ``restart_period`` and ``warmup_epochs`` at most
+        ``epochs - 1``. Only the upper ends are cut, never below the lower ends, so a range fixed
+        by the user stays fixed.
         """
         if isinstance(epochs, bool) or not isinstance(epochs, int) or epochs < 1:
             raise ValueError(f"epochs must be an int >= 1, but got {epochs=}")
@@ -88,7 +106,9 @@ class SearchSpace:
             return bounds[0], max(bounds[0], min(bounds[1], most))
 
         return replace(self, step_size=cut(self.step_size, epochs - 1),
-                       plateau_patience=cut(self.plateau_patience, epochs - 3))
+                       plateau_patience=cut(self.plateau_patience, epochs - 3),
+                       restart_period=cut(self.restart_period, epochs - 1),
+                       warmup_epochs=cut(self.warmup_epochs, epochs - 1))
 
     def lr_range(self, optimizer: str) -> Range:
         """The initial-LR range of ``optimizer``."""
@@ -107,7 +127,10 @@ def suggest_config(
     Parameter names (stable; conditional ones only when their condition holds):
     ``optimizer``; ``lr_<optimizer>``; ``sgd_momentum`` (SGD only); ``decay``; ``step_size``,
     ``step_gamma`` (step); ``exp_gamma`` (exponential); ``cosine_eta_min_ratio`` (cosine);
-    ``plateau_patience``, ``plateau_factor`` (plateau); ``lr_mult_<layer>`` for each layer of
+    ``plateau_patience``, ``plateau_factor`` (plateau); ``onecycle_pct_start``,
+    ``onecycle_div_factor``, ``onecycle_final_div_factor`` (onecycle); ``restart_period``,
+    ``restart_mult``, ``restart_eta_min_ratio`` (cosine_restarts); ``warmup_epochs`` (every decay
+    but onecycle) and ``warmup_start_ratio`` (when it is above 0); ``lr_mult_<layer>`` for each layer of
     ``space.lr_mult_layers``. The space is conditional: with TPE use ``group=True`` so that each
     conditional parameter is modelled on the trials that have it.
     """
@@ -132,6 +155,21 @@ def suggest_config(
     elif decay == "plateau":
         values["plateau_patience"] = trial.suggest_int("plateau_patience", *space.plateau_patience)
         values["plateau_factor"] = trial.suggest_float("plateau_factor", *space.plateau_factor)
+    elif decay == "onecycle":
+        values["onecycle_pct_start"] = trial.suggest_float("onecycle_pct_start", *space.onecycle_pct_start)
+        values["onecycle_div_factor"] = trial.suggest_float("onecycle_div_factor", *space.onecycle_div_factor, log=True)
+        values["onecycle_final_div_factor"] = trial.suggest_float("onecycle_final_div_factor",
+                                                                  *space.onecycle_final_div_factor, log=True)
+    elif decay == "cosine_restarts":
+        values["restart_period"] = trial.suggest_int("restart_period", *space.restart_period)
+        values["restart_mult"] = trial.suggest_int("restart_mult", *space.restart_mult)
+        values["restart_eta_min_ratio"] = trial.suggest_float("restart_eta_min_ratio", *space.restart_eta_min_ratio,
+                                                              log=True)
+    if decay != "onecycle":  # one-cycle has its own rise to the peak
+        values["warmup_epochs"] = trial.suggest_int("warmup_epochs", *space.warmup_epochs)
+        if values["warmup_epochs"]:
+            values["warmup_start_ratio"] = trial.suggest_float("warmup_start_ratio", *space.warmup_start_ratio,
+                                                               log=True)
 
     for layer in space.lr_mult_layers:
         values[f"lr_mult_{layer}"] = trial.suggest_float(f"lr_mult_{layer}", *space.lr_mult, log=True)

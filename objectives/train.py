@@ -166,7 +166,8 @@ def train(
     model = build_model(seed, device, data.dtype)
     optimizer = build_optimizer(model, config)
     schedule = LRSchedule(config, steps_per_epoch, epochs)
-    initial_lrs = {g["layer"]: g["lr"] for g in optimizer.param_groups}
+    initial_lrs = {g["layer"]: g["lr"] for g in optimizer.param_groups}  # lr x multiplier, the nominal LR
+    set_lr_factor(optimizer, schedule.factor)  # the first update's factor: below 1 with a warm-up or onecycle
     shuffle_seed = seed if shuffle_seed is None else shuffle_seed
 
     val_losses: list[float] = []

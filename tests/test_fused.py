@@ -14,8 +14,16 @@ CONFIGS = [
     TrainConfig(optimizer="rmsprop", lr=5e-4, decay="plateau", plateau_patience=0, plateau_factor=0.5, lr_mult_fc1=0.5, batch_size=64),
     TrainConfig(optimizer="adagrad", lr=0.02, weight_decay=1e-4, decay="constant", lr_mult_fc2=3.0, batch_size=64),
     TrainConfig(optimizer="sgd", lr=0.01, momentum=0.5, weight_decay=1e-3, decay="cosine", batch_size=64),
+    # the strategies after warm-up, one-cycle and warm restarts were added
+    TrainConfig(optimizer="adam", lr=3e-3, decay="onecycle", onecycle_pct_start=0.25, onecycle_div_factor=10.0,
+                onecycle_final_div_factor=100.0, lr_mult_fc1=0.5, batch_size=64),
+    TrainConfig(optimizer="sgd", lr=0.05, decay="cosine_restarts", restart_period=1, restart_mult=2,
+                restart_eta_min_ratio=0.01, batch_size=64),
+    TrainConfig(optimizer="adamw", lr=1e-3, decay="cosine", warmup_epochs=1, warmup_start_ratio=0.1, batch_size=64),
+    TrainConfig(optimizer="rmsprop", lr=3e-4, decay="plateau", plateau_patience=0, warmup_epochs=1,
+                warmup_start_ratio=0.2, batch_size=64),
 ]
-SEEDS = [11, 12, 13, 14, 15, 16]
+SEEDS = [11, 12, 13, 14, 15, 16, 17, 18, 19, 20]
 
 
 @pytest.fixture(scope="module")

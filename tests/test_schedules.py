@@ -101,3 +101,75 @@ def test_optimizer_factory_by_name(name: str, cls: type) -> None:
     assert all(g["weight_decay"] == 0.02 for g in optimizer.param_groups)
     if name == "sgd":
         assert all(g["momentum"] == 0.8 for g in optimizer.param_groups)
+
+
+def _cosine(eta: float, t: float, period: float) -> float:
+    return eta + 0.5 * (1 - eta) * (1 + math.cos(math.pi * t / period))
+
+
+@pytest.mark.parametrize("decay", ["cosine", "step", "constant"])
+def test_linear_warmup_then_the_decay_over_the_remaining_steps(decay: str) -> None:
+    # Goyal et al. 2017: the LR rises linearly from r·η0 to η0 over W epochs, then decays
+    config = TrainConfig(decay=decay, warmup_epochs=2, warmup_start_ratio=0.1, cosine_eta_min_ratio=0.05,
+                         step_size=1, step_gamma=0.5)
+    w = config.warmup_epochs * SPE
+    r = config.warmup_start_ratio
+    after = {"cosine": lambda u: _cosine(0.05, u, T - w), "step": lambda u: 0.5 ** (u // SPE), "constant": lambda u: 1.0}
+    expected = [r + (1 - r) * t / w if t < w else after[decay](t - w) for t in range(T)]
+    assert factors(config) == pytest.approx(expected, rel=1e-9, abs=1e-12)
+    assert factors(config)[0] == pytest.approx(0.1) and max(factors(config)) == pytest.approx(1.0)
+
+
+def test_a_warmup_delays_the_plateau_patience() -> None:
+    config = TrainConfig(decay="plateau", warmup_epochs=2, warmup_start_ratio=0.5, plateau_patience=0,
+                         plateau_factor=0.5)
+    schedule = LRSchedule(config, steps_per_epoch=SPE, epochs=EPOCHS)
+    per_epoch = []
+    for epoch in range(1, EPOCHS + 1):
+        per_epoch.append(schedule.factor)
+        for _ in range(SPE):
+            schedule.step()
+        schedule.epoch_end(float(epoch))  # never improves
+    # warm-up from 0.5 over epochs 1-2; epoch 3 sets the best; epoch 4 does not improve: halved from epoch 5
+    assert per_epoch == pytest.approx([0.5, 0.5 + 0.5 * SPE / (2 * SPE), 1.0, 1.0, 0.5, 0.25])
+
+
+def test_onecycle_matches_smith_and_topin() -> None:
+    # OneCycleLR's cosine form: up from 1/div to 1 over pct_start of the steps, then down to
+    # 1/(div · final_div), reached after the last update (total_steps = T + 1)
+    config = TrainConfig(decay="onecycle", onecycle_pct_start=0.3, onecycle_div_factor=20.0,
+                         onecycle_final_div_factor=50.0)
+    total = T + 1
+    peak = 0.3 * total - 1
+    low, end = 1 / 20, 1 / (20 * 50)
+
+    def expected(t: int) -> float:
+        if t <= peak:
+            return 1 + (low - 1) / 2 * (math.cos(math.pi * t / peak) + 1)
+        return end + (1 - end) / 2 * (math.cos(math.pi * (t - peak) / (total - 1 - peak)) + 1)
+
+    got = factors(config)
+    assert got == pytest.approx([expected(t) for t in range(T)], rel=1e-9)
+    assert got[0] == pytest.approx(low) and max(got) == pytest.approx(1.0, rel=1e-3)
+    schedule = LRSchedule(config, steps_per_epoch=SPE, epochs=EPOCHS)
+    for _ in range(T):
+        schedule.step()
+    assert schedule.factor == pytest.approx(end)  # the factor after the last update
+
+
+def test_cosine_with_warm_restarts_matches_sgdr() -> None:
+    # Loshchilov & Hutter 2017: cosine from 1 down to η, restarting after T_0, then T_0·m, ...
+    config = TrainConfig(decay="cosine_restarts", restart_period=1, restart_mult=2, restart_eta_min_ratio=0.02)
+    t0 = SPE
+
+    def expected(t: int) -> float:
+        start, length = 0, t0
+        while t >= start + length:
+            start, length = start + length, length * 2
+        return _cosine(0.02, t - start, length)
+
+    got = factors(config)
+    assert got == pytest.approx([expected(t) for t in range(T)], rel=1e-9)
+    restarts = [t for t in range(1, T) if got[t] > got[t - 1]]
+    assert restarts == [SPE, 3 * SPE]  # after 1 epoch, then after 2 more (6 epochs: not after 4 more)
+

@@ -13,6 +13,8 @@ DECAY_PARAMS = {
     "exponential": {"exp_gamma"},
     "cosine": {"cosine_eta_min_ratio"},
     "plateau": {"plateau_patience", "plateau_factor"},
+    "onecycle": {"onecycle_pct_start", "onecycle_div_factor", "onecycle_final_div_factor"},
+    "cosine_restarts": {"restart_period", "restart_mult", "restart_eta_min_ratio"},
 }
 
 
@@ -38,6 +40,14 @@ def test_names_ranges_and_conditional_params() -> None:
         expected = {"optimizer", f"lr_{opt}", "decay", "lr_mult_fc1", "lr_mult_fc2"} | DECAY_PARAMS[decay]
         if opt == "sgd":
             expected.add("sgd_momentum")
+        if decay != "onecycle":  # one-cycle rises to its peak by itself
+            expected.add("warmup_epochs")
+            if params["warmup_epochs"]:
+                expected.add("warmup_start_ratio")
+                assert 0.01 <= config.warmup_start_ratio <= 0.5 and frozen.distributions["warmup_start_ratio"].log
+            assert config.warmup_epochs == params["warmup_epochs"]
+        else:
+            assert config.warmup_epochs == 0
         assert set(params) == expected
         low, high = space.lr_range(opt)
         assert low <= params[f"lr_{opt}"] <= high and config.lr == params[f"lr_{opt}"]
@@ -52,14 +62,18 @@ def test_names_ranges_and_conditional_params() -> None:
         for name in DECAY_PARAMS[decay]:
             assert getattr(config, name) == params[name]
     assert seen_optimizers == set(space.optimizers) and seen_decays == set(space.decays)
+    warmups = {frozen.params.get("warmup_epochs") for frozen, _ in sample(200)}
+    assert warmups == {None, 0, 1, 2, 3}  # none (onecycle), and 0 (no warm-up) stays possible
 
 
 def test_narrowed_and_fixed_space() -> None:
     space = SearchSpace(optimizers=("adam",), lr_adam=(1e-3, 1e-3), decays=("cosine",),
-                        lr_mult_layers=("fc1",), lr_mult=(0.5, 2.0))
+                        lr_mult_layers=("fc1",), lr_mult=(0.5, 2.0), warmup_epochs=(0, 0))
     for frozen, config in sample(10, space):
         assert config.optimizer == "adam" and config.lr == 1e-3 and config.decay == "cosine"
-        assert set(frozen.params) == {"optimizer", "lr_adam", "decay", "cosine_eta_min_ratio", "lr_mult_fc1"}
+        assert set(frozen.params) == {"optimizer", "lr_adam", "decay", "cosine_eta_min_ratio", "lr_mult_fc1",
+                                      "warmup_epochs"}  # fixed at 0: no warm-up, so no start ratio
+        assert config.warmup_epochs == 0
         assert config.lr_mult_fc2 == 1.0 and 0.5 <= config.lr_mult_fc1 <= 2.0
 
 
@@ -71,10 +85,18 @@ def test_sgd_momentum_can_be_sampled() -> None:
 
 def test_fixed_trial_gives_exact_config() -> None:
     trial = optuna.trial.FixedTrial({"optimizer": "rmsprop", "lr_rmsprop": 3e-4, "decay": "step", "step_size": 2,
-                                     "step_gamma": 0.2, "lr_mult_fc1": 2.0, "lr_mult_fc2": 0.5})
+                                     "step_gamma": 0.2, "lr_mult_fc1": 2.0, "lr_mult_fc2": 0.5, "warmup_epochs": 2,
+                                     "warmup_start_ratio": 0.05})
     config = suggest_config(trial, batch_size=64)
     assert config == TrainConfig(optimizer="rmsprop", lr=3e-4, decay="step", step_size=2, step_gamma=0.2,
-                                 lr_mult_fc1=2.0, lr_mult_fc2=0.5, batch_size=64)
+                                 lr_mult_fc1=2.0, lr_mult_fc2=0.5, batch_size=64, warmup_epochs=2,
+                                 warmup_start_ratio=0.05)
+    trial = optuna.trial.FixedTrial({"optimizer": "sgd", "lr_sgd": 0.1, "sgd_momentum": 0.9, "decay": "onecycle",
+                                     "onecycle_pct_start": 0.2,
+                                     "onecycle_div_factor": 10.0, "onecycle_final_div_factor": 100.0,
+                                     "lr_mult_fc1": 1.0, "lr_mult_fc2": 1.0})
+    assert suggest_config(trial) == TrainConfig(optimizer="sgd", lr=0.1, decay="onecycle", onecycle_pct_start=0.2,
+                                                onecycle_div_factor=10.0, onecycle_final_div_factor=100.0)
 
 
 @pytest.mark.parametrize(
@@ -83,7 +105,10 @@ def test_fixed_trial_gives_exact_config() -> None:
      ({"decays": ("linear",)}, "decays"), ({"lr_adam": (1e-2, 1e-3)}, "lr_adam"), ({"lr_sgd": (0.0, 1.0)}, "lr_sgd"),
      ({"lr_mult_layers": ("fc1", "fc2", "fc3")}, "lr_mult_layers"), ({"lr_mult_layers": ("fc4",)}, "lr_mult_layers"),
      ({"step_size": (0, 3)}, "step_size"), ({"step_size": (1.5, 3)}, "step_size"),
-     ({"sgd_momentum": (0.5, 1.0)}, "sgd_momentum"), ({"plateau_factor": (0.5, 1.0)}, "plateau_factor")],
+     ({"sgd_momentum": (0.5, 1.0)}, "sgd_momentum"), ({"plateau_factor": (0.5, 1.0)}, "plateau_factor"),
+     ({"warmup_epochs": (-1, 2)}, "warmup_epochs"), ({"restart_mult": (0, 2)}, "restart_mult"),
+     ({"onecycle_pct_start": (0.1, 1.0)}, "onecycle_pct_start"), ({"onecycle_div_factor": (0.5, 10.0)},
+                                                                  "onecycle_div_factor")],
 )
 def test_bad_space_names_the_value(kwargs: dict, name: str) -> None:
     with pytest.raises(ValueError, match=f"{name}="):
@@ -94,7 +119,12 @@ def test_bad_space_names_the_value(kwargs: dict, name: str) -> None:
     "kwargs, name",
     [({"lr": 0.0}, "lr"), ({"lr": float("nan")}, "lr"), ({"optimizer": "lbfgs"}, "optimizer"),
      ({"decay": "linear"}, "decay"), ({"momentum": 1.0}, "momentum"), ({"batch_size": 0}, "batch_size"),
-     ({"lr_mult_fc2": -1.0}, "lr_mult_fc2"), ({"step_gamma": 1.5}, "step_gamma"), ({"plateau_patience": -1}, "plateau_patience")],
+     ({"lr_mult_fc2": -1.0}, "lr_mult_fc2"), ({"step_gamma": 1.5}, "step_gamma"), ({"plateau_patience": -1}, "plateau_patience"),
+     ({"warmup_epochs": -1}, "warmup_epochs"), ({"warmup_start_ratio": 0.0}, "warmup_start_ratio"),
+     ({"onecycle_pct_start": 1.0}, "onecycle_pct_start"), ({"onecycle_div_factor": 0.5}, "onecycle_div_factor"),
+     ({"restart_period": 0}, "restart_period"), ({"restart_mult": 0}, "restart_mult"),
+     ({"restart_eta_min_ratio": 2.0}, "restart_eta_min_ratio"),
+     ({"decay": "onecycle", "warmup_epochs": 1}, "warmup_epochs")],
 )
 def test_bad_config_names_the_value(kwargs: dict, name: str) -> None:
     with pytest.raises(ValueError, match=f"{name}="):
@@ -106,6 +136,8 @@ def test_for_epochs_cuts_the_epoch_valued_ranges_to_what_can_act() -> None:
     assert space.for_epochs(20) == space  # the defaults fit a 20-epoch run
     five = space.for_epochs(5)
     assert five.step_size == (1, 4) and five.plateau_patience == (1, 2)  # a drop needs an epoch after it
+    assert five.restart_period == (1, 4) and five.warmup_epochs == (0, 3)  # a restart, the end of a warm-up: too
+    assert space.for_epochs(2).warmup_epochs == (0, 1) and space.for_epochs(1).warmup_epochs == (0, 0)
     assert five.lr_sgd == space.lr_sgd and five.exp_gamma == space.exp_gamma  # nothing else changes
     one = space.for_epochs(1)
     assert one.step_size == (1, 1) and one.plateau_patience == (1, 1)  # never below the lower end
