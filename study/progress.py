@@ -29,7 +29,10 @@ def _fmt(value: object) -> str:
 def _key_params(trial: FrozenTrial) -> str:
     params = trial.params
     opt = params.get("optimizer", "?")
-    parts = [str(opt), f"lr {_fmt(params.get(f'lr_{opt}', math.nan))}", str(params.get("decay", "?"))]
+    decay = str(params.get("decay", "?"))
+    if params.get("warmup_epochs"):
+        decay = f"warmup {params['warmup_epochs']} ep + {decay}"
+    parts = [str(opt), f"lr {_fmt(params.get(f'lr_{opt}', math.nan))}", decay]
     mults = [f"{_fmt(v)}" for k, v in sorted(params.items()) if k.startswith("lr_mult_")]
     if mults:
         parts.append("mult " + "/".join(mults))

@@ -69,6 +69,34 @@ def decay_rows(study: optuna.Study) -> list[DecayRow]:
     return rows
 
 
+def trial_config(trial: FrozenTrial, batch_size: int = 128) -> TrainConfig:
+    """The configuration a trial trained, from its params. A trial of a study made before the
+    warm-up existed has no ``warmup_epochs``: it had none."""
+    with warnings.catch_warnings():  # an older study's values may lie outside today's ranges
+        warnings.simplefilter("ignore")
+        return suggest_config(optuna.trial.FixedTrial({"warmup_epochs": 0, **trial.params}), batch_size=batch_size)
+
+
+@dataclass(frozen=True)
+class WarmupRow:
+    label: str  # "without warm-up" / "with warm-up"
+    best: FrozenTrial | None
+    n_trials: int
+    n_pruned: int
+
+
+def warmup_rows(study: optuna.Study) -> list[WarmupRow]:
+    """The trials with and without a linear warm-up, as the decay rows count them."""
+    finished = study.get_trials(deepcopy=False, states=(TrialState.COMPLETE, TrialState.PRUNED))
+    rows = []
+    for label, test in (("without warm-up", lambda n: not n), ("with warm-up", bool)):
+        trials = [t for t in finished if test(t.params.get("warmup_epochs", 0))]
+        complete = [t for t in trials if t.state == TrialState.COMPLETE]
+        rows.append(WarmupRow(label, min(complete, key=lambda t: t.value) if complete else None, len(trials),
+                              sum(t.state == TrialState.PRUNED for t in trials)))
+    return rows
+
+
 def lr_view(study: optuna.Study) -> optuna.Study:
     """An in-memory copy of the complete trials with the per-optimizer LR as one ``lr`` param.
 
@@ -123,7 +151,7 @@ def lr_schedules(trials: list[FrozenTrial], steps_per_epoch: int, epochs: int) -
     fig = go.Figure()
     dashes = {"fc1": "solid", "fc2": "dash", "fc3": "dot"}
     for trial in trials:
-        config = suggest_config(optuna.trial.FixedTrial(trial.params))
+        config = trial_config(trial)
         schedule = LRSchedule(config, steps_per_epoch, epochs)
         factors, val = [], trial.intermediate_values
         for epoch in range(1, epochs + 1):
@@ -146,7 +174,10 @@ def lr_schedules(trials: list[FrozenTrial], steps_per_epoch: int, epochs: int) -
 
 def final_word(study: optuna.Study, rows: list[DecayRow], seeds: int, device: str, data_dir: str | None) -> dict:
     """Retrain the best config and the best of each decay strategy on all 60k training images
-    with ``seeds`` seeds; test accuracy mean ± sd. Stored in the study's user attrs."""
+    with ``seeds`` seeds, each with its schedule as searched (over the study's epochs), and test
+    the model the search chose: the one after the trial's ``best_epoch``, where its validation
+    loss, the trial's value, was reached (training stops there). Test accuracy mean ± sd, stored
+    in the study's user attrs."""
     epochs = int(study.user_attrs.get("epochs", 20))
     batch_size = int(study.user_attrs.get("batch_size", 128))
     precision = study.user_attrs.get("precision", "fp32")  # the study's arithmetic, fp32 before --precision
@@ -157,13 +188,20 @@ def final_word(study: optuna.Study, rows: list[DecayRow], seeds: int, device: st
     done: dict[int, dict] = {}  # a trial that is best overall and of its strategy trains once
     for label, trial in chosen.items():
         if trial.number not in done:
-            config = suggest_config(optuna.trial.FixedTrial(trial.params), batch_size=batch_size)
+            config = trial_config(trial, batch_size)
+            # a trial of a study made before best_epoch was recorded: its best epoch from its curve
+            best_epoch = int(trial.user_attrs.get("best_epoch") or min(trial.intermediate_values,
+                                                                       key=trial.intermediate_values.get))
             accs = []
             for i in range(seeds):
-                result = train(config, data, epochs, seed=FINAL_SEED_BASE + i, precision=precision)
-                accs.append(evaluate(result.model, data.test_x, data.test_y, precision)[1])  # the last epoch: no selection
+                # the run's "validation" is the test set here: its values are never looked at, the
+                # stop is the trial's best epoch, chosen on validation during the search
+                result = train(config, data, epochs, seed=FINAL_SEED_BASE + i, precision=precision,
+                               report=lambda epoch, _loss: epoch >= best_epoch)
+                accs.append(evaluate(result.model, data.test_x, data.test_y, precision)[1])
             done[trial.number] = {
-                "trial": trial.number, "decay": config.decay, "optimizer": config.optimizer,
+                "trial": trial.number, "decay": config.decay, "warmup_epochs": config.warmup_epochs,
+                "optimizer": config.optimizer, "best_epoch": best_epoch,
                 "val_loss": trial.value, "epochs": epochs, "precision": precision, "train_images": TRAIN_SIZE + 10_000,
                 "seeds": [FINAL_SEED_BASE + i for i in range(seeds)], "test_accuracies": accs,
                 "test_accuracy_mean": statistics.fmean(accs),
@@ -199,12 +237,18 @@ def summary_markdown(study: optuna.Study, rows: list[DecayRow], final: dict | No
         else:
             lines.append(f"| {row.decay} | {b.value:.4f} | {100 * b.user_attrs.get('val_accuracy', math.nan):.2f} % | "
                          f"{b.user_attrs.get('epochs_run', '?')} | {row.n_trials} | {row.n_pruned} | {b.number} |")
+    lines += ["", "## Warm-up", "", "| | best val loss | trials | pruned | best trial |", "|---|---|---|---|---|"]
+    for w in warmup_rows(study):
+        best_cells = "– | " if w.best is None else f"{w.best.value:.4f} | "
+        lines.append(f"| {w.label} | {best_cells}{w.n_trials} | {w.n_pruned} | "
+                     f"{'–' if w.best is None else w.best.number} |")
     if final:
         lines += ["", "## Final word: test accuracy", "",
-                  "Retrained on all 60k training images, evaluated once on the 10k test images after the last epoch.", "",
-                  "| configuration | trial | test accuracy (mean ± sd) | seeds |", "|---|---|---|---|"]
+                  "Each retrained on all 60k training images with its schedule as searched and evaluated once on "
+                  "the 10k test images after its trial's best epoch (the model the search chose).", "",
+                  "| configuration | trial | best epoch | test accuracy (mean ± sd) | seeds |", "|---|---|---|---|---|"]
         for label, r in final.items():
-            lines.append(f"| {label} | {r['trial']} | {_pct(r['test_accuracy_mean'], r['test_accuracy_sd'], len(r['seeds']))} | {len(r['seeds'])} |")
+            lines.append(f"| {label} | {r['trial']} | {r.get('best_epoch', r['epochs'])} | {_pct(r['test_accuracy_mean'], r['test_accuracy_sd'], len(r['seeds']))} | {len(r['seeds'])} |")
     if warnings_:
         lines += ["", "## Warnings", "", *[f"- {w}" for w in warnings_]]
     return "\n".join(lines) + "\n"
@@ -225,17 +269,19 @@ def _table_html(rows: list[DecayRow]) -> str:
 
 def _final_html(final: dict) -> str:
     """The final word as the page's first table: it is the answer the study gives."""
-    head = "<tr><th>configuration</th><th>trial</th><th>optimizer</th><th>decay</th><th>val loss</th>" \
-           "<th>test accuracy (mean ± sd)</th><th>seeds</th></tr>"
+    head = "<tr><th>configuration</th><th>trial</th><th>optimizer</th><th>decay</th><th>warm-up</th>" \
+           "<th>val loss</th><th>best epoch</th><th>test accuracy (mean ± sd)</th><th>seeds</th></tr>"
     body = []
     for label, r in final.items():
-        cells = [label, str(r["trial"]), r["optimizer"], r["decay"], f"{r['val_loss']:.4f}",
+        cells = [label, str(r["trial"]), r["optimizer"], r["decay"], f"{r.get('warmup_epochs', 0)} ep",
+                 f"{r['val_loss']:.4f}", str(r.get("best_epoch", r["epochs"])),
                  _pct(r["test_accuracy_mean"], r["test_accuracy_sd"], len(r["seeds"])), str(len(r["seeds"]))]
         body.append("<tr>" + "".join(f"<td>{html.escape(c)}</td>" for c in cells) + "</tr>")
     some = next(iter(final.values()))
-    note = (f"<p>Each configuration retrained on all {some['train_images']:,} training images for {some['epochs']} "
-            f"epochs in {html.escape(some['precision'])}, once per seed, and evaluated once on the 10k test images: "
-            "the test set's only use.</p>")
+    note = (f"<p>Each configuration retrained on all {some['train_images']:,} training images in "
+            f"{html.escape(some['precision'])} with its schedule as searched ({some['epochs']} epochs), once per seed, and "
+            "evaluated once on the 10k test images after its trial's best epoch, the model the search chose: the "
+            "test set's only use.</p>")
     return f'{note}<table id="final-test">{head}{"".join(body)}</table>'
 
 

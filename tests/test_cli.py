@@ -335,3 +335,21 @@ def test_worker_processes_never_ask_for_more_threads_than_cores(tmp_path: Path) 
         assert sum(threads) <= len(cores)
         assert f"{workers} worker(s) of {each} thread(s)" in done.stdout
         assert all(t.user_attrs["threads"] == each for t in load(url).trials)
+
+
+def test_a_study_made_before_the_new_lr_strategies_is_refused_in_one_line(tmp_path: Path, capsys) -> None:
+    # its trials were sampled from five decays and no warm-up: new trials would not be comparable
+    url = f"sqlite:///{tmp_path / 'old.db'}"
+    assert main(["--trials", "1", "--storage", url, *SMALL]) == 0
+    study = load(url)
+    fingerprint = study.user_attrs["fingerprint"]
+    space = {k: v for k, v in fingerprint["search_space"].items()
+             if not k.startswith(("onecycle_", "restart_", "warmup_"))}
+    space["decays"] = ["constant", "step", "exponential", "cosine", "plateau"]
+    study.set_user_attr("fingerprint", {**fingerprint, "search_space": space})
+    before = snapshot(url)
+    capsys.readouterr()
+    assert main(["--trials", "2", "--storage", url, *SMALL]) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and "another experiment" in err and "search_space.decays" in err
+    assert snapshot(url) == before

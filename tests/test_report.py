@@ -113,3 +113,23 @@ def test_chromium_renders_the_page_without_script_errors(reported, tmp_path: Pat
     shot = tmp_path / "report.png"  # kept out of git: a temporary folder
     subprocess.run([*flags, "--window-size=1250,4000", f"--screenshot={shot}", page], capture_output=True, timeout=180)
     assert shot.stat().st_size > 50_000
+
+
+@pytest.mark.slow
+def test_the_final_word_tests_the_model_of_the_best_epoch(reported, mnist_dir) -> None:
+    # retrained with its schedule as searched, stopped after the trial's best epoch: the model
+    # the search chose, not the one after the last epoch
+    from objectives import evaluate, load_mnist, train
+
+    url, _ = reported
+    study = load(url)
+    best = study.best_trial
+    final = study.user_attrs["final_test"]["best"]
+    assert final["best_epoch"] == best.user_attrs["best_epoch"]
+    data = load_mnist(mnist_dir, device="cpu").for_final_training()
+    config = report_module.trial_config(best)
+    epochs = study.user_attrs["epochs"]
+    stopped = train(config, data, epochs, seed=report_module.FINAL_SEED_BASE,
+                    report=lambda epoch, _: epoch >= final["best_epoch"])
+    assert stopped.epochs_run == final["best_epoch"]
+    assert final["test_accuracies"][0] == evaluate(stopped.model, data.test_x, data.test_y)[1]
