@@ -77,7 +77,9 @@ def make_pruner(name: str, epochs: int, *, in_flight: bool = False) -> optuna.pr
     if name == "median":
         return median
     if name == "patient":  # prune only after 2 more epochs that do not improve on the trial's best
-        return optuna.pruners.PatientPruner(median, patience=2)
+        with warnings.catch_warnings():  # marked experimental since Optuna 2.8; its interface is what we use
+            warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+            return optuna.pruners.PatientPruner(median, patience=2)
     if name == "hyperband":  # brackets hedge between early and late judgement themselves
         return optuna.pruners.HyperbandPruner(min_resource=1, max_resource=epochs, reduction_factor=3)
     if name == "sha":
