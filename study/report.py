@@ -30,7 +30,7 @@ import plotly.graph_objects as go
 from optuna.distributions import FloatDistribution
 from optuna.trial import FrozenTrial, TrialState
 
-from objectives import (DECAYS, LAYERS, LRSchedule, MnistDataError, evaluate, load_mnist, resolve_device,
+from objectives import (DECAYS, LAYERS, LRSchedule, MnistDataError, TrainConfig, evaluate, load_mnist, resolve_device,
                         suggest_config, train)
 from objectives.data import TRAIN_SIZE
 from storage import DEFAULT_STORAGE, StorageError, open_storage, sqlite_path
