@@ -55,9 +55,11 @@ class LRSchedule:
         sched = torch.optim.lr_scheduler
         warm = config.warmup_epochs * steps_per_epoch
         total = epochs * steps_per_epoch - warm  # what the decay spans
-        # the warm-up's LinearLR comes first: a scheduler's constructor sets the LR it starts from
-        self._warmup = (sched.LinearLR(self._optimizer, start_factor=config.warmup_start_ratio, end_factor=1.0,
-                                       total_iters=warm) if warm else None)
+        # the warm-up's LinearLR comes first: a scheduler's constructor sets the LR it starts from.
+        # Stepped past its end it leaves the LR as it is, so after a constant or plateau "decay" it
+        # can simply go on being stepped.
+        warmup = (sched.LinearLR(self._optimizer, start_factor=config.warmup_start_ratio, end_factor=1.0,
+                                 total_iters=warm) if warm else None)
         self._warmup_epochs_left = config.warmup_epochs
         decay: sched.LRScheduler | None
         if config.decay == "constant":
@@ -82,11 +84,10 @@ class LRSchedule:
             self._plateau = sched.ReduceLROnPlateau(self._optimizer, mode="min", factor=config.plateau_factor,
                                                     patience=config.plateau_patience)
         self._scheduler: sched.LRScheduler | None
-        if self._warmup is not None and decay is not None:
-            self._scheduler = sched.SequentialLR(self._optimizer, [self._warmup, decay], milestones=[warm])
+        if warmup is not None and decay is not None:
+            self._scheduler = sched.SequentialLR(self._optimizer, [warmup, decay], milestones=[warm])
         else:
-            self._scheduler = self._warmup if decay is None else decay
-        self._steps_left_in_warmup = warm if decay is None else 0  # a lone LinearLR stops at its end
+            self._scheduler = warmup if decay is None else decay
         # The parameter has no gradient, so this step changes nothing; it only tells the scheduler
         # (which wrapped optimizer.step above) that stepping it next is in the right order.
         self._optimizer.step()
@@ -97,11 +98,7 @@ class LRSchedule:
 
     def step(self) -> float:
         """Advance one iteration; returns the new factor."""
-        if self._scheduler is self._warmup and self._warmup is not None:
-            if self._steps_left_in_warmup > 0:  # constant or plateau after a warm-up: the warm-up alone
-                self._warmup.step()
-                self._steps_left_in_warmup -= 1
-        elif self._scheduler is not None:
+        if self._scheduler is not None:
             self._scheduler.step()
         return self.factor
 
