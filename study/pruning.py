@@ -5,8 +5,8 @@ Optuna's ``MedianPruner`` compares a trial only with COMPLETE trials. With K tri
 once none completes before the last epoch, so the first K trials could not be pruned at all: on
 an H200, 100 trials at K = 64 spent about twice the trial-epochs of a sequential study. The
 :class:`InFlightMedianPruner` takes as peers every trial that reported the same epoch, running
-and pruned ones included (the peers asynchronous successive halving, ASHA, uses), so the first
-wave is pruned as it goes.
+and pruned ones included (the peers asynchronous successive halving, ASHA, uses), and a trial
+pruned before that epoch with its last value, so the first wave is pruned as it goes.
 
 :func:`judge_boundary` decides for every trial that reported at one fused epoch boundary from a
 single snapshot of the study: called per trial, ``trial.should_prune()`` makes Optuna's cached
@@ -93,7 +93,9 @@ class _SnapshotStorage:
 
     def get_all_trials(self, study_id: int, deepcopy: bool = True,
                        states: Container[TrialState] | None = None) -> list[FrozenTrial]:
-        out = [t for t in sorted(self._trials.values(), key=lambda t: t.number) if states is None or t.state in states]
+        # in number order without sorting: the dict was filled from get_trials, which sorts, and
+        # replacing a trial keeps its place (this runs once per trial judged)
+        out = [t for t in self._trials.values() if states is None or t.state in states]
         return copy.deepcopy(out) if deepcopy else out
 
     def get_trial(self, trial_id: int) -> FrozenTrial:
