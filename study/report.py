@@ -58,15 +58,16 @@ def decay_rows(study: optuna.Study) -> list[DecayRow]:
         trials = [t for t in finished if t.params.get("decay") == decay]
         if not trials:
             continue
-        complete = [t for t in trials if t.state == TrialState.COMPLETE]
-        rows.append(DecayRow(
-            decay=decay,
-            best=min(complete, key=lambda t: t.value) if complete else None,
-            n_trials=len(trials),
-            n_pruned=sum(t.state == TrialState.PRUNED for t in trials),
-            n_diverged=sum(bool(t.user_attrs.get("diverged")) for t in trials),
-        ))
+        rows.append(DecayRow(decay, *_best_and_counts(trials),
+                             n_diverged=sum(bool(t.user_attrs.get("diverged")) for t in trials)))
     return rows
+
+
+def _best_and_counts(trials: list[FrozenTrial]) -> tuple[FrozenTrial | None, int, int]:
+    """Of finished trials: the best complete one (None if none), how many, how many pruned."""
+    complete = [t for t in trials if t.state == TrialState.COMPLETE]
+    return (min(complete, key=lambda t: t.value) if complete else None, len(trials),
+            sum(t.state == TrialState.PRUNED for t in trials))
 
 
 def trial_config(trial: FrozenTrial, batch_size: int = 128) -> TrainConfig:
@@ -90,10 +91,7 @@ def warmup_rows(study: optuna.Study) -> list[WarmupRow]:
     finished = study.get_trials(deepcopy=False, states=(TrialState.COMPLETE, TrialState.PRUNED))
     rows = []
     for label, test in (("without warm-up", lambda n: not n), ("with warm-up", bool)):
-        trials = [t for t in finished if test(t.params.get("warmup_epochs", 0))]
-        complete = [t for t in trials if t.state == TrialState.COMPLETE]
-        rows.append(WarmupRow(label, min(complete, key=lambda t: t.value) if complete else None, len(trials),
-                              sum(t.state == TrialState.PRUNED for t in trials)))
+        rows.append(WarmupRow(label, *_best_and_counts([t for t in finished if test(t.params.get("warmup_epochs", 0))])))
     return rows
 
 
