@@ -24,7 +24,7 @@ from typing import Any
 import optuna
 from optuna.storages import BaseStorage, RDBStorage
 
-__all__ = ["TrialWrites", "rdb_backend", "write_trials"]
+__all__ = ["TrialWrites", "rdb_backend", "write_trials", "write_user_attrs"]
 
 
 @dataclass
@@ -72,6 +72,13 @@ def write_trials(storage: BaseStorage, writes: TrialWrites) -> int:
         except optuna.exceptions.UpdateFinishedTrialError:
             pass  # rolled back whole: write what can still be written, one at a time
     return _one_at_a_time(storage, writes)
+
+
+def write_user_attrs(storage: BaseStorage, trial_id: int, attrs: dict[str, Any]) -> int:
+    """One trial's user attrs in one transaction (see :func:`write_trials`)."""
+    writes = TrialWrites()
+    writes.add_user_attrs(trial_id, attrs)
+    return write_trials(storage, writes)
 
 
 def _intermediate_values(backend: RDBStorage, session: Any, models: Any, items: list[tuple[int, int, float]]) -> None:

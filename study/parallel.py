@@ -24,7 +24,7 @@ import torch
 from optuna.trial import FrozenTrial, TrialState
 
 from objectives import MnistMLPObjective, TrainConfig, train_stream
-from storage.batch import TrialWrites, write_trials
+from storage.batch import TrialWrites, write_trials, write_user_attrs
 from study.progress import count_states
 from study.pruning import judge_boundary
 
@@ -116,10 +116,8 @@ def optimize_fused(
             config, seed, attrs = objective.prepare_trial(trial)
             # which process ran it (diagnosis, orphan detection), its CPU share, and how many trials
             # shared its fused epochs (its seconds_per_epoch is the wall time of one): one write
-            writes = TrialWrites()
-            writes.add_user_attrs(trial._trial_id, {"worker": owner, "threads": torch.get_num_threads(),
-                                                    "parallel_trials": slots, **attrs})
-            write_trials(study._storage, writes)
+            write_user_attrs(study._storage, trial._trial_id, {"worker": owner, "threads": torch.get_num_threads(),
+                                                                "parallel_trials": slots, **attrs})
             yield config, seed
 
     def tell(trial: optuna.Trial, **kwargs: object) -> None:
@@ -150,9 +148,7 @@ def optimize_fused(
             try:
                 for index, result in stream:
                     trial = in_flight.pop(index)
-                    writes = TrialWrites()
-                    writes.add_user_attrs(trial._trial_id, objective.result_attrs(result))
-                    write_trials(study._storage, writes)
+                    write_user_attrs(study._storage, trial._trial_id, objective.result_attrs(result))
                     try:
                         value = objective.outcome(result)
                     except optuna.TrialPruned:

@@ -93,14 +93,16 @@ def trial_epochs(study: optuna.Study) -> int:
     return sum(epochs_run(t) for t in study.get_trials(deepcopy=False))
 
 
-def summary(study: optuna.Study, *, target: int, wall_seconds: float, new_trials: int, dashboard: str) -> str:
+def summary(study: optuna.Study, *, target: int, wall_seconds: float, new_trials: int, dashboard: str,
+            spent: int) -> str:
+    """The end-of-run summary; ``spent`` is the study's :func:`trial_epochs`."""
     counts = count_states(study)
     finished = counts[TrialState.COMPLETE] + counts[TrialState.PRUNED]
     lines = [
         f"study {study.study_name!r}: {finished} finished of {target} "
         f"({counts[TrialState.COMPLETE]} complete, {counts[TrialState.PRUNED]} pruned), "
         f"{counts[TrialState.FAIL]} failed, {counts[TrialState.RUNNING]} running; "
-        f"{trial_epochs(study)} trial-epochs spent; this run: {new_trials} trials in {wall_seconds:.1f} s",
+        f"{spent} trial-epochs spent; this run: {new_trials} trials in {wall_seconds:.1f} s",
     ]
     try:
         best = study.best_trial

@@ -536,8 +536,10 @@ def main(argv: list[str] | None = None) -> int:
 
     study = optuna.load_study(study_name=s.study_name, storage=_storage(s))
     new = len(study.get_trials(deepcopy=False)) - n_existing
-    study.set_user_attr("trial_epochs", trial_epochs(study))  # the study's real cost, for the record
-    print(summary(study, target=s.trials, wall_seconds=time.perf_counter() - started, new_trials=new, dashboard=dashboard))
+    spent = trial_epochs(study)
+    study.set_user_attr("trial_epochs", spent)  # the study's real cost, for the record
+    print(summary(study, target=s.trials, wall_seconds=time.perf_counter() - started, new_trials=new, dashboard=dashboard,
+                  spent=spent))
     if code == EXIT_INTERRUPTED:
         print(f"interrupted: {_finished(study)} of {s.trials} trials finished; run the same command to resume.", file=sys.stderr)
     return code
