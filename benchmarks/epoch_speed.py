@@ -5,7 +5,8 @@ The seed's way, as in the seed article: ``torchvision.datasets.MNIST`` with
 flattened, and the running loss read with ``loss.item()`` every batch. Ours: ``train`` on the
 device-resident tensors (which also runs its per-epoch validation pass on 10k images, so the
 comparison is conservative), once in fp32, the seed's arithmetic, and once in bf16 mixed
-precision (``precision="bf16"``). All train the same MLP with SGD (lr 0.05, momentum 0.9) on
+precision (``precision="bf16"``); on CUDA also in tf32, and in fp32 with the CUDA graphs off
+(``cuda_graphs=False``: every kernel launched from Python, what the graphs save). All train the same MLP with SGD (lr 0.05, momentum 0.9) on
 the same 50k training images at the same batch size; each is warmed up with one epoch, then
 the median of ``--repeats`` epochs is reported.
 
@@ -58,11 +59,12 @@ def loader_only_seconds(loader) -> float:
     return time.perf_counter() - t0
 
 
-def ours_epoch_seconds(data, config: TrainConfig, precision: str) -> float:
-    """One epoch of ``train`` (with its validation pass) at ``precision``; returns seconds."""
+def ours_epoch_seconds(data, config: TrainConfig, precision: str, cuda_graphs: bool = True) -> float:
+    """One epoch of ``train`` (with its validation pass, and on CUDA its graphs' capture) at
+    ``precision``; returns seconds."""
     sync(data.device)
     t0 = time.perf_counter()
-    train(config, data, epochs=1, precision=precision)
+    train(config, data, epochs=1, precision=precision, cuda_graphs=cuda_graphs)
     sync(data.device)
     return time.perf_counter() - t0
 
@@ -100,10 +102,13 @@ def main(argv: list[str] | None = None) -> int:
         loader = DataLoader(subset, batch_size=args.batch_size, shuffle=True)
 
         seed_times, loader_times = [], []
-        our_times: dict[str, list[float]] = {p: [] for p in PRECISIONS}
+        # (precision, CUDA graphs): tf32 and the eager comparison exist on CUDA only
+        variants = ([("fp32", False), ("fp32", True), ("bf16", True), ("tf32", True)] if device.type == "cuda"
+                    else [(p, False) for p in PRECISIONS if p != "tf32"])
+        our_times: dict[tuple[str, bool], list[float]] = {v: [] for v in variants}
         for i in range(args.repeats + 1):  # the first round of each is the warm-up
             s = seed_way_epoch_seconds(loader, device, config.lr)
-            ours = {p: ours_epoch_seconds(data, config, p) for p in PRECISIONS}
+            ours = {(p, g): ours_epoch_seconds(data, config, p, g) for p, g in variants}
             if i > 0:
                 seed_times.append(s)
                 for p, seconds in ours.items():
@@ -115,9 +120,10 @@ def main(argv: list[str] | None = None) -> int:
           f"{TRAIN_SIZE} training images; median of {args.repeats} epochs after 1 warm-up")
     print(f"seed's way (DataLoader + ToTensor + .item() per batch, fp32): {seed_s:8.3f} s/epoch")
     print(f"  of which the seed's data pipeline alone (no training):        {loader_s:8.3f} s/epoch")
-    for p in PRECISIONS:
-        our_s = statistics.median(our_times[p])
-        print(f"objectives.train, {p} (tensor-resident, incl. validation):   {our_s:8.3f} s/epoch   "
+    for (p, graphs), times in our_times.items():
+        our_s = statistics.median(times)
+        how = ("CUDA graphs" if graphs else "eager") if device.type == "cuda" else "tensor-resident"
+        print(f"objectives.train, {p} ({how}, incl. validation):".ljust(62) + f"{our_s:8.3f} s/epoch   "
               f"speed-up {seed_s / our_s:.1f}x")
     # In fp32 both loops do the same matrix arithmetic; only the seed's data cost can be removed,
     # so seed / (seed - loader) bounds any fp32 speed-up. bf16 changes the arithmetic itself.

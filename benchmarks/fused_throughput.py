@@ -26,18 +26,20 @@ import torch
 from torch.utils._python_dispatch import TorchDispatchMode
 
 from benchmarks._common import device_label, sync
-from objectives import MnistDataError, MnistData, load_mnist, resolve_device, suggest_config, train, train_many
+from objectives import (MnistData, MnistDataError, SearchSpace, load_mnist, resolve_device, suggest_config, train,
+                        train_many)
 
 _VIEWS = {"view", "_unsafe_view", "_reshape_alias", "reshape", "slice", "select", "unsqueeze", "squeeze", "expand",
           "transpose", "t", "permute", "as_strided", "detach", "alias"}
 
 
-def configs(k: int, batch_size: int) -> list:
+def configs(k: int, batch_size: int, epochs: int) -> list:
     study = optuna.create_study(sampler=optuna.samplers.RandomSampler(seed=0))
+    space = SearchSpace().for_epochs(epochs)  # as a study of that many epochs samples (warm-up shorter than the run)
     out = []
     for _ in range(k):
         trial = study.ask()
-        out.append(suggest_config(trial, batch_size=batch_size))
+        out.append(suggest_config(trial, space, batch_size=batch_size))
         study.tell(trial, 0.0)
     return out
 
@@ -89,30 +91,40 @@ def main(argv: list[str] | None = None) -> int:
     print(f"device: {device_label(device)}; torch {torch.__version__}; {data.train_x.shape[0]} training images, "
           f"batch {args.batch_size}, {args.epochs} epochs per trial")
 
-    one = configs(1, args.batch_size)[0]
+    one = configs(1, args.batch_size, args.epochs)[0]
+    # on CUDA each engine runs with its CUDA graphs and, for comparison, eagerly
+    modes = [True, False] if device.type == "cuda" else [False]
 
-    def single() -> None:
-        train(one, data, args.epochs)
+    def single(cuda_graphs: bool) -> None:
+        train(one, data, args.epochs, cuda_graphs=cuda_graphs)
         sync(device)
 
-    single_rate = args.epochs / timed(single)  # trial-epochs per second of the one-trial engine
-    print(f"{'K':>4}  {'one-trial engine':>18}  {'train_many':>14}  {'ratio':>6}")
+    single_rate = args.epochs / timed(lambda: single(True))  # trial-epochs per second of the one-trial engine
+    if device.type == "cuda":
+        eager = args.epochs / timed(lambda: single(False))
+        print(f"one-trial engine: {single_rate:.2f} t-e/s with CUDA graphs, {eager:.2f} eager ({single_rate / eager:.1f}x)")
+    print(f"{'K':>4}  {'one-trial engine':>18}  " + "  ".join(
+        f"{'train_many' + (' graphs' if g else ' eager' if device.type == 'cuda' else ''):>18}  {'ratio':>6}" for g in modes))
     for k in ks:
-        batch = configs(k, args.batch_size)
+        batch = configs(k, args.batch_size, args.epochs)
+        cells = []
+        for g in modes:
+            def fused() -> None:
+                train_many(batch, data, args.epochs, seeds=list(range(k)), cuda_graphs=g)
+                sync(device)
 
-        def fused() -> None:
-            train_many(batch, data, args.epochs, seeds=list(range(k)))
-            sync(device)
+            rate = k * args.epochs / timed(fused)
+            cells.append(f"{rate:>12.2f} t-e/s  {rate / single_rate:>5.1f}x")
+        print(f"{k:>4}  {single_rate:>13.2f} t-e/s  " + "  ".join(cells))
 
-        rate = k * args.epochs / timed(fused)
-        print(f"{k:>4}  {single_rate:>13.2f} t-e/s  {rate:>9.2f} t-e/s  {rate / single_rate:>5.1f}x")
-
-    print("operations per training step (views excluded), one epoch of 20 steps minus one of 10:")
-    one_ops = ops_per_step(lambda d: train(one, d, 1), args.data_dir, device, args.batch_size)
+    # eager: with CUDA graphs a step dispatches nothing from Python (0 here); these are what a graph replays
+    print("operations per training step, eager (views excluded), one epoch of 20 steps minus one of 10:")
+    one = configs(1, args.batch_size, 1)[0]
+    one_ops = ops_per_step(lambda d: train(one, d, 1, cuda_graphs=False), args.data_dir, device, args.batch_size)
     print(f"  one-trial engine ({one.optimizer}): {one_ops:.0f}")
     for k in ks:
-        batch = configs(k, args.batch_size)
-        ops = ops_per_step(lambda d: train_many(batch, d, 1), args.data_dir, device, args.batch_size)
+        batch = configs(k, args.batch_size, 1)
+        ops = ops_per_step(lambda d: train_many(batch, d, 1, cuda_graphs=False), args.data_dir, device, args.batch_size)
         kinds = len({c.optimizer for c in batch})
         print(f"  train_many, K = {k} ({kinds} optimizer(s)): {ops:.0f} for K trials, {ops / k:.1f} per trial")
     return 0

@@ -40,7 +40,8 @@ import torch.nn.functional as F
 from objectives.config import OPTIMIZERS, TrainConfig
 from objectives.data import MnistData
 from objectives.model import LAYERS, MLP, build_model
-from objectives.precision import autocast, check_precision
+from objectives.graphs import StepGraphs
+from objectives.precision import autocast, check_precision, precision_context
 from objectives.schedules import LRSchedule
 from objectives.train import TrainResult, _diverged, _result, epoch_permutation
 
@@ -116,6 +117,7 @@ class _Trial:
     seed: int
     schedule: LRSchedule
     fresh: MLP | None  # initial weights, until the trial is first packed
+    shuffle_seed: int = 0  # seeds its minibatch order (epoch_permutation)
     row: int = -1  # position in the current stack
     steps: int = 0  # optimizer steps done
     val: list[float] = field(default_factory=list)
@@ -123,9 +125,28 @@ class _Trial:
     train: list[float] = field(default_factory=list)
     sec: list[float] = field(default_factory=list)
 
+    ahead: list[float] | None = None  # the factors of its next epoch, stepped while the GPU works
+
     @property
     def epoch(self) -> int:  # epochs done
         return len(self.val)
+
+    def factors(self, steps: int) -> list[float]:
+        """The LR factors of the next ``steps`` updates, stepping the schedule through them."""
+        if self.ahead is not None:
+            out, self.ahead = self.ahead, None
+            return out
+        out = []
+        for _ in range(steps):
+            out.append(self.schedule.factor)  # the LR of this update; then the schedule steps
+            self.schedule.step()
+        return out
+
+    def look_ahead(self, steps: int) -> None:
+        """Step the schedule through the next epoch now, if nothing this epoch ends can change
+        it: every decay but plateau, which reacts to the validation loss."""
+        if self.schedule.decay != "plateau" and self.ahead is None:
+            self.ahead = self.factors(steps)
 
     def lr(self, layer: str, factor: float = 1.0) -> float:
         return self.config.lr * self.config.lr_mult(layer) * factor
@@ -173,6 +194,31 @@ class _Stack:
         self.wd = _column(torch.tensor([c.weight_decay for c in cfgs], device=device, dtype=dtype))
         # decided on the host, once: a device-side test per step would be a host sync
         self.has_wd = {opt: any(c.weight_decay != 0 for c in cfgs[a:b]) for opt, a, b in self.groups}
+        self.graphs: StepGraphs | None = None
+
+    def buffers(self, n: int, steps: int) -> None:
+        """Allocate what the steps read and write, filled per epoch: the minibatch order (one
+        shared by all trials when they are at the same epoch of the same shuffle seed, which stays
+        so until the set of trials changes, else one row per trial), the LR table, the step
+        counter and the running training losses."""
+        k = len(self.trials)
+        self.shared_order = len({(t.shuffle_seed, t.epoch) for t in self.trials}) == 1
+        self.perm = torch.empty(n if self.shared_order else (k, n), dtype=torch.long, device=self.device)
+        self.lr_table = torch.empty(steps, len(LAYERS) + 2, k, device=self.device, dtype=self.dtype)
+        self.cursor = torch.zeros(1, dtype=torch.long, device=self.device)
+        self.loss_sum = torch.zeros(k, device=self.device, dtype=self.dtype)
+
+    def order(self, n: int) -> torch.Tensor:
+        """The trials' minibatch orders for their next epoch (host tensor, ``perm``'s shape)."""
+        if self.shared_order:
+            t = self.trials[0]
+            return epoch_permutation(n, t.shuffle_seed, t.epoch + 1, "cpu")
+        perms: dict[tuple[int, int], torch.Tensor] = {}
+        for t in self.trials:
+            key = (t.shuffle_seed, t.epoch + 1)
+            if key not in perms:
+                perms[key] = epoch_permutation(n, *key, "cpu")
+        return torch.stack([perms[(t.shuffle_seed, t.epoch + 1)] for t in self.trials])
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """``x``: ``[batch, 784]`` shared by all trials, or ``[k, batch, 784]`` one per trial."""
@@ -187,20 +233,18 @@ class _Stack:
 
     def table(self, steps: int) -> torch.Tensor:
         """``[steps, layers + 2, k]``: each trial's LR per layer for the next ``steps`` updates
-        (stepping its schedule through them) and Adam's bias corrections, sent in one copy."""
-        columns = []
+        (stepping its schedule through them) and Adam's bias corrections (a host tensor, sent in
+        one copy)."""
+        factors = torch.tensor([t.factors(steps) for t in self.trials], dtype=torch.float64)  # [k, steps]
+        base = torch.tensor([[t.lr(layer) for layer in LAYERS] for t in self.trials], dtype=torch.float64)
+        s = torch.tensor([t.steps for t in self.trials], dtype=torch.float64).unsqueeze(1) + torch.arange(
+            1, steps + 1, dtype=torch.float64)  # [k, steps]: the optimizer step each update is
+        b1, b2 = _ADAM_BETAS
+        host = torch.cat([base.unsqueeze(2) * factors.unsqueeze(1), (1 - b1**s).unsqueeze(1),
+                          (1 - b2**s).sqrt().unsqueeze(1)], dim=1)  # [k, rows, steps]
         for t in self.trials:
-            factors = []
-            for _ in range(steps):
-                factors.append(t.schedule.factor)  # the LR of this update; then the schedule steps
-                t.schedule.step()
-            ts = range(t.steps + 1, t.steps + steps + 1)
-            b1, b2 = _ADAM_BETAS
-            columns.append([[t.lr(layer, f) for f in factors] for layer in LAYERS]
-                           + [[1 - b1**s for s in ts], [math.sqrt(1 - b2**s) for s in ts]])
             t.steps += steps
-        host = torch.tensor(columns, dtype=torch.float64)  # [k, rows, steps]
-        return host.permute(2, 1, 0).contiguous().to(device=self.device, dtype=self.dtype)
+        return host.permute(2, 1, 0)
 
     @torch.no_grad()
     def update(self, grads: Sequence[torch.Tensor], lrs: torch.Tensor) -> None:
@@ -230,8 +274,51 @@ class _Stack:
         return model
 
 
+def _steps(stack: _Stack, data: MnistData, batch_size: int, precision: str) -> tuple[
+        Callable[[], None] | None, Callable[[], None] | None, Callable[[], None]]:
+    """``(full, tail, warmup)``: one step of every trial in ``stack`` on a full batch and on the
+    epoch's last, shorter batch (None where the epoch has no such batch), reading the batch and
+    the LRs at ``stack.cursor`` from the stack's buffers; and a warm-up that computes both
+    steps' gradients without updating anything (so it may run before a capture)."""
+    k, n = len(stack.trials), data.train_x.shape[0]
+    full_steps, tail = divmod(n, batch_size)
+    if stack.shared_order:
+        batches = stack.perm[: full_steps * batch_size].view(full_steps, batch_size)
+    else:
+        batches = stack.perm[:, : full_steps * batch_size].view(k, full_steps, batch_size)
+
+    def gradients(idx: torch.Tensor) -> tuple[torch.Tensor, Sequence[torch.Tensor]]:
+        y = data.train_y[idx]  # idx: [batch] shared by all trials, or [k, batch]
+        y = y.repeat(k) if y.dim() == 1 else y.reshape(-1)
+        with autocast(data.device, precision):
+            logits = stack.forward(data.train_x[idx])
+            losses = F.cross_entropy(logits.reshape(-1, 10), y, reduction="none").view(k, -1).mean(dim=1)
+        return losses, torch.autograd.grad(losses.sum(), stack.params)  # each trial's own mean-loss gradient
+
+    def step(idx: torch.Tensor) -> None:
+        losses, grads = gradients(idx)
+        stack.update(grads, torch.index_select(stack.lr_table, 0, stack.cursor)[0])
+        stack.loss_sum.add_(losses.detach(), alpha=idx.shape[-1])  # stays on the device
+        stack.cursor.add_(1)
+
+    def full_batch() -> torch.Tensor:
+        if stack.shared_order:
+            return torch.index_select(batches, 0, stack.cursor).view(batch_size)
+        return torch.index_select(batches, 1, stack.cursor).view(k, batch_size)
+
+    def tail_batch() -> torch.Tensor:
+        return stack.perm[..., full_steps * batch_size :]
+
+    def warmup() -> None:
+        for batch, present in ((full_batch, full_steps), (tail_batch, tail)):
+            if present:
+                gradients(batch())
+
+    return (lambda: step(full_batch())) if full_steps else None, (lambda: step(tail_batch())) if tail else None, warmup
+
+
 def train_stream(
-    jobs: Iterable[tuple[TrainConfig, int]],
+    jobs: Iterable[tuple[TrainConfig, int] | tuple[TrainConfig, int, int]],
     data: MnistData,
     epochs: int,
     *,
@@ -240,9 +327,11 @@ def train_stream(
     report_epoch: ReportEpoch | None = None,
     shuffle_seed: int = 0,
     precision: str = "fp32",
+    cuda_graphs: bool = True,
 ) -> Iterator[tuple[int, TrainResult]]:
     """Train the ``(config, seed)`` jobs, at most ``slots`` at once; yield ``(index, result)`` as
-    each finishes, ``index`` being the job's position in ``jobs``.
+    each finishes, ``index`` being the job's position in ``jobs``. A job ``(config, seed,
+    shuffle_seed)`` shuffles with its own seed instead of the shared ``shuffle_seed``.
 
     ``jobs`` is consumed lazily: a job is taken when a slot is free (at the start, and at each
     epoch boundary where a trial ended), after the results of the trials that ended there have
@@ -260,7 +349,9 @@ def train_stream(
             For a caller that writes and judges a whole epoch boundary at once (one storage
             transaction instead of one per trial).
         shuffle_seed: seeds the minibatch order shared by all trials (:func:`epoch_permutation`).
-        precision: ``fp32`` or ``bf16``, as in ``train``.
+        precision: ``fp32``, ``bf16`` or ``tf32``, as in ``train``.
+        cuda_graphs: on CUDA, run the steps as CUDA graphs, captured again only when the set of
+            trials in flight changes (:mod:`objectives.graphs`); False runs them eagerly.
     """
     if isinstance(epochs, bool) or not isinstance(epochs, int) or epochs < 1:
         raise ValueError(f"epochs must be an int >= 1, but got {epochs=}")
@@ -269,7 +360,8 @@ def train_stream(
     if report is not None and report_epoch is not None:
         raise ValueError("give report or report_epoch, not both")
     device, dtype = data.device, data.dtype
-    check_precision(precision, dtype)
+    check_precision(precision, dtype, device)
+    graphed = cuda_graphs and device.type == "cuda"
     n, n_val = data.train_x.shape[0], data.val_x.shape[0]
     source = iter(enumerate(jobs))
     batch_size: int | None = None
@@ -282,7 +374,7 @@ def train_stream(
         joined = False
         while not exhausted and len(flight) < slots:
             try:
-                index, (config, seed) = next(source)
+                index, (config, seed, *own_shuffle) = next(source)
             except StopIteration:
                 exhausted = True
                 break
@@ -292,40 +384,48 @@ def train_stream(
                 raise ValueError(f"trials trained together must share the batch size {batch_size}, "
                                  f"but job {index} has batch_size={config.batch_size}")
             flight.append(_Trial(index, config, seed, LRSchedule(config, steps_per_epoch, epochs),
-                                 build_model(seed, device, dtype)))
+                                 build_model(seed, device, dtype), shuffle_seed=(own_shuffle or [shuffle_seed])[0]))
             joined = True
         if not flight:
             return
         if joined or stack is None or len(stack.trials) != len(flight):
+            if stack is not None:
+                stack.graphs = None  # the old graphs' memory goes back before the new stack's
             stack = _Stack(flight, stack, device, dtype)
-        k, bs = len(stack.trials), batch_size
+            stack.buffers(n, steps_per_epoch)
+        k = len(stack.trials)
 
         t0 = time.perf_counter()
-        # one permutation per distinct epoch in flight; a shared one is sliced once for all trials
-        perms = {e: epoch_permutation(n, shuffle_seed, e, device) for e in {t.epoch + 1 for t in stack.trials}}
-        perm = next(iter(perms.values())) if len(perms) == 1 else torch.stack([perms[t.epoch + 1] for t in stack.trials])
-        lr_table = stack.table(steps_per_epoch)
-        loss_sum = torch.zeros(k, device=device, dtype=dtype)
-        for step, i in enumerate(range(0, n, bs)):
-            idx = perm[..., i : i + bs]  # [batch] or [k, batch]
-            y = data.train_y[idx]
-            y = y.repeat(k) if y.dim() == 1 else y.reshape(-1)
-            with autocast(device, precision):
-                logits = stack.forward(data.train_x[idx])
-                losses = F.cross_entropy(logits.reshape(-1, 10), y, reduction="none").view(k, -1).mean(dim=1)
-            grads = torch.autograd.grad(losses.sum(), stack.params)  # each trial's own mean-loss gradient
-            stack.update(grads, lr_table[step])
-            loss_sum += losses.detach() * idx.shape[-1]
+        stack.perm.copy_(stack.order(n))  # the epoch's inputs: one copy each
+        stack.lr_table.copy_(stack.table(steps_per_epoch))
+        stack.loss_sum.zero_()
+        stack.cursor.zero_()
+        with precision_context(device, precision):
+            if graphed and stack.graphs is None:  # a new set of trials; its warm-up reads the buffers just filled
+                stack.graphs = StepGraphs(*_steps(stack, data, batch_size, precision), device=device)
+            if stack.graphs is not None:
+                stack.graphs.run(n // batch_size)
+            else:
+                full, tail, _ = _steps(stack, data, batch_size, precision)
+                for _ in range(n // batch_size):
+                    full()
+                if tail is not None:
+                    tail()
 
-        with torch.no_grad():
-            val_sum = torch.zeros(k, device=device, dtype=dtype)
-            correct = torch.zeros(k, device=device, dtype=dtype)
-            for i in range(0, n_val, _EVAL_CHUNK):
-                y = data.val_y[i : i + _EVAL_CHUNK]
-                with autocast(device, precision):
-                    logits = stack.forward(data.val_x[i : i + _EVAL_CHUNK])
-                    val_sum += F.cross_entropy(logits.reshape(-1, 10), y.repeat(k), reduction="none").view(k, -1).sum(dim=1)
-                correct += (logits.argmax(dim=2) == y).sum(dim=1)
+            with torch.no_grad():
+                val_sum = torch.zeros(k, device=device, dtype=dtype)
+                correct = torch.zeros(k, device=device, dtype=dtype)
+                for i in range(0, n_val, _EVAL_CHUNK):
+                    y = data.val_y[i : i + _EVAL_CHUNK]
+                    with autocast(device, precision):
+                        logits = stack.forward(data.val_x[i : i + _EVAL_CHUNK])
+                        val_sum += F.cross_entropy(logits.reshape(-1, 10), y.repeat(k), reduction="none").view(k, -1).sum(dim=1)
+                    correct += (logits.argmax(dim=2) == y).sum(dim=1)
+        loss_sum = stack.loss_sum
+        # the host's share of the next epoch, done while the GPU still runs this one (asynchronous)
+        for t in stack.trials:
+            if t.epoch + 1 < epochs:
+                t.look_ahead(steps_per_epoch)
         train_l, val_l, acc = torch.stack([loss_sum / n, val_sum / n_val, correct / n_val]).tolist()  # the epoch's one sync
         seconds = time.perf_counter() - t0
 
@@ -354,7 +454,7 @@ def train_stream(
             yield t.index, _result(
                 t.val, t.acc, t.train, t.sec, diverged, stopped,
                 initial_lrs={layer: t.lr(layer) for layer in LAYERS},
-                final_lrs={layer: t.lr(layer, t.schedule.factor) for layer in LAYERS},
+                final_lrs={layer: t.lr(layer, t.ahead[0] if t.ahead else t.schedule.factor) for layer in LAYERS},
                 model=stack.model(t),
             )
 
@@ -392,9 +492,10 @@ def train_many(
     epochs: int,
     report: ReportMany | None = None,
     seeds: Sequence[int] | None = None,
-    shuffle_seed: int = 0,
+    shuffle_seed: int | Sequence[int] = 0,
     slots: int | None = None,
     precision: str = "fp32",
+    cuda_graphs: bool = True,
 ) -> list[TrainResult]:
     """Train every config of ``configs`` (at most ``slots`` at once, default all); results in
     the order of ``configs``.
@@ -408,18 +509,23 @@ def train_many(
         seeds: initial-weight seeds, one per config (default ``0, 1, …``); trial ``i`` starts from
             the same weights as ``train(configs[i], …, seed=seeds[i])``.
         shuffle_seed: seeds the minibatch order shared by all trials; ``train`` with the same
-            ``shuffle_seed`` sees the same order.
+            ``shuffle_seed`` sees the same order. A sequence gives each config its own (trial
+            ``i`` is then ``train(configs[i], …, seed=seeds[i], shuffle_seed=shuffle_seed[i])``).
         slots: how many trials train at once; a slot freed by a finished trial takes the next.
-        precision: ``fp32`` or ``bf16``, as in ``train``.
+        precision: ``fp32``, ``bf16`` or ``tf32``, as in ``train``.
+        cuda_graphs: as in ``train_stream``.
     """
     if len(configs) == 0:
         raise ValueError("configs must not be empty")
     seeds = list(range(len(configs))) if seeds is None else list(seeds)
     if len(seeds) != len(configs):
         raise ValueError(f"need one seed per config, but got {len(seeds)} seeds for {len(configs)} configs")
+    shuffles = [shuffle_seed] * len(configs) if isinstance(shuffle_seed, int) else list(shuffle_seed)
+    if len(shuffles) != len(configs):
+        raise ValueError(f"need one shuffle seed per config, but got {len(shuffles)} for {len(configs)} configs")
     results: list[TrainResult | None] = [None] * len(configs)
-    stream = train_stream(zip(configs, seeds), data, epochs, slots=slots or len(configs), report=report,
-                          shuffle_seed=shuffle_seed, precision=precision)
+    stream = train_stream(zip(configs, seeds, shuffles), data, epochs, slots=slots or len(configs), report=report,
+                          precision=precision, cuda_graphs=cuda_graphs)
     for index, result in stream:
         results[index] = result
     return results  # type: ignore[return-value]

@@ -46,9 +46,10 @@ class MnistMLPObjective:
             shuffles with ``seed``.
         space: the ranges to sample from; default :class:`SearchSpace()`. Its epoch-valued
             ranges are cut to ``epochs`` (:meth:`SearchSpace.for_epochs`).
-        precision: ``fp32``, or ``bf16`` for bfloat16 mixed precision (:mod:`objectives.precision`):
+        precision: ``fp32``, ``bf16`` for bfloat16 mixed precision (:mod:`objectives.precision`):
             faster where the device multiplies bfloat16 natively (recent x86 CPUs, GPUs since
-            Ampere); a study should not mix the two.
+            Ampere), or ``tf32`` (CUDA: TF32 matrix products); a study should not mix them.
+        cuda_graphs: on CUDA, train with CUDA graphs (:mod:`objectives.graphs`); False: eagerly.
     """
 
     def __init__(
@@ -62,6 +63,7 @@ class MnistMLPObjective:
         seed: int = 0,
         space: SearchSpace | None = None,
         precision: str = "fp32",
+        cuda_graphs: bool = True,
     ) -> None:
         if isinstance(epochs, bool) or not isinstance(epochs, int) or epochs < 1:
             raise ValueError(f"epochs must be an int >= 1, but got {epochs=}")
@@ -72,9 +74,10 @@ class MnistMLPObjective:
             raise ValueError(f"seed must be an int >= 0, but got {seed=}")
         if space is not None and not isinstance(space, SearchSpace):
             raise ValueError(f"space must be a SearchSpace or None, but got {space=}")
-        check_precision(precision)
         self.epochs = epochs
         self.device = resolve_device(device)
+        check_precision(precision, device=self.device)
+        self.cuda_graphs = cuda_graphs
         self.data_dir = data_dir
         self.train_samples = train_samples
         self.batch_size = batch_size
@@ -98,7 +101,7 @@ class MnistMLPObjective:
         config, seed = self.start_trial(trial)
         try:
             result = train(config, self.data, self.epochs, report=functools.partial(self.report, trial),
-                           seed=seed, shuffle_seed=self.seed, precision=self.precision)
+                           seed=seed, shuffle_seed=self.seed, precision=self.precision, cuda_graphs=self.cuda_graphs)
         except torch.OutOfMemoryError:
             # this trial fails (the caller decides whether the study goes on: catch=...);
             # the cached blocks are released so that the next trial starts clean

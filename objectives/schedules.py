@@ -112,27 +112,34 @@ class LRSchedule:
         return self.factor
 
 
-def build_optimizer(model: nn.Module, config: TrainConfig) -> torch.optim.Optimizer:
+def build_optimizer(model: nn.Module, config: TrainConfig, lrs: torch.Tensor | None = None) -> torch.optim.Optimizer:
     """``config.optimizer`` over one param group per layer (weights and bias), named by ``layer``.
 
     Each group carries ``initial_lr = lr * lr_mult_layer``, the LR that :func:`set_lr_factor`
-    scales.
+    scales. With ``lrs`` (one element per layer, on the model's device) each group's ``lr`` is
+    instead that element, a device scalar the caller overwrites before each step, and the
+    optimizers that keep a step count keep it on the device (``capturable``): a step then reads
+    nothing from the host, so it can be captured in a CUDA graph (:mod:`objectives.graphs`).
     """
     groups = []
-    for layer in LAYERS:
+    for i, layer in enumerate(LAYERS):
         lr = config.lr * config.lr_mult(layer)
-        groups.append({"params": list(getattr(model, layer).parameters()), "lr": lr, "initial_lr": lr, "layer": layer})
+        groups.append({"params": list(getattr(model, layer).parameters()), "lr": lr if lrs is None else lrs[i],
+                       "initial_lr": lr, "layer": layer})
     # fused kernels where torch has them for CUDA: one launch per step instead of one per tensor
     on_cuda = next(model.parameters()).device.type == "cuda"
+    fused, capturable = on_cuda or None, lrs is not None
     wd = config.weight_decay
-    if config.optimizer == "sgd":
-        return torch.optim.SGD(groups, lr=config.lr, momentum=config.momentum, weight_decay=wd, fused=on_cuda or None)
+    if config.optimizer == "sgd":  # no step count: capturable as it is
+        return torch.optim.SGD(groups, lr=config.lr, momentum=config.momentum, weight_decay=wd, fused=fused)
     if config.optimizer == "adam":
-        return torch.optim.Adam(groups, lr=config.lr, weight_decay=wd, fused=on_cuda or None)
+        return torch.optim.Adam(groups, lr=config.lr, weight_decay=wd, fused=fused, capturable=capturable)
     if config.optimizer == "adamw":
-        return torch.optim.AdamW(groups, lr=config.lr, weight_decay=wd, fused=on_cuda or None)
+        return torch.optim.AdamW(groups, lr=config.lr, weight_decay=wd, fused=fused, capturable=capturable)
     if config.optimizer == "rmsprop":
-        return torch.optim.RMSprop(groups, lr=config.lr, weight_decay=wd)
+        return torch.optim.RMSprop(groups, lr=config.lr, weight_decay=wd, capturable=capturable)
+    # Adagrad has no capturable flag: its step count stays on the host and only scales the LR
+    # through lr_decay, which is 0 here, so a replayed step computes exactly torch's update
     return torch.optim.Adagrad(groups, lr=config.lr, weight_decay=wd)
 
 

@@ -27,8 +27,9 @@ from torch import nn
 
 from objectives.config import TrainConfig
 from objectives.data import MnistData
-from objectives.model import build_model
-from objectives.precision import autocast, check_precision
+from objectives.graphs import StepGraphs
+from objectives.model import LAYERS, build_model
+from objectives.precision import autocast, check_precision, precision_context
 from objectives.schedules import LRSchedule, build_optimizer, set_lr_factor
 
 __all__ = ["DIVERGENCE_LOSS", "TrainResult", "epoch_permutation", "evaluate", "train"]
@@ -125,7 +126,8 @@ def _eval_sums(model: nn.Module, x: torch.Tensor, y: torch.Tensor, chunk: int = 
 
 def evaluate(model: nn.Module, x: torch.Tensor, y: torch.Tensor, precision: str = "fp32") -> tuple[float, float]:
     """Mean cross-entropy loss and accuracy of ``model`` on ``(x, y)``, its forward pass at ``precision``."""
-    loss_sum, correct = _eval_sums(model, x, y, precision=check_precision(precision, x.dtype)).tolist()
+    with precision_context(x.device, check_precision(precision, x.dtype, x.device)):
+        loss_sum, correct = _eval_sums(model, x, y, precision=precision).tolist()
     return loss_sum / x.shape[0], correct / x.shape[0]
 
 
@@ -137,6 +139,7 @@ def train(
     seed: int = 0,
     shuffle_seed: int | None = None,
     precision: str = "fp32",
+    cuda_graphs: bool = True,
 ) -> TrainResult:
     """Train a fresh MLP with ``config`` on ``data.train_*`` and validate on ``data.val_*``.
 
@@ -148,8 +151,10 @@ def train(
         seed: seeds the initial weights (drawn on the CPU, so the same on every device).
         shuffle_seed: seeds the minibatch order (:func:`epoch_permutation`); defaults to ``seed``.
             Runs with the same ``shuffle_seed`` see the same batches, epoch by epoch.
-        precision: ``fp32``, or ``bf16`` for mixed precision (:mod:`objectives.precision`):
-            the forward passes, training and validation, under bfloat16 autocast.
+        precision: ``fp32``; ``bf16`` for mixed precision, or ``tf32`` for TF32 matrix products
+            on CUDA (:mod:`objectives.precision`).
+        cuda_graphs: on CUDA, run the steps as captured CUDA graphs (:mod:`objectives.graphs`);
+            False runs the same steps eagerly (for debugging and comparison). The CPU is always eager.
 
     A NaN, infinite or exploding (> ``DIVERGENCE_LOSS``) training or validation loss ends the
     run with ``diverged=True``. It is seen at the end of the epoch where it happened (the loss
@@ -158,17 +163,47 @@ def train(
     """
     if isinstance(epochs, bool) or not isinstance(epochs, int) or epochs < 1:
         raise ValueError(f"epochs must be an int >= 1, but got {epochs=}")
-    check_precision(precision, data.dtype)
+    check_precision(precision, data.dtype, data.device)
     device = data.device
     n, bs = data.train_x.shape[0], config.batch_size
-    steps_per_epoch = math.ceil(n / bs)
+    full_steps, tail = divmod(n, bs)
+    steps_per_epoch = full_steps + (tail > 0)
+    cuda = device.type == "cuda"
 
     model = build_model(seed, device, data.dtype)
-    optimizer = build_optimizer(model, config)
+    initial_lrs = {layer: config.lr * config.lr_mult(layer) for layer in LAYERS}  # lr x multiplier, the nominal LR
+    # On CUDA each layer's LR is a device scalar that a step copies from the epoch's LR table
+    # (one host-to-device copy per epoch), so a step reads nothing from the host and can be a
+    # CUDA graph; on the CPU a host float per step costs nothing.
+    # (float32 whatever the data: what torch's fused optimizer kernels read)
+    lr_now = torch.tensor(list(initial_lrs.values()), device=device) if cuda else None
+    optimizer = build_optimizer(model, config, lrs=lr_now)
     schedule = LRSchedule(config, steps_per_epoch, epochs)
-    initial_lrs = {g["layer"]: g["lr"] for g in optimizer.param_groups}  # lr x multiplier, the nominal LR
-    set_lr_factor(optimizer, schedule.factor)  # the first update's factor: below 1 with a warm-up or onecycle
     shuffle_seed = seed if shuffle_seed is None else shuffle_seed
+
+    # what the steps read and write: allocated once, filled per epoch
+    perm = torch.empty(n, dtype=torch.long, device=device)
+    lr_table = torch.empty(steps_per_epoch, len(LAYERS), device=device) if cuda else None
+    cursor = torch.zeros(1, dtype=torch.long, device=device)  # the step being taken: its row of lr_table
+    loss_sum = torch.zeros((), device=device, dtype=data.dtype)
+    batches = perm[: full_steps * bs].view(full_steps, bs)
+
+    def step(idx: torch.Tensor) -> None:
+        with autocast(device, precision):  # the backward pass follows the forward's dtypes
+            loss = F.cross_entropy(model(data.train_x[idx]), data.train_y[idx])
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        if lr_table is not None:
+            torch.index_select(lr_table, 0, cursor, out=lr_now.view(1, -1))
+        optimizer.step()
+        loss_sum.add_(loss.detach(), alpha=idx.shape[0])  # stays on the device
+        cursor.add_(1)
+
+    def full_step() -> None:
+        step(torch.index_select(batches, 0, cursor).view(bs))
+
+    def tail_step() -> None:
+        step(perm[full_steps * bs :])
 
     val_losses: list[float] = []
     val_accs: list[float] = []
@@ -176,37 +211,85 @@ def train(
     epoch_seconds: list[float] = []
     diverged = stopped = False
 
-    for epoch in range(1, epochs + 1):
-        t0 = time.perf_counter()
-        model.train()
-        perm = epoch_permutation(n, shuffle_seed, epoch, device)
-        loss_sum = torch.zeros((), device=device, dtype=data.dtype)
-        for i in range(0, n, bs):
-            idx = perm[i : i + bs]
-            with autocast(device, precision):  # the backward pass follows the forward's dtypes
-                loss = F.cross_entropy(model(data.train_x[idx]), data.train_y[idx])
-            optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            optimizer.step()
-            loss_sum += loss.detach() * idx.shape[0]  # stays on the device
-            set_lr_factor(optimizer, schedule.step())
+    with precision_context(device, precision):
+        graphs: StepGraphs | None = None
+        if cuda and cuda_graphs:
+            graphs = _capture_train_steps(model, optimizer, full_step if full_steps else None,
+                                          tail_step if tail else None, device, perm, lr_table)
+        for epoch in range(1, epochs + 1):
+            t0 = time.perf_counter()
+            perm.copy_(epoch_permutation(n, shuffle_seed, epoch, "cpu"))  # the epoch's inputs: one copy each
+            loss_sum.zero_()
+            cursor.zero_()
+            if lr_table is not None:
+                lr_table.copy_(_lr_rows(schedule, steps_per_epoch, initial_lrs))
+                if graphs is not None:
+                    graphs.run(full_steps)
+                else:
+                    for _ in range(full_steps):
+                        full_step()
+                    if tail:
+                        tail_step()
+            else:  # the CPU: host float LRs, set before each step
+                for s in range(steps_per_epoch):
+                    set_lr_factor(optimizer, schedule.factor)
+                    full_step() if s < full_steps else tail_step()
+                    schedule.step()
 
-        model.eval()
-        sums = _eval_sums(model, data.val_x, data.val_y, precision=precision)
-        train_sum, val_sum, correct = torch.cat([loss_sum.reshape(1), sums]).tolist()  # the epoch's one sync
-        train_loss, val_loss = train_sum / n, val_sum / data.val_x.shape[0]
-        train_losses.append(train_loss)
-        val_losses.append(val_loss)
-        val_accs.append(correct / data.val_x.shape[0])
-        epoch_seconds.append(time.perf_counter() - t0)
+            sums = _eval_sums(model, data.val_x, data.val_y, precision=precision)
+            train_sum, val_sum, correct = torch.cat([loss_sum.reshape(1), sums]).tolist()  # the epoch's one sync
+            train_loss, val_loss = train_sum / n, val_sum / data.val_x.shape[0]
+            train_losses.append(train_loss)
+            val_losses.append(val_loss)
+            val_accs.append(correct / data.val_x.shape[0])
+            epoch_seconds.append(time.perf_counter() - t0)
 
-        if _diverged(train_loss, val_loss):
-            diverged = True
-            break
-        set_lr_factor(optimizer, schedule.epoch_end(val_loss))
-        if report is not None and report(epoch, val_loss):
-            stopped = True
-            break
+            if _diverged(train_loss, val_loss):
+                diverged = True
+                break
+            schedule.epoch_end(val_loss)
+            if report is not None and report(epoch, val_loss):
+                stopped = True
+                break
 
-    final_lrs = {g["layer"]: g["lr"] for g in optimizer.param_groups}
+    final_lrs = {layer: lr * schedule.factor for layer, lr in initial_lrs.items()}
     return _result(val_losses, val_accs, train_losses, epoch_seconds, diverged, stopped, initial_lrs, final_lrs, model)
+
+
+def _lr_rows(schedule: LRSchedule, steps: int, initial_lrs: dict[str, float]) -> torch.Tensor:
+    """``[steps, layers]``: each layer's LR for the next ``steps`` updates, stepping ``schedule``
+    through them (a host tensor, sent in one copy)."""
+    factors = []
+    for _ in range(steps):
+        factors.append(schedule.factor)  # the LR of this update; then the schedule steps
+        schedule.step()
+    lrs = torch.tensor(list(initial_lrs.values()), dtype=torch.float64)
+    return torch.tensor(factors, dtype=torch.float64).unsqueeze(1) * lrs
+
+
+def _capture_train_steps(model: nn.Module, optimizer: torch.optim.Optimizer, full_step: Callable[[], None] | None,
+                         tail_step: Callable[[], None] | None, device: torch.device, perm: torch.Tensor,
+                         lr_table: torch.Tensor) -> StepGraphs:
+    """Capture ``train``'s steps. The warm-up takes two real steps (torch.optim creates its state
+    on the first), so the weights and the optimizer state are put back afterwards: every
+    optimizer of the search space starts from zero state (SGD's momentum buffer included: with a
+    zero buffer its first update, ``0·m + g``, is exactly torch's first-step copy of ``g``)."""
+    weights = [p.detach().clone() for p in model.parameters()]
+    perm.copy_(torch.arange(perm.shape[0]))  # any valid indices will do
+    lr_table.zero_()  # LR 0: the warm-up's steps move nothing far
+
+    def warmup() -> None:
+        for step in (full_step, tail_step):
+            if step is not None:
+                step()
+
+    graphs = StepGraphs(full_step, tail_step, warmup, device)
+    with torch.no_grad():
+        for p, w in zip(model.parameters(), weights):
+            p.copy_(w)
+            p.grad = None
+        for state in optimizer.state.values():
+            for value in state.values():
+                if torch.is_tensor(value):
+                    value.zero_()
+    return graphs

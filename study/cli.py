@@ -10,7 +10,7 @@ from pathlib import Path
 
 import torch
 
-__all__ = ["EXIT_FAILED", "EXIT_INTERRUPTED", "EXIT_OK", "EXIT_USAGE", "Parser", "add_device_arguments",
+__all__ = ["EXIT_FAILED", "EXIT_INTERRUPTED", "EXIT_OK", "EXIT_USAGE", "Parser", "add_cuda_graphs_argument", "add_device_arguments",
            "int_at_least", "int_or_auto", "positive_float", "set_threads", "threads_per_process", "usable_cores"]
 
 EXIT_OK, EXIT_FAILED, EXIT_USAGE, EXIT_INTERRUPTED = 0, 1, 2, 130
@@ -84,6 +84,13 @@ def add_device_arguments(p: argparse.ArgumentParser, *, device_help: str = "auto
     p.add_argument("--threads", type=int_at_least(1), default=None,
                    help=f"CPU threads of torch in {per} (default: the usable cores, shared out between the "
                         "run's processes; lower it when other programs use the cores too)")
+
+
+def add_cuda_graphs_argument(p: argparse.ArgumentParser) -> None:
+    """``--no-cuda-graphs``: train eagerly on CUDA (the steps are CUDA graphs by default)."""
+    p.add_argument("--no-cuda-graphs", dest="cuda_graphs", action="store_false",
+                   help="on CUDA, launch every kernel of a step from Python instead of replaying the step as a CUDA "
+                        "graph: slower, for debugging and comparison (the CPU always runs eagerly)")
 
 
 def int_at_least(low: int, high: int | None = None):

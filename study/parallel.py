@@ -144,7 +144,8 @@ def optimize_fused(
         warnings.filterwarnings("ignore", message="Heartbeat of storage is supposed to be used", category=UserWarning)
         while more_wanted():
             stream = train_stream(jobs(), objective.data, objective.epochs, slots=slots, report_epoch=report_epoch,
-                                  shuffle_seed=objective.seed, precision=objective.precision)
+                                  shuffle_seed=objective.seed, precision=objective.precision,
+                                  cuda_graphs=objective.cuda_graphs)
             try:
                 for index, result in stream:
                     trial = in_flight.pop(index)

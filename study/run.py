@@ -34,10 +34,10 @@ from objectives import MnistDataError, MnistMLPObjective, SearchSpace, check_mni
 from objectives.data import SPLIT_SEED, TRAIN_SIZE, VAL_SIZE
 from objectives.fused import AUTO_SLOTS_MAX, auto_slots
 from objectives.lr_range import lr_range_test
-from objectives.precision import PRECISIONS
+from objectives.precision import PRECISIONS, check_precision
 from storage import DEFAULT_STORAGE, StorageError, dashboard_command, open_storage
-from study.cli import (EXIT_CODES, EXIT_FAILED, EXIT_INTERRUPTED, EXIT_OK, EXIT_USAGE, Parser, add_device_arguments,
-                       int_at_least, int_or_auto, positive_float, set_threads, threads_per_process,
+from study.cli import (EXIT_CODES, EXIT_FAILED, EXIT_INTERRUPTED, EXIT_OK, EXIT_USAGE, Parser,
+                       add_cuda_graphs_argument, add_device_arguments, int_at_least, int_or_auto, positive_float, set_threads, threads_per_process,
                        usable_cores)
 from study.choices import PRUNERS, SAMPLERS, SamplerUnavailable, make_pruner, make_sampler, warmup_epochs
 from study.parallel import optimize_fused
@@ -68,7 +68,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help=f"train on a subset of the {TRAIN_SIZE} training images (default: all)")
     p.add_argument("--batch-size", type=int_at_least(1), default=128, help="examples per step")
     p.add_argument("--precision", choices=PRECISIONS, default="fp32",
-                   help="fp32, or bf16: bfloat16 mixed precision (autocast), about 2x faster on a CPU with AVX512-BF16")
+                   help="fp32; bf16: bfloat16 mixed precision (autocast), about 2x faster on a CPU with AVX512-BF16; "
+                        "tf32: TF32 matrix products (CUDA only)")
+    add_cuda_graphs_argument(p)
     p.add_argument("--timeout", type=positive_float, default=None, help="stop starting trials after this many seconds (default: no limit)")
     p.add_argument("--workers", type=int_at_least(1), default=1,
                    help="processes on this machine working on the study (spread over the GPUs)")
@@ -101,6 +103,7 @@ class Settings:
     train_samples: int | None
     batch_size: int
     precision: str
+    cuda_graphs: bool
     timeout: float | None
     workers: int
     parallel_trials: int | str  # a count, or "auto"
@@ -235,7 +238,7 @@ def _optimize(s: Settings, worker: int, n_existing: int, prefix: str = "") -> No
     objective = MnistMLPObjective(
         s.epochs, device=_worker_device(s, worker), data_dir=s.data_dir,
         train_samples=s.train_samples, batch_size=s.batch_size, seed=s.seed, space=s.space,
-        precision=s.precision,
+        precision=s.precision, cuda_graphs=s.cuda_graphs,
     )
     study = optuna.load_study(study_name=s.study_name, storage=storage)
     slots = _slots(s, objective.device, study)
@@ -496,6 +499,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         # everything a user can get wrong is checked before the storage is touched
         device = resolve_device(s.device)
+        check_precision(s.precision, device=device)
         make_sampler(s.sampler, s.seed)
         check_mnist(s.data_dir)
         study, s = _open_study(s, argv, device)

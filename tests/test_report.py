@@ -133,3 +133,30 @@ def test_the_final_word_tests_the_model_of_the_best_epoch(reported, mnist_dir) -
                     report=lambda epoch, _: epoch >= final["best_epoch"])
     assert stopped.epochs_run == final["best_epoch"]
     assert final["test_accuracies"][0] == evaluate(stopped.model, data.test_x, data.test_y)[1]
+
+
+def test_the_fused_final_word_gives_the_accuracies_of_one_run_at_a_time(reported, mnist_dir) -> None:
+    # in float64 on a small set: train_many's (configuration, seed) pairs, each with its own
+    # seed for the weights and the batch order and its own stop, against one train per pair
+    import torch
+
+    from objectives import MnistData, load_mnist
+
+    url, _ = reported
+    source = load(url)
+    full = load_mnist(mnist_dir, device="cpu", dtype=torch.float64, train_samples=1024)
+    data = MnistData(train_x=full.train_x, train_y=full.train_y, val_x=full.test_x[:2000], val_y=full.test_y[:2000],
+                     test_x=full.test_x[:2000], test_y=full.test_y[:2000])
+    finals = []
+    for fused in (True, False):
+        study = optuna.create_study(direction="minimize")  # a copy: the fixture's study stays as it is
+        study.add_trials(source.trials)
+        for key, value in source.user_attrs.items():
+            study.set_user_attr(key, value)
+        rows = report_module.decay_rows(study)
+        finals.append(report_module.final_word(study, rows, 2, data, fused=fused))
+    fused, one_by_one = finals
+    assert fused == one_by_one
+    assert len(fused) >= 3 and all(len(r["test_accuracies"]) == 2 for r in fused.values())
+    # the seeds really differ, and so do the configurations
+    assert len({a for r in fused.values() for a in r["test_accuracies"]}) > 2

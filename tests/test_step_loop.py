@@ -1,0 +1,98 @@
+"""The step loop of both engines reads nothing back from the device and sends nothing to it.
+
+Counted with a ``TorchDispatchMode`` over one epoch on the CPU: the operations that, on a GPU,
+are a host sync (``item``/``tolist``: ``_local_scalar_dense``) or a host-to-device copy (a
+tensor made from host data, ``lift_fresh``; a copy or a device/dtype conversion, ``copy_`` /
+``_to_copy``). An epoch has a few of them (its permutation and LR table go in, its losses come
+out, once each); the step loop must add none, so an epoch of 8 steps has exactly as many as an
+epoch of 2. The CUDA graphs capture this same step (``tests/test_cuda_graphs.py``).
+"""
+
+from __future__ import annotations
+
+import collections
+from collections.abc import Callable
+
+import pytest
+import torch
+from torch.utils._python_dispatch import TorchDispatchMode
+
+from objectives import TrainConfig, load_mnist, train, train_many
+
+HOST_TRAFFIC = {"_local_scalar_dense", "lift_fresh", "lift_fresh_copy", "copy_", "_to_copy", "scalar_tensor"}
+ALL_OPTIMIZERS = [
+    TrainConfig(optimizer="sgd", lr=0.05, momentum=0.9, decay="cosine", weight_decay=1e-4),
+    TrainConfig(optimizer="adam", lr=1e-3, decay="step", step_size=1),
+    TrainConfig(optimizer="adamw", lr=1e-3, weight_decay=0.01, decay="onecycle"),
+    TrainConfig(optimizer="rmsprop", lr=3e-4, decay="plateau", warmup_epochs=0),
+    TrainConfig(optimizer="adagrad", lr=0.02, decay="exponential", exp_gamma=0.9),
+]
+
+
+def host_traffic(fn: Callable[[], object]) -> collections.Counter[str]:
+    """The host-traffic operations ``fn`` dispatches, and its ``tolist``/``item`` calls (which
+    read a tensor back without going through the dispatcher)."""
+    counts: collections.Counter[str] = collections.Counter()
+
+    class Count(TorchDispatchMode):
+        def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+            name = func.overloadpacket.__name__
+            if name in HOST_TRAFFIC:
+                counts[name] += 1
+            return func(*args, **(kwargs or {}))
+
+    def counted(name: str):
+        real = getattr(torch.Tensor, name)
+
+        def read(self, *args, **kwargs):
+            counts[name] += 1
+            return real(self, *args, **kwargs)
+
+        return real, read
+
+    reads = {name: counted(name) for name in ("tolist", "item")}
+    for name, (_, read) in reads.items():
+        setattr(torch.Tensor, name, read)
+    try:
+        with Count():
+            fn()
+    finally:
+        for name, (real, _) in reads.items():
+            setattr(torch.Tensor, name, real)
+    return counts
+
+
+@pytest.fixture(scope="module")
+def two_sizes(mnist_dir):
+    """The same data with 2 and 8 steps per epoch (batch 128): the step loop is the difference."""
+    return [load_mnist(mnist_dir, device="cpu", train_samples=steps * 128) for steps in (2, 8)]
+
+
+def test_the_fused_step_loop_has_no_host_traffic(two_sizes) -> None:
+    short, long = (host_traffic(lambda d=d: train_many(ALL_OPTIMIZERS, d, 1)) for d in two_sizes)
+    assert long == short, (short, long)
+    # the per-epoch traffic is really counted (the test would pass vacuously otherwise): the
+    # permutation and LR table in, the losses out
+    assert short["copy_"] >= 2 and short["tolist"] >= 1
+
+
+@pytest.mark.parametrize("config", [c for c in ALL_OPTIMIZERS if c.optimizer in ("sgd", "rmsprop")],
+                         ids=lambda c: c.optimizer)
+def test_the_one_trial_step_loop_has_no_host_traffic(two_sizes, config) -> None:
+    # Adam's and Adagrad's CPU code in torch.optim read their step count with .item() from a
+    # CPU tensor: host memory, no device involved. On CUDA the step count lives on the device
+    # (capturable), which tests/test_cuda_graphs.py checks with the profiler.
+    short, long = (host_traffic(lambda d=d: train(config, d, 1)) for d in two_sizes)
+    assert long == short, (short, long)
+    assert short["copy_"] >= 1 and short["tolist"] >= 1
+
+
+def test_a_host_copy_in_the_step_loop_would_be_caught(two_sizes, monkeypatch) -> None:
+    # the counter sees what it is meant to catch: a per-step torch.tensor(...) is one more
+    # lift_fresh per step
+    import torch.nn.functional as F
+
+    real = F.cross_entropy
+    monkeypatch.setattr(F, "cross_entropy", lambda *args, **kwargs: real(*args, **kwargs) * torch.tensor(1.0))
+    short, long = (host_traffic(lambda d=d: train(ALL_OPTIMIZERS[0], d, 1)) for d in two_sizes)
+    assert long["lift_fresh"] - short["lift_fresh"] == 6
