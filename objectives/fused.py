@@ -25,6 +25,15 @@ runs. A trial ends at an epoch boundary (last epoch, its report asked to stop, o
 diverged); its slot is then refilled with the next job, which starts at its own epoch 1 with its
 own schedule while the others go on, each slot gathering its own minibatch. The stacks are
 rebuilt only when the set of trials changes, so finished trials cost nothing afterwards.
+
+On CUDA a step of all the trials in flight is one CUDA graph (:mod:`objectives.graphs`),
+captured when the stack is rebuilt and replayed for every step until the set changes again; it
+reads the batch order, the LR table and a step counter from the stack's device buffers. The
+host's per-epoch share (stepping the schedules for the next epoch's LR table) is done while the
+GPU still trains the current epoch. Measured on an H100 (``python -m benchmarks.fused_throughput
+--device cuda``, 50k images, 2 epochs): 56.5 trial-epochs/s at K = 32 against 23.0 eagerly and
+10.1 for the one-trial engine; K = 32 is then bound by the update's elementwise kernels, not by
+launches (README, "Measured").
 """
 
 from __future__ import annotations

@@ -26,7 +26,7 @@ import torch.nn.functional as F
 from objectives.config import TrainConfig
 from objectives.data import MnistData
 from objectives.model import build_model
-from objectives.precision import autocast, check_precision
+from objectives.precision import autocast, check_precision, precision_context
 from objectives.schedules import build_optimizer
 
 __all__ = ["DIVERGE_FACTOR", "LRRangeResult", "lr_range_test", "valley"]
@@ -87,7 +87,7 @@ def lr_range_test(
 
     Reads the loss every step: the test must see divergence as it happens, and a few hundred
     host reads cost nothing next to a study. ``precision`` is the arithmetic of the runs that
-    will use the range (``fp32`` or ``bf16``, as in ``train``).
+    will use the range (``fp32``, ``bf16`` or ``tf32``, as in ``train``).
     """
     if not (0 < start_lr < end_lr) or not math.isfinite(end_lr):
         raise ValueError(f"need 0 < start_lr < end_lr, but got {start_lr=}, {end_lr=}")
@@ -95,7 +95,7 @@ def lr_range_test(
         raise ValueError(f"steps must be an int >= 10, but got {steps=}")
     if not 0 <= beta < 1 or not diverge_factor > 1:
         raise ValueError(f"need 0 <= beta < 1 and diverge_factor > 1, but got {beta=}, {diverge_factor=}")
-    check_precision(precision, data.dtype)
+    check_precision(precision, data.dtype, data.device)
     config = TrainConfig(optimizer=optimizer, lr=start_lr, batch_size=batch_size)
     device, n = data.device, data.train_x.shape[0]
     model = build_model(seed, device, data.dtype)
@@ -107,27 +107,28 @@ def lr_range_test(
 
     lrs, losses, smoothed = [], [], []
     avg, best, diverged = 0.0, math.inf, False
-    for step in range(steps):
-        if pos + batch_size > n:  # a new epoch's order when the subset is used up
-            perm, pos = torch.randperm(n, device=device, generator=generator), 0
-        idx = perm[pos : pos + batch_size]
-        pos += batch_size
-        lrs.append(opt.param_groups[0]["lr"])
-        with autocast(device, precision):
-            loss = F.cross_entropy(model(data.train_x[idx]), data.train_y[idx])
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        opt.step()
-        scheduler.step()
-        value = loss.item()
-        losses.append(value)
-        avg = beta * avg + (1 - beta) * value
-        smooth = avg / (1 - beta ** (step + 1))
-        smoothed.append(smooth)
-        if not math.isfinite(smooth) or smooth > diverge_factor * best:
-            diverged = True
-            break
-        best = min(best, smooth)
+    with precision_context(device, precision):  # tf32: TF32 products while the sweep runs
+        for step in range(steps):
+            if pos + batch_size > n:  # a new epoch's order when the subset is used up
+                perm, pos = torch.randperm(n, device=device, generator=generator), 0
+            idx = perm[pos : pos + batch_size]
+            pos += batch_size
+            lrs.append(opt.param_groups[0]["lr"])
+            with autocast(device, precision):
+                loss = F.cross_entropy(model(data.train_x[idx]), data.train_y[idx])
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            opt.step()
+            scheduler.step()
+            value = loss.item()
+            losses.append(value)
+            avg = beta * avg + (1 - beta) * value
+            smooth = avg / (1 - beta ** (step + 1))
+            smoothed.append(smooth)
+            if not math.isfinite(smooth) or smooth > diverge_factor * best:
+                diverged = True
+                break
+            best = min(best, smooth)
 
     finite = [i for i, s in enumerate(smoothed) if math.isfinite(s)]
     curve_lrs, curve = [lrs[i] for i in finite], [smoothed[i] for i in finite]

@@ -87,6 +87,7 @@ BAD_INPUTS = [
 ]
 if not torch.cuda.is_available():
     BAD_INPUTS.append((["--device", "cuda"], "CUDA is not available"))
+BAD_INPUTS.append((["--device", "cpu", "--precision", "tf32"], "precision='tf32' is a mode of CUDA"))
 
 
 @pytest.mark.slow

@@ -93,6 +93,20 @@ def test_bad_precision_is_a_value_error_naming_it(mnist_2k, mnist_dir: Path, cal
     data64 = load_mnist(mnist_dir, device="cpu", dtype=torch.float64, train_samples=300)
     with pytest.raises(ValueError, match="needs float32 data.*float64"):
         _calls(data64, "bf16")[call]()
+    # TF32 is a mode of CUDA's matrix products: on a CPU it would be a silent fp32 run
+    if mnist_2k.device.type != "cuda":
+        with pytest.raises(ValueError, match="precision='tf32' is a mode of CUDA matrix products.*'cpu'"):
+            _calls(mnist_2k, "tf32")[call]()
+
+
+def test_tf32_sets_the_matmul_precision_only_while_it_trains() -> None:
+    from objectives.precision import precision_context
+
+    before = torch.get_float32_matmul_precision()
+    with precision_context(torch.device("cpu"), "tf32"):  # nothing on a CPU
+        assert torch.get_float32_matmul_precision() == before
+    with pytest.raises(ValueError, match="tf32"):
+        MnistMLPObjective(2, device="cpu", precision="tf32")
 
 
 def test_objective_records_its_precision(mnist_dir: Path) -> None:
