@@ -1,14 +1,22 @@
-"""What `study.run` prints: one line per finished trial, and the summary at the end."""
+"""What `study.run` prints: one line per finished trial, a progress bar on a terminal, and the
+summary at the end."""
 
 from __future__ import annotations
 
 import math
+import shutil
+import sys
+import time
+from collections.abc import Sequence
+from typing import TextIO
 
 import optuna
+from tqdm import tqdm
 from optuna.distributions import FloatDistribution, IntDistribution
 from optuna.trial import FrozenTrial, TrialState
 
-__all__ = ["FINISHED", "TrialLog", "count_states", "edge_warnings", "epochs_run", "summary", "trial_epochs"]
+__all__ = ["FINISHED", "ProgressBar", "TrialLog", "count_states", "edge_warnings", "epochs_run", "summary",
+           "trial_epochs"]
 
 FINISHED = (TrialState.COMPLETE, TrialState.PRUNED)  # what counts towards --trials
 
@@ -39,12 +47,67 @@ def _key_params(trial: FrozenTrial) -> str:
     return " ".join(parts)
 
 
-class TrialLog:
-    """Optuna callback: ``[finished/target] #n STATE value, epochs, key params, seconds``."""
+def _screen() -> tuple[int, int]:
+    """The terminal's columns and rows; one that reports no size (some ptys and CI consoles) gets
+    100 × 24, where tqdm would draw an empty bar or hide it."""
+    size = shutil.get_terminal_size((100, 24))
+    return size.columns or 100, size.lines if size.lines > 0 else 24
 
-    def __init__(self, target: int, prefix: str = "") -> None:
+
+class ProgressBar:
+    """A tqdm bar of the study's finished trials against its target, with the elapsed time, the
+    time remaining and the best value so far, for a run on a terminal (a log file, a pipe or a
+    worker process gets the plain lines alone).
+
+    The time remaining counts trial-epochs, not trials: with trials in flight, or pruned after a
+    few epochs, trials finish at an uneven pace while the epochs run at an even one. It is the
+    trial-epochs still expected (the trials still to finish, times the mean epochs of the
+    finished ones, less what the running trials have done) over this run's rate of trial-epochs.
+    tqdm, not Optuna's own bar: Optuna's counts trials and is drawn by ``study.optimize`` only,
+    not by the fused ask-and-tell loop.
+    """
+
+    def __init__(self, target: int, finished: int, first_number: int, file: TextIO | None = None) -> None:
+        self.target, self.first_number = target, first_number  # trials numbered from first_number are this run's
+        self.file = file or sys.stdout
+        self.started = time.monotonic()
+        columns, rows = _screen()
+        self.bar = tqdm(total=target, initial=finished, unit="trial", file=self.file, ncols=columns, nrows=rows,
+                        desc="?, best -", bar_format="{n_fmt}/{total_fmt} trials |{bar}| [{elapsed}<{desc}]")
+
+    def write(self, line: str) -> None:
+        """Print ``line`` above the bar."""
+        self.bar.write(line, file=self.file)
+
+    def update(self, study: optuna.Study) -> None:
+        trials = study.get_trials(deepcopy=False)
+        finished = [t for t in trials if t.state in FINISHED]
+        done = sum(len(t.intermediate_values) for t in trials if t.number >= self.first_number)
+        running = sum(len(t.intermediate_values) for t in trials if t.state == TrialState.RUNNING)
+        elapsed = time.monotonic() - self.started
+        remaining = "?"
+        if finished and done:
+            mean_epochs = sum(epochs_run(t) for t in finished) / len(finished)
+            left = max(0.0, (self.target - len(finished)) * mean_epochs - running)
+            remaining = tqdm.format_interval(left * elapsed / done)
+        complete = [t.value for t in finished if t.state == TrialState.COMPLETE and t.value is not None]
+        best = f"{min(complete):.4f}" if complete else "-"
+        self.bar.n = min(len(finished), self.target)
+        self.bar.ncols, self.bar.nrows = _screen()  # the terminal may have been resized
+        self.bar.set_description_str(f"{remaining}, best {best}", refresh=True)
+
+    def close(self) -> None:
+        self.bar.close()
+
+
+class TrialLog:
+    """Optuna callback: ``[finished/target] #n STATE value, epochs, key params, seconds``; with a
+    :class:`ProgressBar`, the line goes above the bar and the bar moves on."""
+
+    def __init__(self, target: int, prefix: str = "", bar: ProgressBar | None = None) -> None:
         self.target = target
         self.prefix = prefix
+        self.bar = bar
 
     def __call__(self, study: optuna.Study, trial: FrozenTrial) -> None:
         finished = len(study.get_trials(deepcopy=False, states=FINISHED))
@@ -57,11 +120,13 @@ class TrialLog:
             outcome = f"failed: {attrs.get('error', 'error')}"
         seconds = (trial.datetime_complete - trial.datetime_start).total_seconds() if trial.datetime_complete else math.nan
         width = len(str(self.target))
-        print(
-            f"{self.prefix}[{finished:>{width}}/{self.target}] trial {trial.number:>3} {trial.state.name:<8} "
-            f"{outcome:<28} {attrs.get('epochs_run', 0):>3} ep  {_key_params(trial)}  {seconds:.1f} s",
-            flush=True,
-        )
+        line = (f"{self.prefix}[{finished:>{width}}/{self.target}] trial {trial.number:>3} {trial.state.name:<8} "
+                f"{outcome:<28} {attrs.get('epochs_run', 0):>3} ep  {_key_params(trial)}  {seconds:.1f} s")
+        if self.bar is None:
+            print(line, flush=True)
+        else:
+            self.bar.write(line)
+            self.bar.update(study)
 
 
 def edge_warnings(trial: FrozenTrial, margin: float = 0.02) -> list[str]:
@@ -94,8 +159,9 @@ def trial_epochs(study: optuna.Study) -> int:
 
 
 def summary(study: optuna.Study, *, target: int, wall_seconds: float, new_trials: int, dashboard: str,
-            spent: int) -> str:
-    """The end-of-run summary; ``spent`` is the study's :func:`trial_epochs`."""
+            spent: int, files: Sequence[str] = ()) -> str:
+    """The end-of-run summary; ``spent`` is the study's :func:`trial_epochs`; ``files``: lines
+    saying where the study's files are, printed before the dashboard command."""
     counts = count_states(study)
     finished = counts[TrialState.COMPLETE] + counts[TrialState.PRUNED]
     lines = [
@@ -116,5 +182,6 @@ def summary(study: optuna.Study, *, target: int, wall_seconds: float, new_trials
         )
         lines.append("  " + ", ".join(f"{k}={_fmt(v)}" for k, v in best.params.items()))
         lines.extend(f"  warning: {w}" for w in edge_warnings(best))
+    lines.extend(files)
     lines.append(f"inspect: {dashboard}")
     return "\n".join(lines)

@@ -21,7 +21,9 @@ import math
 import re
 import statistics
 import sys
+import time
 import warnings
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -31,10 +33,11 @@ from optuna.distributions import FloatDistribution
 from optuna.trial import FrozenTrial, TrialState
 
 from objectives import (DECAYS, LAYERS, LRSchedule, MnistData, MnistDataError, TrainConfig, evaluate, load_mnist,
-                        resolve_device, suggest_config, train, train_many)
+                        resolve_device, suggest_config, train, train_stream)
 from objectives.data import TRAIN_SIZE
 from storage import DEFAULT_STORAGE, StorageError, open_storage, sqlite_path
 from study.cli import EXIT_OK, EXIT_USAGE, Parser, add_cuda_graphs_argument, add_device_arguments, int_at_least, set_threads
+from study.export import write_trials_csv
 from study.progress import edge_warnings
 from study.run import DEFAULT_STUDY_NAME
 
@@ -171,7 +174,7 @@ def lr_schedules(trials: list[FrozenTrial], steps_per_epoch: int, epochs: int) -
 
 
 def final_word(study: optuna.Study, rows: list[DecayRow], seeds: int, data: MnistData, *, fused: bool,
-               cuda_graphs: bool = True) -> dict:
+               cuda_graphs: bool = True, log: Callable[[str], None] | None = None) -> dict:
     """Retrain the best config and the best of each decay strategy with ``seeds`` seeds on
     ``data`` (all 60k training images: ``MnistData.for_final_training``), each with its schedule
     as searched (over the study's epochs), and test the model the search chose: the one after
@@ -180,7 +183,8 @@ def final_word(study: optuna.Study, rows: list[DecayRow], seeds: int, data: Mnis
 
     ``fused``: train every (configuration, seed) pair at once with ``train_many`` (on a GPU
     about the time of one retraining; trial i of it is ``train`` on its own, to rounding), else
-    one ``train`` after another (the CPU, where fusing is correct but not faster)."""
+    one ``train`` after another (the CPU, where fusing is correct but not faster). ``log`` gets a
+    line as each run ends."""
     epochs = int(study.user_attrs.get("epochs", 20))
     batch_size = int(study.user_attrs.get("batch_size", 128))
     precision = study.user_attrs.get("precision", "fp32")  # the study's arithmetic, fp32 before --precision
@@ -194,17 +198,25 @@ def final_word(study: optuna.Study, rows: list[DecayRow], seeds: int, data: Mnis
     jobs = [(trial_config(t, batch_size), stop, seed) for t, stop in zip(trials, best_epochs) for seed in final_seeds]
     # the runs' "validation" is the test set here: its values are never looked at, the stop is
     # the trial's best epoch, chosen on validation during the search
-    if fused:
-        results = train_many([c for c, _, _ in jobs], data, epochs, seeds=[s for *_, s in jobs],
-                             shuffle_seed=[s for *_, s in jobs], precision=precision, cuda_graphs=cuda_graphs,
-                             report=lambda index, epoch, _loss: epoch >= jobs[index][1])
+    if fused:  # each pair with its own seed for the weights and the batch order, as train uses
+        runs = train_stream(((c, s, s) for c, _, s in jobs), data, epochs, slots=len(jobs), precision=precision,
+                            cuda_graphs=cuda_graphs, report=lambda index, epoch, _loss: epoch >= jobs[index][1])
     else:
-        results = [train(config, data, epochs, seed=seed, precision=precision, cuda_graphs=cuda_graphs,
-                         report=lambda epoch, _loss, stop=stop: epoch >= stop) for config, stop, seed in jobs]
+        runs = ((i, train(config, data, epochs, seed=seed, precision=precision, cuda_graphs=cuda_graphs,
+                          report=lambda epoch, _loss, stop=stop: epoch >= stop))
+                for i, (config, stop, seed) in enumerate(jobs))
+    accuracy: list[float] = [math.nan] * len(jobs)
+    started = time.perf_counter()
+    for finished, (i, result) in enumerate(runs, 1):
+        accuracy[i] = evaluate(result.model, data.test_x, data.test_y, precision)[1]
+        if log is not None:
+            log(f"  {finished}/{len(jobs)}: trial {trials[i // seeds].number}, seed {jobs[i][2]}: "
+                f"{result.epochs_run} epochs, test accuracy {100 * accuracy[i]:.2f} % "
+                f"({time.perf_counter() - started:.1f} s)")
     done: dict[int, dict] = {}
     for j, (t, best_epoch) in enumerate(zip(trials, best_epochs)):
         config = jobs[j * seeds][0]
-        accs = [evaluate(r.model, data.test_x, data.test_y, precision)[1] for r in results[j * seeds : (j + 1) * seeds]]
+        accs = accuracy[j * seeds : (j + 1) * seeds]
         done[t.number] = {
             "trial": t.number, "decay": config.decay, "warmup_epochs": config.warmup_epochs,
             "optimizer": config.optimizer, "best_epoch": best_epoch,
@@ -412,8 +424,13 @@ def main(argv: list[str] | None = None) -> int:
         try:
             device = resolve_device(args.device)
             data = load_mnist(args.data_dir, device=device).for_final_training()
-            final = final_word(study, rows, args.final_seeds, data, fused=device.type == "cuda",
-                               cuda_graphs=args.cuda_graphs)
+            fused = device.type == "cuda"
+            n_runs = len({t.number for t in [study.best_trial] + [r.best for r in rows if r.best]}) * args.final_seeds
+            print(f"final word: retraining {n_runs} runs (configuration × seed) of up to {study.user_attrs.get('epochs', 20)} "
+                  f"epochs on {data.train_x.shape[0]:,} images on {device}, "
+                  f"{'all at once (train_many)' if fused else 'one after another'}", flush=True)
+            final = final_word(study, rows, args.final_seeds, data, fused=fused, cuda_graphs=args.cuda_graphs,
+                               log=lambda line: print(line, flush=True))
         except (ValueError, MnistDataError) as e:
             print(f"error: {e}", file=sys.stderr)
             return EXIT_USAGE
@@ -431,6 +448,7 @@ def main(argv: list[str] | None = None) -> int:
     page = args.out / "index.html"
     write_page(page, f"lr-study report: {study.study_name}", sections)
     (args.out / "summary.md").write_text(md, encoding="utf-8")
+    write_trials_csv(study, args.out / "trials.csv")
 
     # the dashboard shows the summary as the study's note and offers the page as an artifact
     from optuna_dashboard import save_note
@@ -448,8 +466,10 @@ def main(argv: list[str] | None = None) -> int:
     print(md)
     for w in edge:
         print(f"warning: {w}", file=sys.stderr)
-    print(f"report: {page}\nsummary: {args.out / 'summary.md'}\nartifact {artifact_id} in {artifact_dir}: "
-          f"optuna-dashboard {args.storage} --artifact-dir {artifact_dir}")
+    print(f"files:\n  report: {page.resolve()}\n  summary: {(args.out / 'summary.md').resolve()}\n"
+          f"  trials (CSV, one row per trial): {(args.out / 'trials.csv').resolve()}\n"
+          f"  artifact {artifact_id} in {artifact_dir.resolve()}\n"
+          f"inspect: optuna-dashboard {args.storage} --artifact-dir {artifact_dir}")
     return EXIT_OK
 
 

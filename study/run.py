@@ -35,13 +35,13 @@ from objectives.data import SPLIT_SEED, TRAIN_SIZE, VAL_SIZE
 from objectives.fused import AUTO_SLOTS_MAX, auto_slots
 from objectives.lr_range import lr_range_test
 from objectives.precision import PRECISIONS, check_precision
-from storage import DEFAULT_STORAGE, StorageError, dashboard_command, open_storage
+from storage import DEFAULT_STORAGE, StorageError, dashboard_command, open_storage, sqlite_path
 from study.cli import (EXIT_CODES, EXIT_FAILED, EXIT_INTERRUPTED, EXIT_OK, EXIT_USAGE, Parser,
                        add_cuda_graphs_argument, add_device_arguments, int_at_least, int_or_auto, positive_float, set_threads, threads_per_process,
                        usable_cores)
 from study.choices import PRUNERS, SAMPLERS, SamplerUnavailable, make_pruner, make_sampler, warmup_epochs
 from study.parallel import optimize_fused
-from study.progress import FINISHED, TrialLog, summary, trial_epochs
+from study.progress import FINISHED, ProgressBar, TrialLog, summary, trial_epochs
 
 DEFAULT_STUDY_NAME = "mnist-mlp-lr"
 
@@ -228,7 +228,7 @@ def _owner() -> str:
     return f"{socket.gethostname()}:{os.getpid()}"
 
 
-def _optimize(s: Settings, worker: int, n_existing: int, prefix: str = "") -> None:
+def _optimize(s: Settings, worker: int, n_existing: int, prefix: str = "", bar: ProgressBar | None = None) -> None:
     """Work on the study until it has ``s.trials`` finished trials (or the timeout passes).
 
     Retries queued for dead workers' trials (WAITING) are run first, even when the budget is
@@ -258,7 +258,7 @@ def _optimize(s: Settings, worker: int, n_existing: int, prefix: str = "") -> No
     guard = _StopAfterFailures()
     if slots > 1:
         optimize_fused(study, objective, trials=s.trials, slots=slots, timeout=s.timeout, owner=owner,
-                       callbacks=[TrialLog(s.trials, prefix), guard.record], stop=lambda: guard.tripped)
+                       callbacks=[TrialLog(s.trials, prefix, bar), guard.record], stop=lambda: guard.tripped)
     else:
         study.optimize(
             run_trial,
@@ -266,7 +266,7 @@ def _optimize(s: Settings, worker: int, n_existing: int, prefix: str = "") -> No
             catch=(torch.OutOfMemoryError,),  # one trial out of GPU memory: that trial fails, the study goes on
             callbacks=[
                 optuna.study.MaxTrialsCallback(s.trials, states=FINISHED),  # counts pruned ones too
-                TrialLog(s.trials, prefix),
+                TrialLog(s.trials, prefix, bar),
                 guard,
             ],
         )
@@ -471,6 +471,16 @@ def _open_study(s: Settings, argv: list[str], device: torch.device) -> tuple[opt
     return study, s
 
 
+def _files(s: Settings) -> list[str]:
+    """Where the study is, and where its report will go."""
+    db = sqlite_path(s.storage)
+    where = f"{db.resolve()} (SQLite)" if db is not None else s.storage
+    flags = "" if (s.storage, s.study_name) == (DEFAULT_STORAGE, DEFAULT_STUDY_NAME) else \
+        f" --storage {s.storage} --study-name {s.study_name}"
+    return [f"study: {where}",
+            f"report: python -m study.report{flags}  (writes reports/{s.study_name}/: index.html, summary.md, trials.csv)"]
+
+
 def _differences(stored: dict, now: dict, prefix: str = "") -> list[str]:
     out = []
     for key in sorted(set(stored) | set(now)):
@@ -523,10 +533,12 @@ def main(argv: list[str] | None = None) -> int:
         print(f"warning: {s.workers} worker(s) x {s.threads} threads on {usable_cores()} usable cores: "
               "they will wait for each other", file=sys.stderr, flush=True)
     code = EXIT_OK
+    # a bar on a terminal, for one worker (the workers' lines would run through it)
+    bar = ProgressBar(s.trials, before, n_existing) if s.workers == 1 and sys.stdout.isatty() else None
     try:
         _settle_orphans(s)  # a previous run on this machine died with trials RUNNING
         if s.workers == 1:
-            _optimize(s, 0, n_existing)
+            _optimize(s, 0, n_existing, bar=bar)
         else:
             code = _run_workers(s, n_existing)
     except KeyboardInterrupt:
@@ -537,13 +549,16 @@ def main(argv: list[str] | None = None) -> int:
     except (MnistDataError, StorageError) as e:
         print(f"error: {e}", file=sys.stderr)
         return EXIT_USAGE
+    finally:
+        if bar is not None:
+            bar.close()
 
     study = optuna.load_study(study_name=s.study_name, storage=_storage(s))
     new = len(study.get_trials(deepcopy=False)) - n_existing
     spent = trial_epochs(study)
     study.set_user_attr("trial_epochs", spent)  # the study's real cost, for the record
     print(summary(study, target=s.trials, wall_seconds=time.perf_counter() - started, new_trials=new, dashboard=dashboard,
-                  spent=spent))
+                  spent=spent, files=_files(s)))
     if code == EXIT_INTERRUPTED:
         print(f"interrupted: {_finished(study)} of {s.trials} trials finished; run the same command to resume.", file=sys.stderr)
     return code

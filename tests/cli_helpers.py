@@ -87,3 +87,18 @@ def stop_dashboard(proc: subprocess.Popen[bytes]) -> None:
     except subprocess.TimeoutExpired:
         proc.kill()
         proc.wait()
+
+
+def chromium(profile: Path) -> list[str]:
+    """The command line of headless Chromium with its own profile folder, for pages that must be
+    seen rendered (fails the test, saying how to get it, where Chromium is missing)."""
+    import shutil
+
+    import pytest
+
+    exe = shutil.which("chromium") or shutil.which("chromium-browser")
+    if exe is None:
+        pytest.fail("headless Chromium is needed: apt-get install chromium (.ci/run installs it)", pytrace=False)
+    return [exe, "--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
+            "--disable-background-networking", "--disable-component-update", "--disable-sync",
+            f"--user-data-dir={profile}", "--virtual-time-budget=20000"]

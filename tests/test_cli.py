@@ -51,6 +51,9 @@ def test_rerun_with_same_n_adds_nothing_and_larger_n_resumes(tmp_path: Path) -> 
     first = run_cli("--trials", "2", "--storage", url, *SMALL, cwd=tmp_path)
     assert first.returncode == 0, first.stderr
     assert "inspect: optuna-dashboard sqlite:///" in first.stdout and "[2/2] trial" in first.stdout
+    # where the study is and what writes its report, printed at the end
+    assert f"study: {(tmp_path / 'deep' / 'er' / 'study.db').resolve()} (SQLite)" in first.stdout
+    assert f"report: python -m study.report --storage {url} --study-name mnist-mlp-lr" in first.stdout
     before = snapshot(url)
     again = run_cli("--trials", "2", "--storage", url, *SMALL, cwd=tmp_path)
     assert again.returncode == 0 and "nothing to do" in again.stdout

@@ -4,14 +4,13 @@ dashboard note and artifact, and the page rendered by headless Chromium."""
 from __future__ import annotations
 
 import re
-import shutil
 import subprocess
 from pathlib import Path
 
 import optuna
 import pytest
 
-from cli_helpers import load
+from cli_helpers import chromium, load
 from study import report as report_module
 from study.run import main as run_main
 
@@ -98,12 +97,7 @@ def test_final_seeds_0_skips_the_test_set_and_bad_study_is_one_line(tmp_path: Pa
 @pytest.mark.slow
 def test_chromium_renders_the_page_without_script_errors(reported, tmp_path: Path) -> None:
     url, out = reported
-    chromium = shutil.which("chromium") or shutil.which("chromium-browser")
-    if chromium is None:
-        pytest.fail("headless Chromium is needed: apt-get install chromium (.ci/run installs it)", pytrace=False)
-    flags = [chromium, "--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
-             "--disable-background-networking", "--disable-component-update", "--disable-sync",
-             f"--user-data-dir={tmp_path / 'profile'}", "--virtual-time-budget=20000"]
+    flags = chromium(tmp_path / "profile")
     page = (out / "index.html").resolve().as_uri()
     dom = subprocess.run([*flags, "--dump-dom", page], capture_output=True, text=True, timeout=180).stdout
     body = re.search(r"<body([^>]*)>", dom).group(1)
@@ -160,3 +154,25 @@ def test_the_fused_final_word_gives_the_accuracies_of_one_run_at_a_time(reported
     assert len(fused) >= 3 and all(len(r["test_accuracies"]) == 2 for r in fused.values())
     # the seeds really differ, and so do the configurations
     assert len({a for r in fused.values() for a in r["test_accuracies"]}) > 2
+
+
+@pytest.mark.slow
+def test_the_trials_are_written_as_a_csv_table(reported) -> None:
+    import csv
+
+    url, out = reported
+    study = load(url)
+    with open(out / "trials.csv", newline="") as f:
+        rows = list(csv.DictReader(f))
+    assert [int(r["number"]) for r in rows] == [t.number for t in study.trials]  # one row per trial, in order
+    columns = set(rows[0])
+    assert {"number", "state", "value", "duration", "epochs_run", "params_optimizer", "params_decay",
+            "user_attrs_val_accuracy", "user_attrs_best_epoch", "user_attrs_seconds_per_epoch"} <= columns
+    for row, trial in zip(rows, study.trials):
+        assert row["state"] == trial.state.name
+        assert (row["value"] == "") if trial.value is None else (float(row["value"]) == trial.value)
+        assert row["params_optimizer"] == trial.params["optimizer"]
+        assert int(row["epochs_run"]) == trial.user_attrs["epochs_run"]
+        assert float(row["duration"]) > 0
+        lr_name = f"params_lr_{trial.params['optimizer']}"
+        assert float(row[lr_name]) == trial.params[f"lr_{trial.params['optimizer']}"]  # floats round-trip exactly
