@@ -13,8 +13,10 @@ is ``grace_period`` seconds old, and is queued again once (``RetryHeartbeatStale
 
 from __future__ import annotations
 
+import random
 import sqlite3
 import textwrap
+import time
 import warnings
 from pathlib import Path
 
@@ -82,13 +84,25 @@ def filesystem_type(path: Path, mounts: str | None = None) -> str:
     return kind
 
 
-def _prepare_sqlite(url: str, parsed: URL) -> None:
+def _sqlite_tables(path: Path) -> set[str]:
+    """The tables of the SQLite file ``path``, read without changing a byte of it (a read-only
+    connection; it still sees what other processes' open transactions have committed)."""
+    connection = sqlite3.connect(f"{path.resolve().as_uri()}?mode=ro", uri=True, timeout=60)
+    try:
+        return {name for (name,) in connection.execute("SELECT name FROM sqlite_master WHERE type='table'")}
+    finally:
+        connection.close()
+
+
+def _prepare_sqlite(url: str, parsed: URL, create: bool = True) -> None:
     if not parsed.database or parsed.database == ":memory:":
         raise StorageError(
             f"in-memory SQLite ({url!r}) cannot be shared by workers or read by the dashboard; "
             "give a file, e.g. sqlite:///studies/lr-study.db"
         )
     path = Path(parsed.database)
+    if not create and not path.exists():
+        raise StorageError(f"no database at {path} (storage {url!r}); give the --storage that study.run used")
     kind = filesystem_type(path.parent)
     if kind in NETWORK_FILESYSTEMS:  # WAL needs shared memory between the processes: one host only
         raise StorageError(
@@ -101,6 +115,17 @@ def _prepare_sqlite(url: str, parsed: URL) -> None:
         raise StorageError(f"cannot create the folder {path.parent} for storage {url!r} ({_one_line(e)})") from None
     if path.is_dir():
         raise StorageError(f"storage {url!r} names a folder, not a database file: {path}")
+    if path.exists() and path.stat().st_size > 0:
+        # Another program's database is left exactly as it is: Optuna would add its tables to it
+        # (and WAL would rewrite its header). An Optuna storage has the version_info table.
+        try:
+            tables = _sqlite_tables(path)
+        except sqlite3.DatabaseError as e:
+            raise StorageError(f"storage {url!r}: {path} is not a usable SQLite database ({_one_line(e)})") from None
+        if tables and "version_info" not in tables:
+            shown = ", ".join(sorted(tables)[:5]) + (", …" if len(tables) > 5 else "")
+            raise StorageError(f"storage {url!r}: {path} is a database of another program (tables: {shown}), not an "
+                               "Optuna storage; left as it is: give another file")
     try:
         connection = sqlite3.connect(path, timeout=60)
         try:
@@ -138,6 +163,7 @@ def open_storage(
     grace_period: int | None = None,
     max_retry: int = 1,
     lock_timeout: float = 60.0,
+    create: bool = True,
 ) -> RDBStorage:
     """An Optuna RDB storage for ``url`` with heartbeats and the settings described above.
 
@@ -148,6 +174,8 @@ def open_storage(
             the interval).
         max_retry: how many times a dead worker's trial is queued again.
         lock_timeout: SQLite only: seconds a connection waits for a lock.
+        create: False for a reader (``study.report``): a SQLite file that does not exist is an
+            error, not a new empty database.
 
     Raises:
         StorageError: a malformed or unsupported URL, a folder that cannot be created, a file that
@@ -158,7 +186,7 @@ def open_storage(
     parsed = _parse(url)
     engine_kwargs: dict[str, object]
     if parsed.get_backend_name() == "sqlite":
-        _prepare_sqlite(url, parsed)
+        _prepare_sqlite(url, parsed, create)
         engine_kwargs = {"connect_args": {"timeout": lock_timeout, "isolation_level": None}}
     elif parsed.get_backend_name() == "postgresql":
         # many workers: keep a small pool each, drop dead connections, never hang on connect
@@ -167,16 +195,26 @@ def open_storage(
         engine_kwargs = {"pool_pre_ping": True}
     shown = parsed.render_as_string(hide_password=True)
     try:
-        with warnings.catch_warnings():
-            # heartbeats are marked experimental in Optuna; they are what makes crashes recoverable
-            warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
-            storage = RDBStorage(
-                url,
-                engine_kwargs=engine_kwargs,
-                heartbeat_interval=heartbeat_interval,
-                grace_period=grace_period or 2 * heartbeat_interval,
-                heartbeat_stale_trial_callback=RetryHeartbeatStaleTrialCallback(max_retry=max_retry),
-            )
+        for attempt in range(_SCHEMA_TRIES):
+            try:
+                with warnings.catch_warnings():
+                    # heartbeats are marked experimental in Optuna; they are what makes crashes recoverable
+                    warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+                    storage = RDBStorage(
+                        url,
+                        engine_kwargs=engine_kwargs,
+                        heartbeat_interval=heartbeat_interval,
+                        grace_period=grace_period or 2 * heartbeat_interval,
+                        heartbeat_stale_trial_callback=RetryHeartbeatStaleTrialCallback(max_retry=max_retry),
+                    )
+                break
+            except (sqlalchemy.exc.IntegrityError, sqlalchemy.exc.ProgrammingError, sqlalchemy.exc.OperationalError) as e:
+                # Processes started together on a new database race to create Optuna's tables and
+                # its version row ("UNIQUE constraint failed: alembic_version", "relation already
+                # exists"); the losers find the schema made on the next try.
+                if attempt == _SCHEMA_TRIES - 1 or not _lost_schema_race(e):
+                    raise
+                time.sleep(0.2 * (attempt + 1) + random.random() * 0.2)
         if parsed.get_backend_name() == "sqlite":
             _serialize_sqlite_transactions(storage.engine)
         return storage
@@ -187,6 +225,14 @@ def open_storage(
         ) from None
     except (sqlalchemy.exc.SQLAlchemyError, RuntimeError, OSError) as e:
         raise StorageError(f"cannot open storage {shown!r}: {_one_line(e)}") from None
+
+
+_SCHEMA_TRIES = 5
+
+
+def _lost_schema_race(e: sqlalchemy.exc.SQLAlchemyError) -> bool:
+    text = str(e).lower()
+    return any(s in text for s in ("unique constraint", "already exists", "duplicate key", "duplicate table"))
 
 
 def dashboard_command(url: str) -> str:

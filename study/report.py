@@ -379,7 +379,7 @@ def main(argv: list[str] | None = None) -> int:
     optuna.logging.set_verbosity(optuna.logging.ERROR)
     warnings.filterwarnings("ignore", category=optuna.exceptions.ExperimentalWarning)
     try:
-        storage = open_storage(args.storage)
+        storage = open_storage(args.storage, create=False)
         try:
             study = optuna.load_study(study_name=args.study_name, storage=storage)
         except KeyError:

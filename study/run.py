@@ -27,6 +27,7 @@ from dataclasses import dataclass, field, replace
 
 import numpy as np
 import optuna
+import sqlalchemy
 import torch
 from optuna.trial import TrialState
 
@@ -420,6 +421,45 @@ def _lr_range_space(s: Settings, device: torch.device, stored: dict | None) -> t
     return space, ranges
 
 
+#: How long a process that finds a study without settings waits for the process creating it to
+#: record them (seconds) before it takes the creation as interrupted and finishes it.
+CREATION_WAIT = 15.0
+
+
+def _unfinished_creation(study: optuna.Study, attrs: dict[str, object]) -> bool:
+    """A study that study.run began to create and did not finish (a kill, or another process
+    that is still at it): no trial, and no user attr but study.run's own."""
+    return not study.get_trials(deepcopy=False) and set(study.user_attrs) <= set(attrs) | {"last_command"}
+
+
+def _await_creation(s: Settings, storage: optuna.storages.BaseStorage, study: optuna.Study) -> optuna.Study:
+    """``study`` once its fingerprint is recorded, or as it is after :data:`CREATION_WAIT` seconds."""
+    deadline = time.monotonic() + CREATION_WAIT
+    while "fingerprint" not in study.user_attrs and time.monotonic() < deadline:
+        time.sleep(0.25)
+        study = optuna.load_study(study_name=s.study_name, storage=storage)
+    return study
+
+
+def _record_settings(study: optuna.Study, attrs: dict[str, object]) -> None:
+    """Record the study's metric name and settings, the fingerprint last. Processes racing to do
+    it write the same values; one that loses a race on a key (a unique-key error on PostgreSQL)
+    writes it again."""
+    if study.metric_names is None:
+        study.set_metric_names(["val_loss"])
+    for key, value in attrs.items():
+        if study.user_attrs.get(key, object()) == value:
+            continue
+        for attempt in range(3):
+            try:
+                study.set_user_attr(key, value)
+                break
+            except sqlalchemy.exc.IntegrityError:
+                if attempt == 2:
+                    raise
+                time.sleep(0.1 * (attempt + 1))
+
+
 def _open_study(s: Settings, argv: list[str], device: torch.device) -> tuple[optuna.Study, Settings]:
     """Create the study, or load it after checking that it is the same experiment."""
     storage = _storage(s)
@@ -433,29 +473,36 @@ def _open_study(s: Settings, argv: list[str], device: torch.device) -> tuple[opt
         space, ranges = _lr_range_space(s, device, study.user_attrs.get("lr_range") if study else None)
         s = replace(s, space=space)
     fingerprint = _fingerprint(s)
+    attrs = {
+        "data": {"dataset": "MNIST", "source": check_mnist(s.data_dir), "train_samples": s.train_samples or TRAIN_SIZE,
+                 "val_samples": VAL_SIZE, "split_seed": SPLIT_SEED},
+        "epochs": s.epochs,
+        "batch_size": s.batch_size,
+        "precision": s.precision,
+        "device": _device_name(device),
+        "sampler": s.sampler,
+        "pruner": s.pruner,
+        "median_warmup_epochs": warmup_epochs(s.epochs),
+        "seed": s.seed,
+        "versions": _versions(),
+        "command": command,
+        **({"lr_range": ranges} if ranges is not None else {}),
+        "fingerprint": fingerprint,  # last: a study with a fingerprint has all its settings
+    }
     if study is None:
-        study = optuna.create_study(storage=storage, study_name=s.study_name, direction="minimize")
-        study.set_metric_names(["val_loss"])
-        attrs = {
-            "fingerprint": fingerprint,
-            "data": {"dataset": "MNIST", "source": check_mnist(s.data_dir), "train_samples": s.train_samples or TRAIN_SIZE,
-                     "val_samples": VAL_SIZE, "split_seed": SPLIT_SEED},
-            "epochs": s.epochs,
-            "batch_size": s.batch_size,
-            "precision": s.precision,
-            "device": _device_name(device),
-            "sampler": s.sampler,
-            "pruner": s.pruner,
-            "median_warmup_epochs": warmup_epochs(s.epochs),
-            "seed": s.seed,
-            "versions": _versions(),
-            "command": command,
-        }
-        if ranges is not None:
-            attrs["lr_range"] = ranges
-        for key, value in attrs.items():
-            study.set_user_attr(key, value)
-        return study, s
+        try:
+            study = optuna.create_study(storage=storage, study_name=s.study_name, direction="minimize")
+        except optuna.exceptions.DuplicatedStudyError:  # another process created it a moment ago: join it
+            study = optuna.load_study(study_name=s.study_name, storage=storage)
+        else:
+            _record_settings(study, attrs)
+            return study, s
+    if "fingerprint" not in study.user_attrs and _unfinished_creation(study, attrs):
+        study = _await_creation(s, storage, study)
+        if "fingerprint" not in study.user_attrs:  # its creator was interrupted: finish it
+            print(f"study {s.study_name!r} was left without its settings (its creation was interrupted); "
+                  "recording them now", flush=True)
+            _record_settings(study, attrs)
     if study.direction != optuna.study.StudyDirection.MINIMIZE:
         raise UsageError(f"study {s.study_name!r} in {s.storage} maximizes; this study minimizes val_loss: use another --study-name")
     stored = study.user_attrs.get("fingerprint")
@@ -467,6 +514,8 @@ def _open_study(s: Settings, argv: list[str], device: torch.device) -> tuple[opt
         diff = ", ".join(_differences(stored, fingerprint))
         raise UsageError(f"study {s.study_name!r} in {s.storage} is another experiment ({diff}); "
                          "use the same settings to resume, or another --study-name")
+    # the same experiment: settings a creation interrupted before this order existed never wrote
+    _record_settings(study, {k: v for k, v in attrs.items() if k not in study.user_attrs})
     study.set_user_attr("last_command", command)
     return study, s
 
@@ -516,6 +565,10 @@ def main(argv: list[str] | None = None) -> int:
     except (ValueError, UsageError, SamplerUnavailable, MnistDataError, StorageError) as e:
         print(f"error: {e}", file=sys.stderr)
         return EXIT_USAGE
+    except KeyboardInterrupt:  # possibly between creating the study and recording its settings
+        print(f"interrupted while opening study {s.study_name!r}; the same command finishes what was begun",
+              file=sys.stderr)
+        return EXIT_INTERRUPTED
 
     n_existing = len(study.get_trials(deepcopy=False))
     before = _finished(study)
