@@ -21,6 +21,7 @@ import math
 import re
 import statistics
 import sys
+import tempfile
 import time
 import warnings
 from collections.abc import Callable
@@ -179,7 +180,8 @@ def final_word(study: optuna.Study, rows: list[DecayRow], seeds: int, data: Mnis
     ``data`` (all 60k training images: ``MnistData.for_final_training``), each with its schedule
     as searched (over the study's epochs), and test the model the search chose: the one after
     the trial's ``best_epoch``, where its validation loss, the trial's value, was reached
-    (training stops there). Test accuracy mean ± sd, stored in the study's user attrs.
+    (training stops there). Test accuracy mean ± sd; ``main`` stores it in the study's user attrs
+    (``final_test``) once the report's files are written.
 
     ``fused``: train every (configuration, seed) pair at once with ``train_many`` (on a GPU
     about the time of one retraining; trial i of it is ``train`` on its own, to rounding), else
@@ -226,7 +228,6 @@ def final_word(study: optuna.Study, rows: list[DecayRow], seeds: int, data: Mnis
             "test_accuracy_sd": statistics.stdev(accs) if len(accs) > 1 else 0.0,
         }
     results_by_label = {label: done[t.number] for label, t in chosen.items()}
-    study.set_user_attr("final_test", results_by_label)
     return results_by_label
 
 
@@ -356,6 +357,16 @@ def write_page(path: Path, title: str, sections: list[tuple[str, str]]) -> None:
     path.write_text("\n".join(parts), encoding="utf-8")
 
 
+def _check_writable(folder: Path, flag: str) -> None:
+    """``folder`` exists (made if need be) and takes a new file, else a one-line ValueError."""
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+        with tempfile.NamedTemporaryFile(dir=folder, prefix=".write-check-"):
+            pass
+    except OSError as e:
+        raise ValueError(f"{flag} {folder} cannot be written ({e.strerror or e})") from None
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = Parser(prog="python -m study.report", description="Report of an lr-study study: figures, comparison, final word.",
                epilog="exit codes: 0 done, 2 bad input (one line on stderr)")
@@ -388,8 +399,14 @@ def main(argv: list[str] | None = None) -> int:
             raise ValueError(f"study {args.study_name!r} has no complete trial yet")
         if args.final_seeds:
             resolve_device(args.device)
-        args.out.mkdir(parents=True, exist_ok=True)
-    except (ValueError, StorageError, OSError) as e:
+        # every place written to is checked before minutes of retraining, not after
+        artifact_dir = args.artifact_dir
+        if artifact_dir is None:
+            db = sqlite_path(args.storage)
+            artifact_dir = (db.parent if db is not None else Path(".")) / "artifacts"
+        for folder, flag in ((args.out, "--out"), (artifact_dir, "--artifact-dir")):
+            _check_writable(folder, flag)
+    except (ValueError, StorageError) as e:
         print(f"error: {e}", file=sys.stderr)
         return EXIT_USAGE
 
@@ -453,16 +470,14 @@ def main(argv: list[str] | None = None) -> int:
     # the dashboard shows the summary as the study's note and offers the page as an artifact
     from optuna_dashboard import save_note
 
-    save_note(study, md)
-    artifact_dir = args.artifact_dir
-    if artifact_dir is None:
-        db = sqlite_path(args.storage)
-        artifact_dir = (db.parent if db is not None else Path(".")) / "artifacts"
-    artifact_dir.mkdir(parents=True, exist_ok=True)
     from optuna.artifacts import FileSystemArtifactStore, upload_artifact
 
     artifact_id = upload_artifact(artifact_store=FileSystemArtifactStore(str(artifact_dir)), file_path=str(page),
                                   study_or_trial=study, mimetype="text/html")
+    # the study's own records last, once every file is written
+    save_note(study, md)
+    if final:
+        study.set_user_attr("final_test", final)
     print(md)
     for w in edge:
         print(f"warning: {w}", file=sys.stderr)

@@ -14,7 +14,6 @@ import optuna
 import pytest
 
 from cli_helpers import ENV, FINISHED, SMALL, load, run_cli
-from study import report as report_module
 from study.run import main as run_main
 
 pytestmark = pytest.mark.slow
@@ -114,3 +113,21 @@ def test_a_report_never_creates_a_database(tmp_path: Path) -> None:
     assert done.returncode == 2 and len(done.stderr.strip().splitlines()) == 1
     assert "no database at" in done.stderr
     assert list(tmp_path.iterdir()) == []
+
+
+@pytest.mark.parametrize("flag", ["--out", "--artifact-dir"])
+def test_a_report_checks_where_it_writes_before_any_work(tmp_path: Path, flag: str) -> None:
+    url = f"sqlite:///{tmp_path / 'studies' / 's.db'}"
+    assert run_main(["--trials", "3", *SMALL, "--storage", url]) == 0
+    before = load(url).user_attrs
+    blocker = tmp_path / "a-file"
+    blocker.write_text("a file where a folder should go\n")  # unwritable even for root
+    args = ["--storage", url, "--final-seeds", "1", "--device", "cpu", flag, str(blocker / "sub")]
+    if flag == "--artifact-dir":
+        args += ["--out", str(tmp_path / "out")]
+    started = time.monotonic()
+    done = run_cli(*args, cwd=tmp_path, module="study.report")
+    assert done.returncode == 2 and len(done.stderr.strip().splitlines()) == 1, done.stderr
+    assert flag in done.stderr and "cannot be written" in done.stderr
+    assert "final word" not in done.stdout and time.monotonic() - started < 60  # nothing retrained
+    assert load(url).user_attrs == before  # no final_test, no note: the study is as it was
