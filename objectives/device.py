@@ -6,9 +6,20 @@ import re
 
 import torch
 
-__all__ = ["resolve_device"]
+__all__ = ["as_out_of_memory", "resolve_device"]
 
 _DEVICE_RE = re.compile(r"^(auto|cpu|cuda(:\d+)?)$")
+
+
+def as_out_of_memory(e: BaseException) -> torch.OutOfMemoryError | None:
+    """``e`` as an out-of-memory error, or None if it is not one. CUDA raises
+    ``torch.OutOfMemoryError``; the CPU allocator raises a plain ``RuntimeError`` ("can't allocate
+    memory"), which callers would otherwise take for a bug rather than a full machine."""
+    if isinstance(e, torch.OutOfMemoryError):
+        return e
+    if isinstance(e, RuntimeError) and "can't allocate memory" in str(e):
+        return torch.OutOfMemoryError(f"CPU out of memory: {str(e).splitlines()[0][-160:]}")
+    return None
 
 
 def resolve_device(device: str | torch.device = "auto") -> torch.device:

@@ -10,7 +10,7 @@ import optuna
 import torch
 
 from objectives.data import MnistData, check_train_samples, load_mnist
-from objectives.device import resolve_device
+from objectives.device import as_out_of_memory, resolve_device
 from objectives.precision import check_precision
 from objectives.space import SearchSpace, suggest_config
 from objectives.config import TrainConfig
@@ -102,13 +102,16 @@ class MnistMLPObjective:
         try:
             result = train(config, self.data, self.epochs, report=functools.partial(self.report, trial),
                            seed=seed, shuffle_seed=self.seed, precision=self.precision, cuda_graphs=self.cuda_graphs)
-        except torch.OutOfMemoryError:
+        except RuntimeError as e:  # torch.OutOfMemoryError is one
+            oom = as_out_of_memory(e)
+            if oom is None:
+                raise
             # this trial fails (the caller decides whether the study goes on: catch=...);
             # the cached blocks are released so that the next trial starts clean
             trial.set_user_attr("error", f"out of memory on {self.device}")
             if self.device.type == "cuda":
                 torch.cuda.empty_cache()
-            raise
+            raise oom from e
         return self.finish_trial(trial, result)
 
     # The two halves of a trial around its training, shared with the fused engine of study.run,

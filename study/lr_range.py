@@ -18,7 +18,7 @@ from pathlib import Path
 from objectives import OPTIMIZERS, MnistDataError, load_mnist, resolve_device
 from objectives.lr_range import DIVERGE_FACTOR, LRRangeResult, lr_range_test
 from objectives.precision import PRECISIONS
-from study.cli import EXIT_OK, EXIT_USAGE, Parser, add_device_arguments, int_at_least, positive_float, set_threads
+from study.cli import EXIT_OK, EXIT_USAGE, Parser, add_device_arguments, float_in, int_at_least, set_threads
 
 
 def range_figure(result: LRRangeResult):
@@ -50,14 +50,14 @@ def build_parser() -> argparse.ArgumentParser:
     p = Parser(prog="python -m study.lr_range", description="Learning-rate range test for one optimizer.",
                epilog="exit codes: 0 done, 2 bad input (one line on stderr)")
     p.add_argument("--optimizer", choices=OPTIMIZERS, default="sgd", help="the optimizer to test")
-    p.add_argument("--start-lr", type=positive_float, default=1e-7, help="LR of the first step")
-    p.add_argument("--end-lr", type=positive_float, default=10.0, help="LR of the last step")
-    p.add_argument("--steps", type=int_at_least(10), default=200, help="steps from start to end LR")
+    p.add_argument("--start-lr", type=float_in(1e3), default=1e-7, help="LR of the first step, in (0, 1000]")
+    p.add_argument("--end-lr", type=float_in(1e3), default=10.0, help="LR of the last step, in (0, 1000]")
+    p.add_argument("--steps", type=int_at_least(10, 100_000), default=200, help="steps from start to end LR")
     p.add_argument("--out", type=Path, default=None, help="HTML figure (default: lr_range_<optimizer>.html)")
     add_device_arguments(p)
     p.add_argument("--train-samples", type=int_at_least(1, 50_000), default=None, help="train on a subset (default: all)")
-    p.add_argument("--batch-size", type=int_at_least(1), default=128, help="examples per step")
-    p.add_argument("--seed", type=int_at_least(0), default=0, help="seeds the initial weights and the batch order")
+    p.add_argument("--batch-size", type=int_at_least(1, 50_000), default=128, help="examples per step")
+    p.add_argument("--seed", type=int_at_least(0, 2**32 - 1), default=0, help="seeds the initial weights and the batch order")
     p.add_argument("--precision", choices=PRECISIONS, default="fp32", help="fp32, or bf16 mixed precision, as the study's")
     return p
 

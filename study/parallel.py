@@ -24,6 +24,7 @@ import torch
 from optuna.trial import FrozenTrial, TrialState
 
 from objectives import MnistMLPObjective, TrainConfig, train_stream
+from objectives.device import as_out_of_memory
 from storage.batch import TrialWrites, write_trials, write_user_attrs
 from study.progress import count_states
 from study.pruning import judge_boundary
@@ -126,6 +127,13 @@ def optimize_fused(
         for callback in callbacks:
             callback(study, frozen)
 
+    def _fail_all(in_flight: dict[int, optuna.Trial]) -> None:
+        for trial in _drain(in_flight):
+            try:
+                tell(trial, state=TrialState.FAIL)
+            except Exception:  # noqa: BLE001 - the storage may be what failed; the heartbeat then fails it
+                pass
+
     def report_epoch(reports: list[tuple[int, int, float]]) -> set[int]:
         """One epoch boundary: every trial's value in one write, every prune decided from one read."""
         writes = TrialWrites()
@@ -156,7 +164,10 @@ def optimize_fused(
                         tell(trial, state=TrialState.PRUNED)
                     else:
                         tell(trial, values=value)
-            except torch.OutOfMemoryError:
+            except RuntimeError as e:  # out of memory: torch.OutOfMemoryError, or the CPU allocator's
+                if as_out_of_memory(e) is None:
+                    _fail_all(in_flight)
+                    raise
                 stream.close()
                 if objective.device.type == "cuda":
                     torch.cuda.empty_cache()
@@ -166,11 +177,7 @@ def optimize_fused(
                     tell(trial, state=TrialState.FAIL)
                 slots = max(1, slots // 2)
             except BaseException:
-                for trial in _drain(in_flight):
-                    try:
-                        tell(trial, state=TrialState.FAIL)
-                    except Exception:  # noqa: BLE001 - the storage may be what failed; the heartbeat then fails it
-                        pass
+                _fail_all(in_flight)
                 raise
 
 

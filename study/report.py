@@ -37,7 +37,8 @@ from objectives import (DECAYS, LAYERS, LRSchedule, MnistData, MnistDataError, T
                         resolve_device, suggest_config, train, train_stream)
 from objectives.data import TRAIN_SIZE
 from storage import DEFAULT_STORAGE, StorageError, open_storage, sqlite_path
-from study.cli import EXIT_OK, EXIT_USAGE, Parser, add_cuda_graphs_argument, add_device_arguments, int_at_least, set_threads
+from study.cli import (EXIT_OK, EXIT_USAGE, Parser, add_cuda_graphs_argument, add_device_arguments, int_at_least,
+                       set_threads, study_name)
 from study.export import write_trials_csv
 from study.progress import edge_warnings
 from study.run import DEFAULT_STUDY_NAME
@@ -371,10 +372,10 @@ def build_parser() -> argparse.ArgumentParser:
     p = Parser(prog="python -m study.report", description="Report of an lr-study study: figures, comparison, final word.",
                epilog="exit codes: 0 done, 2 bad input (one line on stderr)")
     p.add_argument("--storage", default=DEFAULT_STORAGE, help="Optuna storage URL of the study, as given to study.run")
-    p.add_argument("--study-name", default=DEFAULT_STUDY_NAME, help="study name in the storage")
+    p.add_argument("--study-name", type=study_name, default=DEFAULT_STUDY_NAME, help="study name in the storage")
     p.add_argument("--out", type=Path, default=None,
                    help="folder for index.html and summary.md (default: reports/STUDY_NAME)")
-    p.add_argument("--final-seeds", type=int_at_least(0), default=3,
+    p.add_argument("--final-seeds", type=int_at_least(0, 100), default=3,
                    help="seeds for retraining the best configs on all 60k images and testing them; 0 skips it")
     add_device_arguments(p, device_help="device for the final retraining: auto|cpu|cuda|cuda:N")
     add_cuda_graphs_argument(p)

@@ -38,8 +38,8 @@ from objectives.lr_range import lr_range_test
 from objectives.precision import PRECISIONS, check_precision
 from storage import DEFAULT_STORAGE, StorageError, dashboard_command, open_storage, sqlite_path
 from study.cli import (EXIT_CODES, EXIT_FAILED, EXIT_INTERRUPTED, EXIT_OK, EXIT_USAGE, Parser,
-                       add_cuda_graphs_argument, add_device_arguments, int_at_least, int_or_auto, positive_float, set_threads, threads_per_process,
-                       usable_cores)
+                       add_cuda_graphs_argument, add_device_arguments, float_in, int_at_least, int_or_auto, set_threads,
+                       max_workers, study_name, threads_per_process, usable_cores)
 from study.choices import PRUNERS, SAMPLERS, SamplerUnavailable, make_pruner, make_sampler, warmup_epochs
 from study.parallel import optimize_fused
 from study.progress import FINISHED, ProgressBar, TrialLog, summary, trial_epochs
@@ -55,31 +55,33 @@ def build_parser() -> argparse.ArgumentParser:
     p = Parser(prog="python -m study.run", description="Run (or resume) the MNIST-MLP learning-rate study.",
                epilog=f"{EXIT_CODES}. The samplers cmaes, gp and qmc need the [samplers] extra: "
                       "pip install -e '.[samplers]' (scipy, cmaes).")
-    p.add_argument("--trials", type=int_at_least(1), default=100,
+    p.add_argument("--trials", type=int_at_least(1, 1_000_000), default=100,
                    help="the study's total target of finished (complete + pruned) trials")
-    p.add_argument("--epochs", type=int_at_least(1), default=20, help="epochs per trial")
+    p.add_argument("--epochs", type=int_at_least(1, 1000), default=20, help="epochs per trial")
     p.add_argument("--storage", default=DEFAULT_STORAGE, help="Optuna storage URL (SQLite file or postgresql+psycopg://…)")
-    p.add_argument("--study-name", default=DEFAULT_STUDY_NAME, help="study name in the storage")
+    p.add_argument("--study-name", type=study_name, default=DEFAULT_STUDY_NAME, help="study name in the storage")
     p.add_argument("--sampler", choices=SAMPLERS, default="tpe",
                    help="Optuna sampler, seeded (cmaes, gp, qmc: the [samplers] extra)")
     p.add_argument("--pruner", choices=PRUNERS, default="median", help="Optuna pruner, on the per-epoch validation loss")
-    p.add_argument("--seed", type=int_at_least(0), default=0, help="seeds the sampler and the trials (trial n: seed + n)")
+    p.add_argument("--seed", type=int_at_least(0, 2**32 - 1), default=0,
+                   help="seeds the sampler and the trials (trial n: seed + n)")
     add_device_arguments(p, per="each worker process")
     p.add_argument("--train-samples", type=int_at_least(1, TRAIN_SIZE), default=None,
                    help=f"train on a subset of the {TRAIN_SIZE} training images (default: all)")
-    p.add_argument("--batch-size", type=int_at_least(1), default=128, help="examples per step")
+    p.add_argument("--batch-size", type=int_at_least(1, TRAIN_SIZE), default=128, help="examples per step")
     p.add_argument("--precision", choices=PRECISIONS, default="fp32",
                    help="fp32; bf16: bfloat16 mixed precision (autocast), about 2x faster on a CPU with AVX512-BF16; "
                         "tf32: TF32 matrix products (CUDA only)")
     add_cuda_graphs_argument(p)
-    p.add_argument("--timeout", type=positive_float, default=None, help="stop starting trials after this many seconds (default: no limit)")
-    p.add_argument("--workers", type=int_at_least(1), default=1,
+    p.add_argument("--timeout", type=float_in(365 * 86_400), default=None,
+                   help="stop starting trials after this many seconds, at most a year (default: no limit)")
+    p.add_argument("--workers", type=int_at_least(1, 1024), default=1,
                    help="processes on this machine working on the study (spread over the GPUs)")
-    p.add_argument("--parallel-trials", type=int_or_auto(1), default=1,
+    p.add_argument("--parallel-trials", type=int_or_auto(1, 4096), default=1,
                    help="trials in flight per worker, trained fused in the same kernels (objectives.train_stream); "
                         f"auto: as many as half the free GPU memory holds, at most {AUTO_SLOTS_MAX} and a quarter of "
                         "the trials still to run (per worker), and 1 on the CPU")
-    p.add_argument("--heartbeat-interval", type=int_at_least(1), default=60,
+    p.add_argument("--heartbeat-interval", type=int_at_least(1, 86_400), default=60,
                    help="seconds between a running trial's heartbeats; a trial silent for twice this is FAIL and retried once")
     p.add_argument("--lr-range", action="store_true",
                    help="off by default: first run the LR range test for each optimizer and sample each one's initial LR from its "
@@ -546,6 +548,11 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     s = Settings(**vars(args))
     s = replace(s, space=s.space.for_epochs(s.epochs))  # as the objective samples it; in the fingerprint
+    cap, why = max_workers()
+    if s.workers > cap:  # more processes than the machine holds only wait for each other, or run out of memory
+        print(f"warning: --workers {s.workers} is more than this machine holds ({why}): using {cap}",
+              file=sys.stderr, flush=True)
+        s = replace(s, workers=cap)
     optuna.logging.set_verbosity(optuna.logging.ERROR)  # our own line per trial instead
     warnings.filterwarnings("ignore", category=optuna.exceptions.ExperimentalWarning)
     # SIGINT too: a shell that starts us in the background leaves it ignored, and Python keeps that

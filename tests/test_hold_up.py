@@ -131,3 +131,94 @@ def test_a_report_checks_where_it_writes_before_any_work(tmp_path: Path, flag: s
     assert flag in done.stderr and "cannot be written" in done.stderr
     assert "final word" not in done.stdout and time.monotonic() - started < 60  # nothing retrained
     assert load(url).user_attrs == before  # no final_test, no note: the study is as it was
+
+
+def test_more_workers_than_the_machine_holds_are_capped_with_one_line(tmp_path: Path) -> None:
+    from study.cli import max_workers
+
+    cap, _ = max_workers()
+    url = f"sqlite:///{tmp_path / 's.db'}"
+    done = run_cli("--trials", "3", *SMALL, "--storage", url, "--workers", "64", cwd=tmp_path)
+    assert done.returncode == 0, done.stderr
+    warning = [line for line in done.stderr.splitlines() if "--workers 64" in line]
+    assert len(warning) == 1 and f"using {cap}" in warning[0] and "usable core" in warning[0]
+    started = {line.split()[0] for line in done.stdout.splitlines() if " started: process " in line}
+    assert 1 <= len(started) <= cap < 64  # never more processes than allowed
+    assert len(load(url).get_trials(states=FINISHED)) >= 3
+
+
+@pytest.mark.parametrize("args, named", [
+    (["--heartbeat-interval", "10000000000"], "--heartbeat-interval"),
+    (["--study-name", ""], "--study-name"),
+    (["--study-name", "x" * 513], "--study-name"),
+    (["--trials", "2000000"], "--trials"),
+    (["--epochs", "100000"], "--epochs"),
+    (["--timeout", "1e300"], "--timeout"),
+    (["--timeout", "nan"], "--timeout"),
+    (["--seed", str(2**32)], "--seed"),
+    (["--batch-size", "60000"], "--batch-size"),
+    (["--parallel-trials", "100000"], "--parallel-trials"),
+    (["--threads", "100000"], "--threads"),
+])
+def test_every_numeric_flag_has_a_range(tmp_path: Path, args: list[str], named: str) -> None:
+    done = run_cli("--trials", "1", *SMALL, "--storage", f"sqlite:///{tmp_path / 's.db'}", *args, cwd=tmp_path)
+    assert done.returncode == 2 and len(done.stderr.strip().splitlines()) == 1, done.stderr
+    assert named in done.stderr and "Traceback" not in done.stderr
+    assert not (tmp_path / "s.db").exists()  # refused before the storage is touched
+
+
+CPU_ALLOC_FAILURE = ("[enforce fail at alloc_cpu.cpp:127] err == 0. DefaultCPUAllocator: can't allocate memory: "
+                     "you tried to allocate 8000000000 bytes. Error code 12 (Cannot allocate memory)")
+
+
+def test_the_cpu_running_out_of_memory_halves_the_slots_as_a_gpu_does(tmp_path: Path, monkeypatch, capsys) -> None:
+    # what torch's CPU allocator raises (a RuntimeError, not torch.OutOfMemoryError), seen with
+    # --parallel-trials 300 under a memory limit: the trials in flight fail, the worker goes on
+    # with half the slots instead of failing everything
+    import objectives.fused as fused_module
+
+    real_update, sizes = fused_module._Stack.update, []
+
+    def update_without_memory(self, grads, lrs):
+        sizes.append(len(self.trials))
+        if len(self.trials) == 4:
+            raise RuntimeError(CPU_ALLOC_FAILURE)
+        return real_update(self, grads, lrs)
+
+    monkeypatch.setattr(fused_module._Stack, "update", update_without_memory)
+    url = f"sqlite:///{tmp_path / 'oom.db'}"
+    assert run_main(["--trials", "4", "--parallel-trials", "4", "--storage", url, *SMALL]) == 0
+    trials = load(url).trials
+    assert [t.state.name for t in trials[:4]] == ["FAIL"] * 4
+    assert all("out of memory on cpu with 4 trials in flight" in t.user_attrs["error"] for t in trials[:4])
+    assert sum(t.state in FINISHED for t in trials) == 4 and max(sizes[sizes.index(2):]) == 2
+    # one trial at a time: that trial fails as out of memory and the study goes on
+    import objectives.objective as objective_module
+
+    real_train, calls = objective_module.train, []
+
+    def train_once_without_memory(*args, **kwargs):
+        calls.append(1)
+        if len(calls) == 1:
+            raise RuntimeError(CPU_ALLOC_FAILURE)
+        return real_train(*args, **kwargs)
+
+    monkeypatch.setattr(objective_module, "train", train_once_without_memory)
+    url = f"sqlite:///{tmp_path / 'oom1.db'}"
+    assert run_main(["--trials", "2", "--storage", url, *SMALL]) == 0
+    first, *rest = load(url).trials
+    assert first.state.name == "FAIL" and first.user_attrs["error"] == "out of memory on cpu"
+    assert sum(t.state in FINISHED for t in rest) == 2
+    capsys.readouterr()
+
+
+def test_a_bug_is_not_taken_for_a_full_memory(tmp_path: Path, monkeypatch) -> None:
+    import objectives.fused as fused_module
+
+    def broken(self, grads, lrs):
+        raise RuntimeError("shape mismatch: a real bug")
+
+    monkeypatch.setattr(fused_module._Stack, "update", broken)
+    with pytest.raises(RuntimeError, match="a real bug"):
+        run_main(["--trials", "2", "--parallel-trials", "2", "--storage", f"sqlite:///{tmp_path / 'b.db'}", *SMALL])
+    assert [t.state.name for t in load(f"sqlite:///{tmp_path / 'b.db'}").trials] == ["FAIL", "FAIL"]
