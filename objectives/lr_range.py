@@ -44,9 +44,29 @@ class LRRangeResult:
     low: float  # suggested search range: suggestion / 10 …
     high: float  # … the LR of the lowest smoothed loss (at least 3 x the suggestion)
     diverged: bool  # stopped early because the smoothed loss exceeded diverge_factor x its best
+    steps: int = 0  # the steps asked for (len(lrs) is the steps taken)
+
+    @property
+    def problems(self) -> list[str]:
+        """Why the suggestion means nothing, if it does not (one sentence each; empty when the
+        curve has a valley to suggest from): the loss diverged within the first tenth of the
+        steps (the range starts too high), or never fell by :data:`MIN_FALL` of its start (no LR
+        of the range trains: it ends too low, or the data or model are broken)."""
+        out = []
+        taken, asked = len(self.lrs), self.steps or len(self.lrs)
+        if self.diverged and taken <= max(10, asked // 10):
+            out.append(f"the loss diverged after {taken} of {asked} steps, at LR {self.lrs[-1]:.3g}: the range "
+                       "starts too high, lower the start LR")
+        finite = [s for s in self.smoothed if math.isfinite(s)]
+        if not out and finite and min(finite) > (1 - MIN_FALL) * finite[0]:
+            out.append(f"the loss never fell by {MIN_FALL:.0%} of its start ({finite[0]:.3g} to at best "
+                       f"{min(finite):.3g}) between LR {self.lrs[0]:.3g} and {self.lrs[len(finite) - 1]:.3g}: "
+                       "no LR of the range trains; raise the end LR")
+        return out
 
 
 DIVERGE_FACTOR = 4.0  # the test stops once the smoothed loss exceeds this many times its lowest
+MIN_FALL = 0.05  # a curve whose smoothed loss never falls this fraction below its start has no valley
 
 
 def valley(lrs: list[float], smoothed: list[float]) -> int:
@@ -143,4 +163,5 @@ def lr_range_test(
         low=suggestion / 10,
         high=max(lowest, 3 * suggestion),
         diverged=diverged,
+        steps=steps,
     )

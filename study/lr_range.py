@@ -86,6 +86,8 @@ def main(argv: list[str] | None = None) -> int:
     print(f"{args.optimizer}: {len(result.lrs)} steps from LR {result.lrs[0]:.3g} to {result.lrs[-1]:.3g}; {ended}")
     print(f"suggested initial LR: {result.suggestion:.3g}")
     print(f"suggested search range: {result.low:.3g} .. {result.high:.3g}")
+    for problem in result.problems:  # the figure is still written: it shows why
+        print(f"warning: the suggestion means nothing here: {problem}", file=sys.stderr)
     print(f"figure: {out}")
     return EXIT_OK
 

@@ -417,6 +417,12 @@ def _lr_range_space(s: Settings, device: torch.device, stored: dict | None) -> t
             r = lr_range_test(optimizer, data, batch_size=s.batch_size, seed=s.seed, precision=s.precision)
             ranges[optimizer] = {"suggestion": r.suggestion, "low": r.low, "high": r.high,
                                  "steps": len(r.lrs), "diverged": r.diverged}
+            if r.problems:  # a meaningless suggestion narrows nothing: the default range stays
+                low, high = getattr(s.space, f"lr_{optimizer}")
+                ranges[optimizer].update(low=low, high=high, problems=r.problems)
+                print(f"warning: LR range test, {optimizer}: {'; '.join(r.problems)}; keeping the default range "
+                      f"{low:.3g} .. {high:.3g}", file=sys.stderr, flush=True)
+                continue
             print(f"LR range test, {optimizer}: suggestion {r.suggestion:.3g}, "
                   f"search range {r.low:.3g} .. {r.high:.3g}", flush=True)
     space = replace(s.space, **{f"lr_{opt}": (v["low"], v["high"]) for opt, v in ranges.items()})

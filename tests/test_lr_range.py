@@ -73,3 +73,18 @@ def test_study_run_lr_range_narrows_and_records_and_resumes(tmp_path: Path, caps
     assert "LR range test," not in capsys.readouterr().out
     assert len(load(url).trials) == 5
 
+
+
+def test_a_meaningless_range_says_why_and_a_good_one_does_not(mnist_2k, tmp_path: Path) -> None:
+    good = lr_range_test("sgd", mnist_2k, steps=100)
+    assert good.problems == []
+    at_once = lr_range_test("sgd", mnist_2k, start_lr=5.0, end_lr=1000.0, steps=100)
+    assert len(at_once.problems) == 1 and "diverged after" in at_once.problems[0] and "lower the start LR" in at_once.problems[0]
+    no_valley = lr_range_test("sgd", mnist_2k, start_lr=1e-9, end_lr=1e-7, steps=100)
+    assert len(no_valley.problems) == 1 and "never fell" in no_valley.problems[0]
+    # the command line says so on stderr, and still writes the figure
+    done = run_cli("--optimizer", "sgd", "--device", "cpu", "--train-samples", "2000", "--start-lr", "1e-9",
+                   "--end-lr", "1e-7", "--steps", "50", "--out", str(tmp_path / "f.html"), cwd=tmp_path,
+                   module="study.lr_range")
+    assert done.returncode == 0 and "warning: the suggestion means nothing here" in done.stderr
+    assert (tmp_path / "f.html").exists()
