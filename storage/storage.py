@@ -25,7 +25,7 @@ import sqlalchemy
 from optuna.storages import RDBStorage, RetryHeartbeatStaleTrialCallback
 from sqlalchemy.engine import URL, make_url
 
-__all__ = ["DEFAULT_STORAGE", "StorageError", "dashboard_command", "open_storage", "sqlite_path"]
+__all__ = ["DEFAULT_STORAGE", "StorageError", "dashboard_command", "open_storage", "sqlite_path", "storage_failure"]
 
 #: Where ``study.run`` keeps its studies unless told otherwise (relative to the working folder).
 DEFAULT_STORAGE = "sqlite:///studies/lr-study.db"
@@ -233,6 +233,27 @@ _SCHEMA_TRIES = 5
 def _lost_schema_race(e: sqlalchemy.exc.SQLAlchemyError) -> bool:
     text = str(e).lower()
     return any(s in text for s in ("unique constraint", "already exists", "duplicate key", "duplicate table"))
+
+
+def storage_failure(e: BaseException) -> str | None:
+    """If ``e`` (or an exception it was raised from or during) is the database failing (SQLAlchemy,
+    the sqlite3 driver, Optuna's StorageInternalError: a full disk, a read-only or corrupt file, a
+    server gone), the database's own one-line reason; else None. Optuna wraps such failures in
+    other errors (a "Should not reach" RuntimeError when telling a trial fails), so the whole
+    chain is searched, and the innermost database error gives the reason."""
+    reasons: list[str] = []
+    seen: set[int] = set()
+    while e is not None and id(e) not in seen:
+        seen.add(id(e))
+        if isinstance(e, (sqlalchemy.exc.SQLAlchemyError, sqlite3.Error, optuna.exceptions.StorageInternalError)) \
+                or type(e).__module__.startswith("psycopg"):
+            orig = e.orig if isinstance(e, sqlalchemy.exc.DBAPIError) and e.orig is not None else e
+            reasons.append(_one_line(orig).split(" [SQL:")[0].strip() or type(orig).__name__)
+        e = e.__cause__ or e.__context__
+    if not reasons:
+        return None
+    meaningful = [r for r in reasons if len(r.strip("()[] ")) > 2]
+    return (meaningful or reasons)[-1]  # the innermost that says something
 
 
 def dashboard_command(url: str) -> str:

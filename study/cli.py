@@ -10,13 +10,14 @@ from pathlib import Path
 
 import torch
 
-__all__ = ["EXIT_FAILED", "EXIT_INTERRUPTED", "EXIT_OK", "EXIT_USAGE", "Parser", "add_cuda_graphs_argument", "add_device_arguments",
+__all__ = ["EXIT_FAILED", "EXIT_STORAGE", "EXIT_INTERRUPTED", "EXIT_OK", "EXIT_USAGE", "Parser", "add_cuda_graphs_argument", "add_device_arguments",
            "WORKER_BYTES", "available_memory", "float_in", "int_at_least", "max_workers", "int_or_auto", "positive_float", "set_threads", "study_name", "threads_per_process",
            "usable_cores"]
 
-EXIT_OK, EXIT_FAILED, EXIT_USAGE, EXIT_INTERRUPTED = 0, 1, 2, 130
+EXIT_OK, EXIT_FAILED, EXIT_USAGE, EXIT_STORAGE, EXIT_INTERRUPTED = 0, 1, 2, 3, 130
 
-EXIT_CODES = "exit codes: 0 done, 1 a worker failed, 2 bad input (one line on stderr, nothing stored is changed), 130 interrupted"
+EXIT_CODES = ("exit codes: 0 done, 1 a worker failed, 2 bad input (one line on stderr, nothing stored is changed), "
+              "3 the storage failed during the run (one line; what was stored stays), 130 interrupted")
 
 
 class _HelpFormatter(argparse.HelpFormatter):

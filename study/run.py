@@ -36,8 +36,8 @@ from objectives.data import SPLIT_SEED, TRAIN_SIZE, VAL_SIZE
 from objectives.fused import AUTO_SLOTS_MAX, auto_slots
 from objectives.lr_range import lr_range_test
 from objectives.precision import PRECISIONS, check_precision
-from storage import DEFAULT_STORAGE, StorageError, dashboard_command, open_storage, sqlite_path
-from study.cli import (EXIT_CODES, EXIT_FAILED, EXIT_INTERRUPTED, EXIT_OK, EXIT_USAGE, Parser,
+from storage import DEFAULT_STORAGE, StorageError, dashboard_command, open_storage, sqlite_path, storage_failure
+from study.cli import (EXIT_CODES, EXIT_FAILED, EXIT_INTERRUPTED, EXIT_OK, EXIT_STORAGE, EXIT_USAGE, Parser,
                        add_cuda_graphs_argument, add_device_arguments, float_in, int_at_least, int_or_auto, set_threads,
                        max_workers, study_name, threads_per_process, usable_cores)
 from study.choices import PRUNERS, SAMPLERS, SamplerUnavailable, make_pruner, make_sampler, warmup_epochs
@@ -368,6 +368,13 @@ def _worker_main(s: Settings, worker: int, n_existing: int) -> None:
     except WorkerError as e:
         print(f"error: worker {worker}: {e}", file=sys.stderr)
         sys.exit(EXIT_FAILED)
+    except Exception as e:  # noqa: BLE001 - the storage failing is one line; anything else is a bug
+        reason = storage_failure(e)
+        if reason is None:
+            raise
+        print(f"error: worker {worker}: storage {_shown(s.storage)} failed: {reason}", file=sys.stderr)
+        _fail_own_running(s)
+        sys.exit(EXIT_STORAGE)
 
 
 def _run_workers(s: Settings, n_existing: int) -> int:
@@ -392,6 +399,8 @@ def _run_workers(s: Settings, n_existing: int) -> int:
     codes = [proc.exitcode for proc in procs]
     if interrupted or EXIT_INTERRUPTED in codes:
         return EXIT_INTERRUPTED
+    if EXIT_STORAGE in codes:  # each such worker said why on its own line
+        return EXIT_STORAGE
     killed = [i for i, code in enumerate(codes) if code is not None and code < 0]
     failed = [f"worker {i} exited with {code}" for i, code in enumerate(codes) if code not in (0, None) and i not in killed]
     if failed:
@@ -528,6 +537,27 @@ def _open_study(s: Settings, argv: list[str], device: torch.device) -> tuple[opt
     return study, s
 
 
+def _shown(url: str) -> str:
+    """``url`` with any password hidden, for messages."""
+    try:
+        return sqlalchemy.engine.make_url(url).render_as_string(hide_password=True)
+    except Exception:  # noqa: BLE001 - it was parsed once already; never fail a message over it
+        return url
+
+
+def _fail_own_running(s: Settings) -> None:
+    """On the way out after a storage failure: the trials this process left RUNNING are marked
+    FAIL, if the storage still lets us (else the heartbeat check of the next run does it)."""
+    try:
+        storage = _storage(s)
+        study = optuna.load_study(study_name=s.study_name, storage=storage)
+        for trial in _running(study):
+            if trial.user_attrs.get("worker") == _owner():
+                storage.set_trial_state_values(trial._trial_id, TrialState.FAIL)
+    except Exception:  # noqa: BLE001 - the storage is what failed; this is best effort
+        pass
+
+
 def _files(s: Settings) -> list[str]:
     """Where the study is, and where its report will go."""
     db = sqlite_path(s.storage)
@@ -615,16 +645,31 @@ def main(argv: list[str] | None = None) -> int:
     except (MnistDataError, StorageError) as e:
         print(f"error: {e}", file=sys.stderr)
         return EXIT_USAGE
+    except Exception as e:  # noqa: BLE001 - the storage failing mid-run is one line; anything else is a bug
+        reason = storage_failure(e)
+        if reason is None:
+            raise
+        print(f"error: storage {_shown(s.storage)} failed during the run: {reason}", file=sys.stderr)
+        _fail_own_running(s)
+        code = EXIT_STORAGE
     finally:
         if bar is not None:
             bar.close()
 
-    study = optuna.load_study(study_name=s.study_name, storage=_storage(s))
-    new = len(study.get_trials(deepcopy=False)) - n_existing
-    spent = trial_epochs(study)
-    study.set_user_attr("trial_epochs", spent)  # the study's real cost, for the record
-    print(summary(study, target=s.trials, wall_seconds=time.perf_counter() - started, new_trials=new, dashboard=dashboard,
-                  spent=spent, files=_files(s)))
+    try:
+        study = optuna.load_study(study_name=s.study_name, storage=_storage(s))
+        new = len(study.get_trials(deepcopy=False)) - n_existing
+        spent = trial_epochs(study)
+        if code != EXIT_STORAGE:
+            study.set_user_attr("trial_epochs", spent)  # the study's real cost, for the record
+        print(summary(study, target=s.trials, wall_seconds=time.perf_counter() - started, new_trials=new,
+                      dashboard=dashboard, spent=spent, files=_files(s)))
+    except Exception as e:  # noqa: BLE001 - a summary of what the storage still lets us read, or why not
+        reason = storage_failure(e)
+        if reason is None:
+            raise
+        print(f"summary: not available, the storage cannot be read ({reason}); run the same command to resume")
+        code = EXIT_STORAGE
     if code == EXIT_INTERRUPTED:
         print(f"interrupted: {_finished(study)} of {s.trials} trials finished; run the same command to resume.", file=sys.stderr)
     return code

@@ -90,10 +90,16 @@ def postgres_server():
         subprocess.run([*prefix, *cmd], check=True, capture_output=True, timeout=120)
 
     run(initdb, "-D", str(data), "-A", "trust", "-U", "lrstudy", "-E", "UTF8", "--no-sync")
-    run(pg_ctl, "-D", str(data), "-l", str(base / "server.log"), "-w", "-t", "60", "start", "-o",
-        f"-p {port} -k {base} -c listen_addresses=127.0.0.1 -c fsync=off -c max_connections=200")
+    def stop() -> None:  # for a test of a server that goes away mid-study; start() brings it back
+        run(pg_ctl, "-D", str(data), "-m", "fast", "-w", "-t", "60", "stop")
+
+    def start() -> None:
+        run(pg_ctl, "-D", str(data), "-l", str(base / "server.log"), "-w", "-t", "60", "start", "-o",
+            f"-p {port} -k {base} -c listen_addresses=127.0.0.1 -c fsync=off -c max_connections=200")
+
+    start()
     try:
-        yield {"port": port, "base": f"postgresql+psycopg://lrstudy@127.0.0.1:{port}"}
+        yield {"port": port, "base": f"postgresql+psycopg://lrstudy@127.0.0.1:{port}", "stop": stop, "start": start}
     finally:
         subprocess.run([*prefix, pg_ctl, "-D", str(data), "-m", "immediate", "-w", "stop"], capture_output=True, timeout=60)
         shutil.rmtree(base, ignore_errors=True)

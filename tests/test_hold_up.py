@@ -5,6 +5,7 @@ values out of range. Each is handled with one line and nothing lost or changed."
 from __future__ import annotations
 
 import hashlib
+import re
 import subprocess
 import sys
 import time
@@ -222,3 +223,76 @@ def test_a_bug_is_not_taken_for_a_full_memory(tmp_path: Path, monkeypatch) -> No
     with pytest.raises(RuntimeError, match="a real bug"):
         run_main(["--trials", "2", "--parallel-trials", "2", "--storage", f"sqlite:///{tmp_path / 'b.db'}", *SMALL])
     assert [t.state.name for t in load(f"sqlite:///{tmp_path / 'b.db'}").trials] == ["FAIL", "FAIL"]
+
+
+def test_a_full_disk_mid_run_ends_with_one_line_a_summary_and_a_database_that_resumes(tmp_path: Path) -> None:
+    import shutil
+    import sqlite3
+
+    disk = tmp_path / "small-disk"
+    disk.mkdir()
+    mounted = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=700k", "tmpfs", str(disk)], capture_output=True)
+    if mounted.returncode != 0:
+        pytest.skip(f"cannot mount a small tmpfs here (needs root): {mounted.stderr.decode().strip()}")
+    try:
+        url = f"sqlite:///{disk / 's.db'}"
+        args = ["--trials", "300", "--epochs", "1", "--train-samples", "512", "--device", "cpu", "--storage", url]
+        done = run_cli(*args, cwd=tmp_path, timeout=300)
+        assert done.returncode == 3, (done.stdout[-2000:], done.stderr)
+        errors = done.stderr.strip().splitlines()
+        assert len(errors) == 1 and "failed during the run: database or disk is full" in errors[0]
+        assert str(disk / "s.db") in errors[0] and "Traceback" not in done.stderr
+        assert re.search(r"study 'mnist-mlp-lr': \d+ finished of 300", done.stdout)  # the summary of what was done
+        finished = int(re.search(r"study 'mnist-mlp-lr': (\d+) finished", done.stdout).group(1))
+        assert finished > 0
+        saved = tmp_path / "saved"
+        saved.mkdir()
+        for path in disk.iterdir():  # the database with its WAL, as the disk holds it
+            shutil.copy(path, saved / path.name)
+    finally:
+        subprocess.run(["umount", str(disk)], capture_output=True)
+    with sqlite3.connect(saved / "s.db") as db:
+        assert db.execute("PRAGMA integrity_check").fetchone()[0] == "ok"
+    # nothing lost: the same command on a disk with room resumes it to the end
+    url = f"sqlite:///{saved / 's.db'}"
+    assert len(load(url).get_trials(states=FINISHED)) == finished
+    again = run_cli("--trials", str(finished + 2), *args[2:-2], "--storage", url, cwd=tmp_path)
+    assert again.returncode == 0, again.stderr
+    study = load(url)
+    assert len(study.get_trials(states=FINISHED)) == finished + 2
+    assert not study.get_trials(states=(optuna.trial.TrialState.RUNNING,))  # the one cut off was settled
+
+
+def test_postgres_stopped_mid_study_ends_with_one_line_per_worker_and_the_rerun_finishes(
+        tmp_path: Path, postgres_server, postgres_url: str) -> None:
+    from cli_helpers import start_cli
+
+    args = ["--trials", "40", "--workers", "2", "--storage", postgres_url, *SMALL]
+    proc = start_cli(*args, cwd=tmp_path)
+    deadline = time.monotonic() + 180
+    while time.monotonic() < deadline:
+        try:
+            if len(load(postgres_url).get_trials(states=FINISHED)) >= 4:
+                break
+        except KeyError:  # not created yet
+            pass
+        assert proc.poll() is None, proc.communicate()
+        time.sleep(0.2)
+    postgres_server["stop"]()
+    try:
+        out, err = proc.communicate(timeout=180)
+    finally:
+        postgres_server["start"]()
+    assert proc.returncode == 3, (out[-1500:], err)
+    assert "Traceback" not in err, err
+    lines = [line for line in err.strip().splitlines() if not line.startswith("warning:")]
+    assert 1 <= len(lines) <= 2 and all("storage" in line and "failed" in line for line in lines), err
+    assert re.search(r"summary: not available, the storage cannot be read \(.*(refused|connect).*\)", out) \
+        or "finished of 40" in out, out[-500:]
+    # nothing lost, nothing left RUNNING once the same command runs again
+    before = len(load(postgres_url).get_trials(states=FINISHED))
+    again = run_cli(*args, cwd=tmp_path, timeout=400)
+    assert again.returncode == 0, again.stderr
+    study = load(postgres_url)
+    assert before >= 4 and len(study.get_trials(states=FINISHED)) >= 40
+    assert not study.get_trials(states=(optuna.trial.TrialState.RUNNING,))
