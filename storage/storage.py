@@ -208,7 +208,8 @@ def open_storage(
                         heartbeat_stale_trial_callback=RetryHeartbeatStaleTrialCallback(max_retry=max_retry),
                     )
                 break
-            except (sqlalchemy.exc.IntegrityError, sqlalchemy.exc.ProgrammingError, sqlalchemy.exc.OperationalError) as e:
+            except (sqlalchemy.exc.IntegrityError, sqlalchemy.exc.ProgrammingError,
+                    sqlalchemy.exc.OperationalError) as e:
                 # Processes started together on a new database race to create Optuna's tables and
                 # its version row ("UNIQUE constraint failed: alembic_version", "relation already
                 # exists"); the losers find the schema made on the next try.

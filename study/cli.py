@@ -10,8 +10,9 @@ from pathlib import Path
 
 import torch
 
-__all__ = ["EXIT_FAILED", "EXIT_STORAGE", "EXIT_INTERRUPTED", "EXIT_OK", "EXIT_USAGE", "Parser", "add_cuda_graphs_argument", "add_device_arguments",
-           "WORKER_BYTES", "available_memory", "float_in", "int_at_least", "max_workers", "int_or_auto", "positive_float", "set_threads", "study_name", "threads_per_process",
+__all__ = ["EXIT_FAILED", "EXIT_INTERRUPTED", "EXIT_OK", "EXIT_STORAGE", "EXIT_USAGE", "WORKER_BYTES", "Parser",
+           "add_cuda_graphs_argument", "add_device_arguments", "available_memory", "float_in", "int_at_least",
+           "int_or_auto", "max_workers", "positive_float", "set_threads", "study_name", "threads_per_process",
            "usable_cores"]
 
 EXIT_OK, EXIT_FAILED, EXIT_USAGE, EXIT_STORAGE, EXIT_INTERRUPTED = 0, 1, 2, 3, 130

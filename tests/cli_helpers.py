@@ -102,3 +102,18 @@ def chromium(profile: Path) -> list[str]:
     return [exe, "--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
             "--disable-background-networking", "--disable-component-update", "--disable-sync",
             f"--user-data-dir={profile}", "--virtual-time-budget=20000"]
+
+
+def run_main(argv: list[str], capsys, module: str = "study.run") -> tuple[int, str, str]:
+    """``python -m MODULE ARGV`` in this process (no interpreter start-up, for the many quick
+    refusals): its exit code, stdout and stderr. argparse's refusals exit through SystemExit."""
+    import importlib
+
+    main = importlib.import_module(module).main
+    capsys.readouterr()
+    try:
+        code = main(argv)
+    except SystemExit as e:
+        code = e.code if isinstance(e.code, int) else 1
+    out, err = capsys.readouterr()
+    return code, out, err

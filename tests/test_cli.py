@@ -16,7 +16,7 @@ import pytest
 import torch
 from optuna.trial import TrialState
 
-from cli_helpers import ENV, FINISHED, SMALL, free_port, load, run_cli, snapshot, start_cli, wait_for_running
+from cli_helpers import ENV, FINISHED, SMALL, free_port, load, run_cli, run_main, snapshot, start_cli, wait_for_running
 from study.run import main
 
 
@@ -96,7 +96,7 @@ BAD_INPUTS.append((["--device", "cpu", "--precision", "tf32"], "precision='tf32'
 @pytest.mark.slow
 @pytest.mark.parametrize("args, named", BAD_INPUTS, ids=[" ".join(a) for a, _ in BAD_INPUTS])
 def test_bad_input_is_one_line_exit_2_and_changes_nothing(finished_study, tmp_path: Path, mnist_copy: Path,
-                                                          args, named) -> None:
+                                                          args, named, monkeypatch, capsys) -> None:
     cwd, url = finished_study
     damaged = mnist_copy / "train-labels-idx1-ubyte.gz"
     damaged.write_bytes(gzip.compress(gzip.decompress(damaged.read_bytes())[:-1] + b"\x07"))
@@ -106,14 +106,16 @@ def test_bad_input_is_one_line_exit_2_and_changes_nothing(finished_study, tmp_pa
     args = [a.replace("{empty}", str(empty)).replace("{corrupt}", str(mnist_copy))
             .replace("{closed_port}", str(closed_port)) for a in args]
     before = snapshot(url)
-    # the flags under test come last, so they override the defaults in SMALL
+    # the flags under test come last, so they override the defaults in SMALL; in this process
+    # (a refusal costs no interpreter start-up), from the study's folder as a user would run it
+    monkeypatch.chdir(cwd)
     started = time.monotonic()
-    done = run_cli("--trials", "5", "--storage", url, *SMALL, *args, cwd=cwd)
+    code, _, err = run_main(["--trials", "5", "--storage", url, *SMALL, *args], capsys)
     assert time.monotonic() - started < 30  # an unreachable server fails fast, never hangs
-    assert done.returncode == 2
-    lines = done.stderr.strip().splitlines()
-    assert len(lines) == 1, done.stderr
-    assert named in lines[0] and "Traceback" not in done.stderr
+    assert code == 2
+    lines = err.strip().splitlines()
+    assert len(lines) == 1, err
+    assert named in lines[0] and "Traceback" not in err
     assert snapshot(url) == before
 
 
