@@ -297,7 +297,7 @@ def test_postgres_stopped_mid_study_ends_with_one_line_per_worker_and_the_rerun_
         or "finished of 10" in out, out[-500:]
     # nothing lost, nothing left RUNNING once the same command runs again
     before = len(load(postgres_url).get_trials(states=FINISHED))
-    again = run_cli(*args, cwd=tmp_path, timeout=400)
+    again = run_cli("--trials", "10", "--storage", postgres_url, *SMALL, cwd=tmp_path, timeout=400)  # one worker finishes it
     assert again.returncode == 0, again.stderr
     study = load(postgres_url)
     assert before >= 4 and len(study.get_trials(states=FINISHED)) >= 10

@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 
-from cli_helpers import ENV, SMALL, run_cli
+from cli_helpers import ENV, SMALL, run_main
 
 # the bar's time field: elapsed<remaining (remaining may still be "?" before the first trial ends)
 BAR = re.compile(r"(\d+)/(\d+) trials \|.*?\| \[(\d+:\d\d)<(\d+:\d\d|\?), best (\d\.\d{4}|-)\]")
@@ -57,8 +57,9 @@ def test_a_terminal_gets_a_bar_with_time_remaining_and_the_best_value(tmp_path: 
     assert "inspect: optuna-dashboard" in out
 
 
-def test_a_pipe_gets_plain_lines_and_no_bar(tmp_path: Path) -> None:
-    done = run_cli("--trials", "2", *SMALL, "--storage", f"sqlite:///{tmp_path / 's.db'}", cwd=tmp_path)
-    assert done.returncode == 0
-    assert not BAR.search(done.stdout + done.stderr) and "\r" not in done.stdout
-    assert len(re.findall(r"\] trial +\d+ ", done.stdout)) == 2
+def test_a_pipe_gets_plain_lines_and_no_bar(tmp_path: Path, capsys) -> None:
+    # in this process, whose stdout pytest captures: not a terminal, as a pipe or a log file
+    code, out, err = run_main(["--trials", "2", *SMALL, "--storage", f"sqlite:///{tmp_path / 's.db'}"], capsys)
+    assert code == 0
+    assert not BAR.search(out + err) and "\r" not in out
+    assert len(re.findall(r"\] trial +\d+ ", out)) == 2
