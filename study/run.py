@@ -514,14 +514,14 @@ def _open_study(s: Settings, argv: list[str], device: torch.device) -> tuple[opt
         else:
             _record_settings(study, attrs)
             return study, s
+    if study.direction != optuna.study.StudyDirection.MINIMIZE:
+        raise UsageError(f"study {s.study_name!r} in {s.storage} maximizes; this study minimizes val_loss: use another --study-name")
     if "fingerprint" not in study.user_attrs and _unfinished_creation(study, attrs):
         study = _await_creation(s, storage, study)
         if "fingerprint" not in study.user_attrs:  # its creator was interrupted: finish it
             print(f"study {s.study_name!r} was left without its settings (its creation was interrupted); "
                   "recording them now", flush=True)
             _record_settings(study, attrs)
-    if study.direction != optuna.study.StudyDirection.MINIMIZE:
-        raise UsageError(f"study {s.study_name!r} in {s.storage} maximizes; this study minimizes val_loss: use another --study-name")
     stored = study.user_attrs.get("fingerprint")
     if stored is not None:
         stored = {"precision": "fp32", **stored}  # studies made before --precision trained in fp32

@@ -240,9 +240,11 @@ def _one_error_line(capsys) -> str:
 def test_study_of_the_other_direction_is_refused(tmp_path: Path, capsys) -> None:
     url = f"sqlite:///{tmp_path / 'o.db'}"
     optuna.create_study(storage=url, study_name="mnist-mlp-lr", direction="maximize")
+    started = time.monotonic()
     assert main(["--storage", url, *SMALL]) == 2
     assert "maximizes" in _one_error_line(capsys)
-    assert load(url).trials == []
+    assert load(url).trials == [] and load(url).user_attrs == {}  # refused before anything is written
+    assert time.monotonic() - started < 10  # not taken for a creation still under way
 
 
 def test_study_of_another_objective_is_refused(tmp_path: Path, capsys) -> None:
