@@ -49,7 +49,7 @@ import torch.nn.functional as F
 from objectives.config import OPTIMIZERS, TrainConfig
 from objectives.data import MnistData
 from objectives.model import LAYERS, MLP, build_model
-from objectives.graphs import StepGraphs
+from objectives.graphs import EagerSteps, StepGraphs
 from objectives.precision import autocast, check_precision, precision_context
 from objectives.schedules import LRSchedule
 from objectives.train import TrainResult, _diverged, _result, epoch_permutation
@@ -145,11 +145,7 @@ class _Trial:
         if self.ahead is not None:
             out, self.ahead = self.ahead, None
             return out
-        out = []
-        for _ in range(steps):
-            out.append(self.schedule.factor)  # the LR of this update; then the schedule steps
-            self.schedule.step()
-        return out
+        return self.schedule.factors(steps)
 
     def look_ahead(self, steps: int) -> None:
         """Step the schedule through the next epoch now, if nothing this epoch ends can change
@@ -158,7 +154,7 @@ class _Trial:
             self.ahead = self.factors(steps)
 
     def lr(self, layer: str, factor: float = 1.0) -> float:
-        return self.config.lr * self.config.lr_mult(layer) * factor
+        return self.config.initial_lrs()[layer] * factor
 
 
 class _Stack:
@@ -203,7 +199,7 @@ class _Stack:
         self.wd = _column(torch.tensor([c.weight_decay for c in cfgs], device=device, dtype=dtype))
         # decided on the host, once: a device-side test per step would be a host sync
         self.has_wd = {opt: any(c.weight_decay != 0 for c in cfgs[a:b]) for opt, a, b in self.groups}
-        self.graphs: StepGraphs | None = None
+        self.steps: StepGraphs | EagerSteps | None = None  # set by train_stream, once per stack
 
     def buffers(self, n: int, steps: int) -> None:
         """Allocate what the steps read and write, filled per epoch: the minibatch order (one
@@ -245,7 +241,7 @@ class _Stack:
         (stepping its schedule through them) and Adam's bias corrections (a host tensor, sent in
         one copy)."""
         factors = torch.tensor([t.factors(steps) for t in self.trials], dtype=torch.float64)  # [k, steps]
-        base = torch.tensor([[t.lr(layer) for layer in LAYERS] for t in self.trials], dtype=torch.float64)
+        base = torch.tensor([list(t.config.initial_lrs().values()) for t in self.trials], dtype=torch.float64)
         s = torch.tensor([t.steps for t in self.trials], dtype=torch.float64).unsqueeze(1) + torch.arange(
             1, steps + 1, dtype=torch.float64)  # [k, steps]: the optimizer step each update is
         b1, b2 = _ADAM_BETAS
@@ -399,9 +395,11 @@ def train_stream(
             return
         if joined or stack is None or len(stack.trials) != len(flight):
             if stack is not None:
-                stack.graphs = None  # the old graphs' memory goes back before the new stack's
+                stack.steps = None  # the old graphs' memory goes back before the new stack's
             stack = _Stack(flight, stack, device, dtype)
             stack.buffers(n, steps_per_epoch)
+            full, tail, warmup = _steps(stack, data, batch_size, precision)
+            stack.steps = EagerSteps(full, tail)
         k = len(stack.trials)
 
         t0 = time.perf_counter()
@@ -410,16 +408,11 @@ def train_stream(
         stack.loss_sum.zero_()
         stack.cursor.zero_()
         with precision_context(device, precision):
-            if graphed and stack.graphs is None:  # a new set of trials; its warm-up reads the buffers just filled
-                stack.graphs = StepGraphs(*_steps(stack, data, batch_size, precision), device=device)
-            if stack.graphs is not None:
-                stack.graphs.run(n // batch_size)
-            else:
-                full, tail, _ = _steps(stack, data, batch_size, precision)
-                for _ in range(n // batch_size):
-                    full()
-                if tail is not None:
-                    tail()
+            # a new set of trials (rebuilt above in this same pass, so ``warmup`` is its own), captured
+            # now that its buffers hold this epoch's inputs, which the warm-up reads
+            if graphed and isinstance(stack.steps, EagerSteps):
+                stack.steps = StepGraphs(stack.steps.full, stack.steps.tail, warmup, device)
+            stack.steps.run(n // batch_size)
 
             with torch.no_grad():
                 val_sum = torch.zeros(k, device=device, dtype=dtype)
@@ -462,7 +455,7 @@ def train_stream(
             flight.remove(t)
             yield t.index, _result(
                 t.val, t.acc, t.train, t.sec, diverged, stopped,
-                initial_lrs={layer: t.lr(layer) for layer in LAYERS},
+                initial_lrs=t.config.initial_lrs(),
                 final_lrs={layer: t.lr(layer, t.ahead[0] if t.ahead else t.schedule.factor) for layer in LAYERS},
                 model=stack.model(t),
             )

@@ -24,7 +24,22 @@ from collections.abc import Callable
 
 import torch
 
-__all__ = ["StepGraphs"]
+__all__ = ["EagerSteps", "StepGraphs"]
+
+
+class EagerSteps:
+    """The steps :class:`StepGraphs` would capture, run as they are (the CPU, or CUDA with the
+    graphs turned off): the same :meth:`run`, so an engine has one epoch loop either way."""
+
+    def __init__(self, full: Callable[[], None] | None, tail: Callable[[], None] | None) -> None:
+        self.full, self.tail = full, tail
+
+    def run(self, full_steps: int) -> None:
+        """One epoch: ``full_steps`` full steps, then the tail."""
+        for _ in range(full_steps if self.full is not None else 0):
+            self.full()
+        if self.tail is not None:
+            self.tail()
 
 
 class StepGraphs:

@@ -14,7 +14,6 @@ import torch
 from torch import nn
 
 from objectives.config import TrainConfig
-from objectives.model import LAYERS
 
 __all__ = ["LRSchedule", "build_optimizer", "set_lr_factor"]
 
@@ -102,6 +101,14 @@ class LRSchedule:
             self._scheduler.step()
         return self.factor
 
+    def factors(self, steps: int) -> list[float]:
+        """The factors of the next ``steps`` updates, stepping through them (an epoch's LR table)."""
+        out = []
+        for _ in range(steps):
+            out.append(self.factor)  # the factor of this update; then the schedule steps
+            self.step()
+        return out
+
     def epoch_end(self, val_loss: float) -> float:
         """End of an epoch with its validation loss; returns the (possibly reduced) factor."""
         if self.decay == "plateau":
@@ -122,8 +129,7 @@ def build_optimizer(model: nn.Module, config: TrainConfig, lrs: torch.Tensor | N
     nothing from the host, so it can be captured in a CUDA graph (:mod:`objectives.graphs`).
     """
     groups = []
-    for i, layer in enumerate(LAYERS):
-        lr = config.lr * config.lr_mult(layer)
+    for i, (layer, lr) in enumerate(config.initial_lrs().items()):
         groups.append({"params": list(getattr(model, layer).parameters()), "lr": lr if lrs is None else lrs[i],
                        "initial_lr": lr, "layer": layer})
     # fused kernels where torch has them for CUDA: one launch per step instead of one per tensor

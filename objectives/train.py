@@ -30,7 +30,7 @@ from torch import nn
 
 from objectives.config import TrainConfig
 from objectives.data import MnistData
-from objectives.graphs import StepGraphs
+from objectives.graphs import EagerSteps, StepGraphs
 from objectives.model import LAYERS, build_model
 from objectives.precision import autocast, check_precision, precision_context
 from objectives.schedules import LRSchedule, build_optimizer, set_lr_factor
@@ -174,7 +174,7 @@ def train(
     cuda = device.type == "cuda"
 
     model = build_model(seed, device, data.dtype)
-    initial_lrs = {layer: config.lr * config.lr_mult(layer) for layer in LAYERS}  # lr x multiplier, the nominal LR
+    initial_lrs = config.initial_lrs()  # lr x multiplier, the nominal LR
     # On CUDA each layer's LR is a device scalar that a step copies from the epoch's LR table
     # (one host-to-device copy per epoch), so a step reads nothing from the host and can be a
     # CUDA graph; float32 whatever the data, which is what torch's fused optimizer kernels read.
@@ -215,10 +215,9 @@ def train(
     diverged = stopped = False
 
     with precision_context(device, precision):
-        graphs: StepGraphs | None = None
+        steps: StepGraphs | EagerSteps = EagerSteps(full_step if full_steps else None, tail_step if tail else None)
         if cuda and cuda_graphs:
-            graphs = _capture_train_steps(model, optimizer, full_step if full_steps else None,
-                                          tail_step if tail else None, device, perm, lr_table)
+            steps = _capture_train_steps(model, optimizer, steps.full, steps.tail, device, perm, lr_table)
         for epoch in range(1, epochs + 1):
             t0 = time.perf_counter()
             perm.copy_(epoch_permutation(n, shuffle_seed, epoch, "cpu"))  # the epoch's inputs: one copy each
@@ -226,13 +225,7 @@ def train(
             cursor.zero_()
             if lr_table is not None:
                 lr_table.copy_(_lr_rows(schedule, steps_per_epoch, initial_lrs))
-                if graphs is not None:
-                    graphs.run(full_steps)
-                else:
-                    for _ in range(full_steps):
-                        full_step()
-                    if tail:
-                        tail_step()
+                steps.run(full_steps)
             else:  # the CPU: host float LRs, set before each step
                 for s in range(steps_per_epoch):
                     set_lr_factor(optimizer, schedule.factor)
@@ -262,12 +255,8 @@ def train(
 def _lr_rows(schedule: LRSchedule, steps: int, initial_lrs: dict[str, float]) -> torch.Tensor:
     """``[steps, layers]``: each layer's LR for the next ``steps`` updates, stepping ``schedule``
     through them (a host tensor, sent in one copy)."""
-    factors = []
-    for _ in range(steps):
-        factors.append(schedule.factor)  # the LR of this update; then the schedule steps
-        schedule.step()
     lrs = torch.tensor(list(initial_lrs.values()), dtype=torch.float64)
-    return torch.tensor(factors, dtype=torch.float64).unsqueeze(1) * lrs
+    return torch.tensor(schedule.factors(steps), dtype=torch.float64).unsqueeze(1) * lrs
 
 
 def _capture_train_steps(model: nn.Module, optimizer: torch.optim.Optimizer, full_step: Callable[[], None] | None,

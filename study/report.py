@@ -33,7 +33,7 @@ import plotly.graph_objects as go
 from optuna.distributions import FloatDistribution
 from optuna.trial import FrozenTrial, TrialState
 
-from objectives import (DECAYS, LAYERS, LRSchedule, MnistData, MnistDataError, TrainConfig, evaluate, load_mnist,
+from objectives import (DECAYS, LRSchedule, MnistData, MnistDataError, TrainConfig, evaluate, load_mnist,
                         resolve_device, suggest_config, train, train_stream)
 from objectives.data import TRAIN_SIZE
 from storage import DEFAULT_STORAGE, StorageError, open_storage, sqlite_path
@@ -158,14 +158,11 @@ def lr_schedules(trials: list[FrozenTrial], steps_per_epoch: int, epochs: int) -
         schedule = LRSchedule(config, steps_per_epoch, epochs)
         factors, val = [], trial.intermediate_values
         for epoch in range(1, epochs + 1):
-            for _ in range(steps_per_epoch):
-                factors.append(schedule.factor)
-                schedule.step()
+            factors.extend(schedule.factors(steps_per_epoch))
             if epoch in val:
                 schedule.epoch_end(val[epoch])
         x = list(range(len(factors)))
-        for layer in LAYERS:
-            lr0 = config.lr * config.lr_mult(layer)
+        for layer, lr0 in config.initial_lrs().items():
             fig.add_trace(go.Scatter(x=x, y=[lr0 * f for f in factors], mode="lines", line={"dash": dashes[layer]},
                                      legendgroup=str(trial.number),
                                      name=f"trial {trial.number} ({config.decay}, {config.optimizer}) {layer}"))
@@ -184,10 +181,10 @@ def final_word(study: optuna.Study, rows: list[DecayRow], seeds: int, data: Mnis
     (training stops there). Test accuracy mean ± sd; ``main`` stores it in the study's user attrs
     (``final_test``) once the report's files are written.
 
-    ``fused``: train every (configuration, seed) pair at once with ``train_many`` (on a GPU
+    ``fused``: train every (configuration, seed) pair at once with ``train_stream`` (on a GPU
     about the time of one retraining; trial i of it is ``train`` on its own, to rounding), else
     one ``train`` after another (the CPU, where fusing is correct but not faster). ``log`` gets a
-    line as each run ends."""
+    line saying what will train, and one as each run ends."""
     epochs = int(study.user_attrs.get("epochs", 20))
     batch_size = int(study.user_attrs.get("batch_size", 128))
     precision = study.user_attrs.get("precision", "fp32")  # the study's arithmetic, fp32 before --precision
@@ -199,6 +196,10 @@ def final_word(study: optuna.Study, rows: list[DecayRow], seeds: int, data: Mnis
     best_epochs = [int(t.user_attrs.get("best_epoch") or min(t.intermediate_values, key=t.intermediate_values.get))
                    for t in trials]
     jobs = [(trial_config(t, batch_size), stop, seed) for t, stop in zip(trials, best_epochs) for seed in final_seeds]
+    if log is not None:
+        log(f"final word: retraining {len(jobs)} runs (configuration × seed) of up to {epochs} epochs on "
+            f"{data.train_x.shape[0]:,} images on {data.device}, "
+            f"{'all at once (train_stream)' if fused else 'one after another'}")
     # the runs' "validation" is the test set here: its values are never looked at, the stop is
     # the trial's best epoch, chosen on validation during the search
     if fused:  # each pair with its own seed for the weights and the batch order, as train uses
@@ -398,8 +399,7 @@ def main(argv: list[str] | None = None) -> int:
             raise ValueError(f"no study {args.study_name!r} in {args.storage}") from None
         if not study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,)):
             raise ValueError(f"study {args.study_name!r} has no complete trial yet")
-        if args.final_seeds:
-            resolve_device(args.device)
+        device = resolve_device(args.device) if args.final_seeds else None
         # every place written to is checked before minutes of retraining, not after
         artifact_dir = args.artifact_dir
         if artifact_dir is None:
@@ -440,15 +440,9 @@ def main(argv: list[str] | None = None) -> int:
     final = None
     if args.final_seeds:
         try:
-            device = resolve_device(args.device)
             data = load_mnist(args.data_dir, device=device).for_final_training()
-            fused = device.type == "cuda"
-            n_runs = len({t.number for t in [study.best_trial] + [r.best for r in rows if r.best]}) * args.final_seeds
-            print(f"final word: retraining {n_runs} runs (configuration × seed) of up to {study.user_attrs.get('epochs', 20)} "
-                  f"epochs on {data.train_x.shape[0]:,} images on {device}, "
-                  f"{'all at once (train_many)' if fused else 'one after another'}", flush=True)
-            final = final_word(study, rows, args.final_seeds, data, fused=fused, cuda_graphs=args.cuda_graphs,
-                               log=lambda line: print(line, flush=True))
+            final = final_word(study, rows, args.final_seeds, data, fused=device.type == "cuda",
+                               cuda_graphs=args.cuda_graphs, log=lambda line: print(line, flush=True))
         except (ValueError, MnistDataError) as e:
             print(f"error: {e}", file=sys.stderr)
             return EXIT_USAGE
