@@ -79,8 +79,8 @@ class ProgressBar:
         """Print ``line`` above the bar."""
         self.bar.write(line, file=self.file)
 
-    def update(self, study: optuna.Study) -> None:
-        trials = study.get_trials(deepcopy=False)
+    def update(self, trials: list[FrozenTrial]) -> None:
+        """Move on to what the study's ``trials`` (all of them) show."""
         finished = [t for t in trials if t.state in FINISHED]
         done = sum(len(t.intermediate_values) for t in trials if t.number >= self.first_number)
         running = sum(len(t.intermediate_values) for t in trials if t.state == TrialState.RUNNING)
@@ -110,7 +110,8 @@ class TrialLog:
         self.bar = bar
 
     def __call__(self, study: optuna.Study, trial: FrozenTrial) -> None:
-        finished = len(study.get_trials(deepcopy=False, states=FINISHED))
+        trials = study.get_trials(deepcopy=False)  # one read, for the count and the bar
+        finished = sum(t.state in FINISHED for t in trials)
         attrs = trial.user_attrs
         if trial.state == TrialState.COMPLETE:
             outcome = f"val_loss {trial.value:.4f} acc {100 * attrs.get('val_accuracy', math.nan):.2f}%"
@@ -126,7 +127,7 @@ class TrialLog:
             print(line, flush=True)
         else:
             self.bar.write(line)
-            self.bar.update(study)
+            self.bar.update(trials)
 
 
 def edge_warnings(trial: FrozenTrial, margin: float = 0.02) -> list[str]:

@@ -369,11 +369,8 @@ def _worker_main(s: Settings, worker: int, n_existing: int) -> None:
         print(f"error: worker {worker}: {e}", file=sys.stderr)
         sys.exit(EXIT_FAILED)
     except Exception as e:  # noqa: BLE001 - the storage failing is one line; anything else is a bug
-        reason = storage_failure(e)
-        if reason is None:
+        if not _storage_failed(s, e, f"worker {worker}: "):
             raise
-        print(f"error: worker {worker}: storage {_shown(s.storage)} failed: {reason}", file=sys.stderr)
-        _fail_own_running(s)
         sys.exit(EXIT_STORAGE)
 
 
@@ -545,17 +542,22 @@ def _shown(url: str) -> str:
         return url
 
 
-def _fail_own_running(s: Settings) -> None:
-    """On the way out after a storage failure: the trials this process left RUNNING are marked
-    FAIL, if the storage still lets us (else the heartbeat check of the next run does it)."""
+def _storage_failed(s: Settings, e: Exception, who: str = "") -> bool:
+    """Whether ``e`` is the storage failing mid-run. If it is: one line naming the storage and the
+    database's reason (``who``: which process), and the trials this process left RUNNING are
+    failed and queued again once, as a dead worker's are, if the storage still lets us (else the
+    next run settles them as orphans)."""
+    reason = storage_failure(e)
+    if reason is None:
+        return False
+    print(f"error: {who}storage {_shown(s.storage)} failed during the run: {reason}", file=sys.stderr)
     try:
         storage = _storage(s)
         study = optuna.load_study(study_name=s.study_name, storage=storage)
-        for trial in _running(study):
-            if trial.user_attrs.get("worker") == _owner():
-                storage.set_trial_state_values(trial._trial_id, TrialState.FAIL)
+        _fail_and_retry(storage, study, [t for t in _running(study) if t.user_attrs.get("worker") == _owner()])
     except Exception:  # noqa: BLE001 - the storage is what failed; this is best effort
         pass
+    return True
 
 
 def _files(s: Settings) -> list[str]:
@@ -646,11 +648,8 @@ def main(argv: list[str] | None = None) -> int:
         print(f"error: {e}", file=sys.stderr)
         return EXIT_USAGE
     except Exception as e:  # noqa: BLE001 - the storage failing mid-run is one line; anything else is a bug
-        reason = storage_failure(e)
-        if reason is None:
+        if not _storage_failed(s, e):
             raise
-        print(f"error: storage {_shown(s.storage)} failed during the run: {reason}", file=sys.stderr)
-        _fail_own_running(s)
         code = EXIT_STORAGE
     finally:
         if bar is not None:
