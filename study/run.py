@@ -76,7 +76,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--timeout", type=float_in(365 * 86_400), default=None,
                    help="stop starting trials after this many seconds, at most a year (default: no limit)")
     p.add_argument("--workers", type=int_at_least(1, 1024), default=1,
-                   help="processes on this machine working on the study (spread over the GPUs)")
+                   help="processes on this machine working on the study (spread over the GPUs; capped at 2 per usable core "
+                        "and at what the available memory holds)")
     p.add_argument("--parallel-trials", type=int_or_auto(1, 4096), default=1,
                    help="trials in flight per worker, trained fused in the same kernels (objectives.train_stream); "
                         f"auto: as many as half the free GPU memory holds, at most {AUTO_SLOTS_MAX} and a quarter of "
