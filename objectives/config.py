@@ -5,6 +5,7 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 
+from objectives.checks import check_int, check_positive, check_real
 from objectives.model import LAYERS
 
 __all__ = ["DECAYS", "OPTIMIZERS", "TrainConfig"]
@@ -52,23 +53,23 @@ class TrainConfig:
             raise ValueError(f"optimizer must be one of {OPTIMIZERS}, but got optimizer={self.optimizer!r}")
         if self.decay not in DECAYS:
             raise ValueError(f"decay must be one of {DECAYS}, but got decay={self.decay!r}")
-        _positive(lr=self.lr)
+        check_positive(lr=self.lr)
         for layer in LAYERS:
-            _positive(**{f"lr_mult_{layer}": self.lr_mult(layer)})
-        _in_range(momentum=self.momentum, low=0.0, high=1.0, high_open=True)
-        _in_range(weight_decay=self.weight_decay, low=0.0, high=math.inf)
-        _in_range(step_gamma=self.step_gamma, low=0.0, high=1.0, low_open=True)
-        _in_range(exp_gamma=self.exp_gamma, low=0.0, high=1.0, low_open=True)
-        _in_range(cosine_eta_min_ratio=self.cosine_eta_min_ratio, low=0.0, high=1.0)
-        _in_range(plateau_factor=self.plateau_factor, low=0.0, high=1.0, low_open=True, high_open=True)
-        _positive_int(step_size=self.step_size, batch_size=self.batch_size, restart_period=self.restart_period,
-                      restart_mult=self.restart_mult)
-        _positive_int(plateau_patience=self.plateau_patience, warmup_epochs=self.warmup_epochs, allow_zero=True)
-        _in_range(onecycle_pct_start=self.onecycle_pct_start, low=0.0, high=1.0, low_open=True, high_open=True)
-        _in_range(onecycle_div_factor=self.onecycle_div_factor, onecycle_final_div_factor=self.onecycle_final_div_factor,
+            check_positive(**{f"lr_mult_{layer}": self.lr_mult(layer)})
+        check_real(momentum=self.momentum, low=0.0, high=1.0, high_open=True)
+        check_real(weight_decay=self.weight_decay, low=0.0, high=math.inf)
+        check_real(step_gamma=self.step_gamma, low=0.0, high=1.0, low_open=True)
+        check_real(exp_gamma=self.exp_gamma, low=0.0, high=1.0, low_open=True)
+        check_real(cosine_eta_min_ratio=self.cosine_eta_min_ratio, low=0.0, high=1.0)
+        check_real(plateau_factor=self.plateau_factor, low=0.0, high=1.0, low_open=True, high_open=True)
+        check_int(step_size=self.step_size, batch_size=self.batch_size, restart_period=self.restart_period,
+                  restart_mult=self.restart_mult)
+        check_int(plateau_patience=self.plateau_patience, warmup_epochs=self.warmup_epochs, low=0)
+        check_real(onecycle_pct_start=self.onecycle_pct_start, low=0.0, high=1.0, low_open=True, high_open=True)
+        check_real(onecycle_div_factor=self.onecycle_div_factor, onecycle_final_div_factor=self.onecycle_final_div_factor,
                   low=1.0, high=math.inf, high_open=True)
-        _in_range(restart_eta_min_ratio=self.restart_eta_min_ratio, low=0.0, high=1.0)
-        _in_range(warmup_start_ratio=self.warmup_start_ratio, low=0.0, high=1.0, low_open=True)
+        check_real(restart_eta_min_ratio=self.restart_eta_min_ratio, low=0.0, high=1.0)
+        check_real(warmup_start_ratio=self.warmup_start_ratio, low=0.0, high=1.0, low_open=True)
         if self.decay == "onecycle" and self.warmup_epochs:
             raise ValueError("onecycle rises to its peak by itself (onecycle_pct_start): it takes no warm-up, "
                              f"but got warmup_epochs={self.warmup_epochs!r}")
@@ -80,31 +81,3 @@ class TrainConfig:
     def initial_lrs(self) -> dict[str, float]:
         """Each layer's learning rate at step 0: ``lr * lr_mult_layer``."""
         return {layer: self.lr * self.lr_mult(layer) for layer in LAYERS}
-
-
-def _positive(**values: float) -> None:
-    for name, value in values.items():
-        if not _is_real(value) or not value > 0 or not math.isfinite(value):
-            raise ValueError(f"{name} must be a finite number > 0, but got {name}={value!r}")
-
-
-def _in_range(
-    *, low: float, high: float, low_open: bool = False, high_open: bool = False, **values: float
-) -> None:
-    for name, value in values.items():
-        ok = _is_real(value) and (low < value if low_open else low <= value) and (
-            value < high if high_open else value <= high
-        )
-        if not ok:
-            lo, hi = "(" if low_open else "[", ")" if high_open else "]"
-            raise ValueError(f"{name} must be in {lo}{low}, {high}{hi}, but got {name}={value!r}")
-
-
-def _positive_int(allow_zero: bool = False, **values: int) -> None:
-    for name, value in values.items():
-        if isinstance(value, bool) or not isinstance(value, int) or value < (0 if allow_zero else 1):
-            raise ValueError(f"{name} must be an int >= {0 if allow_zero else 1}, but got {name}={value!r}")
-
-
-def _is_real(value: object) -> bool:
-    return isinstance(value, (int, float)) and not isinstance(value, bool) and not math.isnan(value)

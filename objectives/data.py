@@ -23,6 +23,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from objectives.checks import check_int
 from objectives.device import resolve_device
 
 __all__ = [
@@ -204,10 +205,8 @@ def _load_raw(root: Path, download: bool) -> tuple[str, dict[str, torch.Tensor]]
 
 def check_train_samples(train_samples: int | None) -> None:
     """``ValueError`` unless ``train_samples`` is None or an int in [1, 50000]."""
-    if train_samples is not None and (
-        isinstance(train_samples, bool) or not isinstance(train_samples, int) or not 1 <= train_samples <= TRAIN_SIZE
-    ):
-        raise ValueError(f"train_samples must be an int in [1, {TRAIN_SIZE}] or None, but got {train_samples=}")
+    if train_samples is not None:
+        check_int(train_samples=train_samples, high=TRAIN_SIZE)
 
 
 def check_mnist(data_dir: str | os.PathLike[str] | None = None, *, download: bool = True) -> str:

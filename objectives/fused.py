@@ -46,6 +46,7 @@ from dataclasses import dataclass, field
 import torch
 import torch.nn.functional as F
 
+from objectives.checks import check_int
 from objectives.config import OPTIMIZERS, TrainConfig
 from objectives.data import MnistData
 from objectives.model import LAYERS, MLP, build_model
@@ -358,10 +359,7 @@ def train_stream(
         cuda_graphs: on CUDA, run the steps as CUDA graphs, captured again only when the set of
             trials in flight changes (:mod:`objectives.graphs`); False runs them eagerly.
     """
-    if isinstance(epochs, bool) or not isinstance(epochs, int) or epochs < 1:
-        raise ValueError(f"epochs must be an int >= 1, but got {epochs=}")
-    if isinstance(slots, bool) or not isinstance(slots, int) or slots < 1:
-        raise ValueError(f"slots must be an int >= 1, but got {slots=}")
+    check_int(epochs=epochs, slots=slots)
     if report is not None and report_epoch is not None:
         raise ValueError("give report or report_epoch, not both")
     device, dtype = data.device, data.dtype

@@ -23,6 +23,7 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 
+from objectives.checks import check_int
 from objectives.config import TrainConfig
 from objectives.data import MnistData
 from objectives.model import build_model
@@ -111,8 +112,7 @@ def lr_range_test(
     """
     if not (0 < start_lr < end_lr) or not math.isfinite(end_lr):
         raise ValueError(f"need 0 < start_lr < end_lr, but got {start_lr=}, {end_lr=}")
-    if isinstance(steps, bool) or not isinstance(steps, int) or steps < 10:
-        raise ValueError(f"steps must be an int >= 10, but got {steps=}")
+    check_int(steps=steps, low=10)
     if not 0 <= beta < 1 or not diverge_factor > 1:
         raise ValueError(f"need 0 <= beta < 1 and diverge_factor > 1, but got {beta=}, {diverge_factor=}")
     check_precision(precision, data.dtype, data.device)

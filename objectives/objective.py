@@ -9,6 +9,7 @@ import os
 import optuna
 import torch
 
+from objectives.checks import check_int
 from objectives.data import MnistData, check_train_samples, load_mnist
 from objectives.device import as_out_of_memory, resolve_device
 from objectives.precision import check_precision
@@ -65,13 +66,9 @@ class MnistMLPObjective:
         precision: str = "fp32",
         cuda_graphs: bool = True,
     ) -> None:
-        if isinstance(epochs, bool) or not isinstance(epochs, int) or epochs < 1:
-            raise ValueError(f"epochs must be an int >= 1, but got {epochs=}")
-        if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
-            raise ValueError(f"batch_size must be an int >= 1, but got {batch_size=}")
+        check_int(epochs=epochs, batch_size=batch_size)
+        check_int(seed=seed, low=0)
         check_train_samples(train_samples)
-        if isinstance(seed, bool) or not isinstance(seed, int) or seed < 0:
-            raise ValueError(f"seed must be an int >= 0, but got {seed=}")
         if space is not None and not isinstance(space, SearchSpace):
             raise ValueError(f"space must be a SearchSpace or None, but got {space=}")
         self.epochs = epochs

@@ -7,6 +7,7 @@ from dataclasses import dataclass, fields, replace
 
 import optuna
 
+from objectives.checks import check_int, check_pair, check_real
 from objectives.config import DECAYS, OPTIMIZERS, TrainConfig
 from objectives.model import LAYERS
 
@@ -71,22 +72,21 @@ class SearchSpace:
             )
         for name in ("lr_sgd", "lr_adam", "lr_adamw", "lr_rmsprop", "lr_adagrad", "cosine_eta_min_ratio", "lr_mult",
                      "restart_eta_min_ratio"):
-            _range(name, getattr(self, name), low=0.0, low_open=True)
-        _range("onecycle_pct_start", self.onecycle_pct_start, low=0.0, high=1.0, low_open=True, high_open=True)
-        _range("onecycle_div_factor", self.onecycle_div_factor, low=1.0)
-        _range("onecycle_final_div_factor", self.onecycle_final_div_factor, low=1.0)
-        _range("restart_period", self.restart_period, low=1, integer=True)
-        _range("restart_mult", self.restart_mult, low=1, integer=True)
-        _range("warmup_epochs", self.warmup_epochs, low=0, integer=True)
-        _range("warmup_start_ratio", self.warmup_start_ratio, low=0.0, high=1.0, low_open=True)
-        _range("sgd_momentum", self.sgd_momentum, low=0.0, high=1.0, high_open=True)
-        _range("step_gamma", self.step_gamma, low=0.0, high=1.0, low_open=True)
-        _range("exp_gamma", self.exp_gamma, low=0.0, high=1.0, low_open=True)
-        _range("plateau_factor", self.plateau_factor, low=0.0, high=1.0, low_open=True, high_open=True)
-        _range("step_size", self.step_size, low=1, integer=True)
-        _range("plateau_patience", self.plateau_patience, low=0, integer=True)
-        if not (isinstance(self.adamw_weight_decay, (int, float)) and 0 <= self.adamw_weight_decay < math.inf):
-            raise ValueError(f"adamw_weight_decay must be >= 0, but got adamw_weight_decay={self.adamw_weight_decay!r}")
+            check_pair(name, getattr(self, name), low=0.0, low_open=True)
+        check_pair("onecycle_pct_start", self.onecycle_pct_start, low=0.0, high=1.0, low_open=True, high_open=True)
+        check_pair("onecycle_div_factor", self.onecycle_div_factor, low=1.0)
+        check_pair("onecycle_final_div_factor", self.onecycle_final_div_factor, low=1.0)
+        check_pair("restart_period", self.restart_period, low=1, integer=True)
+        check_pair("restart_mult", self.restart_mult, low=1, integer=True)
+        check_pair("warmup_epochs", self.warmup_epochs, low=0, integer=True)
+        check_pair("warmup_start_ratio", self.warmup_start_ratio, low=0.0, high=1.0, low_open=True)
+        check_pair("sgd_momentum", self.sgd_momentum, low=0.0, high=1.0, high_open=True)
+        check_pair("step_gamma", self.step_gamma, low=0.0, high=1.0, low_open=True)
+        check_pair("exp_gamma", self.exp_gamma, low=0.0, high=1.0, low_open=True)
+        check_pair("plateau_factor", self.plateau_factor, low=0.0, high=1.0, low_open=True, high_open=True)
+        check_pair("step_size", self.step_size, low=1, integer=True)
+        check_pair("plateau_patience", self.plateau_patience, low=0, integer=True)
+        check_real(adamw_weight_decay=self.adamw_weight_decay, low=0.0, high=math.inf, high_open=True)
 
     def for_epochs(self, epochs: int) -> SearchSpace:
         """This space with its epoch-valued ranges cut to what can act within ``epochs`` epochs.
@@ -99,8 +99,7 @@ class SearchSpace:
         ``epochs - 1``. Only the upper ends are cut, never below the lower ends, so a range fixed
         by the user stays fixed.
         """
-        if isinstance(epochs, bool) or not isinstance(epochs, int) or epochs < 1:
-            raise ValueError(f"epochs must be an int >= 1, but got {epochs=}")
+        check_int(epochs=epochs)
 
         def cut(bounds: tuple[int, int], most: int) -> tuple[int, int]:
             return bounds[0], max(bounds[0], min(bounds[1], most))
@@ -185,32 +184,6 @@ def _members(*, allowed: tuple[str, ...], **values: tuple[str, ...]) -> None:
             or len(set(value)) != len(value)
         ):
             raise ValueError(f"{name} must be a non-empty tuple of distinct names from {allowed}, but got {name}={value!r}")
-
-
-def _range(
-    name: str,
-    value: object,
-    *,
-    low: float = -math.inf,
-    high: float = math.inf,
-    low_open: bool = False,
-    high_open: bool = False,
-    integer: bool = False,
-) -> None:
-    kind = int if integer else (int, float)
-    ok = (
-        isinstance(value, tuple)
-        and len(value) == 2
-        and all(isinstance(v, kind) and not isinstance(v, bool) for v in value)
-        and all(math.isfinite(v) for v in value)
-        and value[0] <= value[1]
-        and (value[0] > low if low_open else value[0] >= low)
-        and (value[1] < high if high_open else value[1] <= high)
-    )
-    if not ok:
-        lo, hi = "(" if low_open else "[", ")" if high_open else "]"
-        what = "ints" if integer else "numbers"
-        raise ValueError(f"{name} must be a (low, high) pair of {what} in {lo}{low}, {high}{hi} with low <= high, but got {name}={value!r}")
 
 
 def _plain(value: object) -> object:

@@ -28,6 +28,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from objectives.checks import check_int
 from objectives.config import TrainConfig
 from objectives.data import MnistData
 from objectives.graphs import EagerSteps, StepGraphs
@@ -164,8 +165,7 @@ def train(
     is read once per epoch to keep the step loop free of host syncs), so at most one epoch is
     spent on it; that epoch is not reported.
     """
-    if isinstance(epochs, bool) or not isinstance(epochs, int) or epochs < 1:
-        raise ValueError(f"epochs must be an int >= 1, but got {epochs=}")
+    check_int(epochs=epochs)
     check_precision(precision, data.dtype, data.device)
     device = data.device
     n, bs = data.train_x.shape[0], config.batch_size

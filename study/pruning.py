@@ -30,6 +30,7 @@ from optuna.pruners import BasePruner
 from optuna.study import StudyDirection
 from optuna.trial import FrozenTrial, TrialState
 
+from objectives.checks import check_int
 from storage.batch import TrialWrites
 
 __all__ = ["InFlightMedianPruner", "judge_boundary"]
@@ -54,9 +55,7 @@ class InFlightMedianPruner(BasePruner):
     """
 
     def __init__(self, n_startup_trials: int = 5, n_warmup_steps: int = 0) -> None:
-        for name, value in (("n_startup_trials", n_startup_trials), ("n_warmup_steps", n_warmup_steps)):
-            if isinstance(value, bool) or not isinstance(value, int) or value < 0:
-                raise ValueError(f"{name} must be an int >= 0, but got {name}={value!r}")
+        check_int(n_startup_trials=n_startup_trials, n_warmup_steps=n_warmup_steps, low=0)
         self.n_startup_trials = n_startup_trials
         self.n_warmup_steps = n_warmup_steps
 
