@@ -11,13 +11,15 @@ side effects: nothing is loaded, printed or seeded until called.
 from objectives.config import DECAYS, OPTIMIZERS, TrainConfig
 from objectives.data import MnistData, MnistDataError, check_mnist, default_data_dir, load_mnist
 from objectives.device import resolve_device
+from objectives.evaluation import evaluate
 from objectives.fused import train_many, train_stream
 from objectives.model import LAYERS, MLP, build_model
 from objectives.objective import MnistMLPObjective
 from objectives.precision import PRECISIONS
 from objectives.schedules import LRSchedule, build_optimizer, set_lr_factor
 from objectives.space import SearchSpace, suggest_config
-from objectives.train import DIVERGENCE_LOSS, TrainResult, epoch_permutation, evaluate, train
+from objectives.result import DIVERGENCE_LOSS, TrainResult
+from objectives.train import epoch_permutation, train
 
 __all__ = [
     "DECAYS",

@@ -53,7 +53,9 @@ from objectives.model import LAYERS, MLP, build_model
 from objectives.graphs import EagerSteps, StepGraphs
 from objectives.precision import autocast, check_precision, precision_context
 from objectives.schedules import LRSchedule
-from objectives.train import TrainResult, _diverged, _result, epoch_permutation
+from objectives.evaluation import EVAL_CHUNK, eval_sums
+from objectives.result import TrainResult, diverged, make_result
+from objectives.train import epoch_permutation
 
 __all__ = ["AUTO_SLOTS_MAX", "auto_slots", "train_many", "train_stream"]
 
@@ -71,7 +73,6 @@ _STATE = {"sgd": ("buf",), "adam": ("exp_avg", "exp_avg_sq"), "adamw": ("exp_avg
           "rmsprop": ("square_avg",), "adagrad": ("sum",)}
 # rows of the per-epoch table: one LR per layer, then Adam's two bias corrections
 _ROW_BC1, _ROW_BC2 = len(LAYERS), len(LAYERS) + 1
-_EVAL_CHUNK = 8192
 
 
 def _column(values: torch.Tensor) -> torch.Tensor:
@@ -398,8 +399,6 @@ def train_stream(
             stack.buffers(n, steps_per_epoch)
             full, tail, warmup = _steps(stack, data, batch_size, precision)
             stack.steps = EagerSteps(full, tail)
-        k = len(stack.trials)
-
         t0 = time.perf_counter()
         stack.perm.copy_(stack.order(n))  # the epoch's inputs: one copy each
         stack.lr_table.copy_(stack.table(steps_per_epoch))
@@ -412,15 +411,7 @@ def train_stream(
                 stack.steps = StepGraphs(stack.steps.full, stack.steps.tail, warmup, device)
             stack.steps.run(n // batch_size)
 
-            with torch.no_grad():
-                val_sum = torch.zeros(k, device=device, dtype=dtype)
-                correct = torch.zeros(k, device=device, dtype=dtype)
-                for i in range(0, n_val, _EVAL_CHUNK):
-                    y = data.val_y[i : i + _EVAL_CHUNK]
-                    with autocast(device, precision):
-                        logits = stack.forward(data.val_x[i : i + _EVAL_CHUNK])
-                        val_sum += F.cross_entropy(logits.reshape(-1, 10), y.repeat(k), reduction="none").view(k, -1).sum(dim=1)
-                    correct += (logits.argmax(dim=2) == y).sum(dim=1)
+            val_sum, correct = eval_sums(stack.forward, data.val_x, data.val_y, precision)
         loss_sum = stack.loss_sum
         # the host's share of the next epoch, done while the GPU still runs this one (asynchronous)
         for t in stack.trials:
@@ -436,7 +427,7 @@ def train_stream(
             t.val.append(val_l[r])
             t.acc.append(acc[r])
             t.sec.append(seconds)
-            if _diverged(train_l[r], val_l[r]):
+            if diverged(train_l[r], val_l[r]):
                 blown.add(t.index)
             else:
                 t.schedule.epoch_end(val_l[r])
@@ -449,10 +440,10 @@ def train_stream(
         for t in stack.trials:
             if t.index in blown or t.index in stops or t.epoch == epochs:
                 ended.append((t, t.index in blown, t.index in stops))
-        for t, diverged, stopped in ended:
+        for t, blew_up, stopped in ended:
             flight.remove(t)
-            yield t.index, _result(
-                t.val, t.acc, t.train, t.sec, diverged, stopped,
+            yield t.index, make_result(
+                t.val, t.acc, t.train, t.sec, blew_up, stopped,
                 initial_lrs=t.config.initial_lrs(),
                 final_lrs={layer: t.lr(layer, t.ahead[0] if t.ahead else t.schedule.factor) for layer in LAYERS},
                 model=stack.model(t),
@@ -472,7 +463,7 @@ def _bytes_per_trial(batch_size: int, dtype: torch.dtype) -> int:
     # while they are rebuilt
     elements = 9 * params
     elements += batch_size * (784 + 2 * (512 + 256) * 2 + 3 * 10)  # a step's activations and their gradients
-    elements += _EVAL_CHUNK * (2 * 512 + 2 * 256 + 10)  # a validation chunk
+    elements += EVAL_CHUNK * (2 * 512 + 2 * 256 + 10)  # a validation chunk
     return elements * torch.tensor([], dtype=dtype).element_size() + 8 * 60_000  # + its own permutation
 
 

@@ -15,7 +15,8 @@ from objectives.device import as_out_of_memory, resolve_device
 from objectives.precision import check_precision
 from objectives.space import SearchSpace, suggest_config
 from objectives.config import TrainConfig
-from objectives.train import TrainResult, train
+from objectives.result import TrainResult
+from objectives.train import train
 
 __all__ = ["MnistMLPObjective"]
 

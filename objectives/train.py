@@ -18,10 +18,8 @@ EPYC 0.82 s in fp32 against 1.80 s (2.2×, all that fp32 arithmetic allows on th
 
 from __future__ import annotations
 
-import math
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, field
 
 import numpy as np
 import torch
@@ -31,46 +29,18 @@ from torch import nn
 from objectives.checks import check_int
 from objectives.config import TrainConfig
 from objectives.data import MnistData
+from objectives.evaluation import eval_sums
 from objectives.graphs import EagerSteps, StepGraphs
 from objectives.model import LAYERS, build_model
 from objectives.precision import autocast, check_precision, precision_context
+from objectives.result import TrainResult, diverged, make_result
 from objectives.schedules import LRSchedule, build_optimizer, set_lr_factor
 
-__all__ = ["DIVERGENCE_LOSS", "TrainResult", "epoch_permutation", "evaluate", "train"]
-
-#: A mean loss above this (about 40x the loss of uniform guessing, ln 10 ≈ 2.3) counts as
-#: exploding: the run is infeasible, like one whose loss is NaN or infinite.
-DIVERGENCE_LOSS = 100.0
+__all__ = ["epoch_permutation", "train"]
 
 #: Report callback: ``report(epoch, val_loss)`` after each epoch (1-based). Returning True stops
 #: training (the result says ``stopped``); raising stops it too, and the exception propagates.
 Report = Callable[[int, float], "bool | None"]
-
-
-@dataclass(frozen=True, eq=False)
-class TrainResult:
-    """What one training run produced; per-epoch lists have one entry per epoch run."""
-
-    val_losses: list[float]
-    val_accuracies: list[float]
-    train_losses: list[float]
-    epoch_seconds: list[float]
-    best_epoch: int | None  # 1-based epoch of the lowest finite validation loss
-    best_val_loss: float  # inf when no epoch finished with a finite loss
-    best_val_accuracy: float  # validation accuracy at best_epoch (nan if none)
-    diverged: bool  # a non-finite or exploding loss stopped the run: infeasible
-    stopped: bool  # the report callback asked to stop
-    initial_lrs: dict[str, float]  # each layer's LR at step 0
-    final_lrs: dict[str, float]  # each layer's LR after the last step
-    model: nn.Module = field(repr=False)
-
-    @property
-    def epochs_run(self) -> int:
-        return len(self.val_losses)
-
-    @property
-    def seconds_per_epoch(self) -> float:
-        return sum(self.epoch_seconds) / len(self.epoch_seconds) if self.epoch_seconds else math.nan
 
 
 def epoch_permutation(n: int, shuffle_seed: int, epoch: int, device: torch.device) -> torch.Tensor:
@@ -85,54 +55,6 @@ def epoch_permutation(n: int, shuffle_seed: int, epoch: int, device: torch.devic
     seed = int(np.random.SeedSequence([shuffle_seed, epoch]).generate_state(1, dtype=np.uint64)[0])
     perm = torch.randperm(n, generator=torch.Generator().manual_seed(seed))
     return perm.to(device)
-
-
-def _diverged(train_loss: float, val_loss: float) -> bool:
-    """A NaN, infinite or exploding epoch: the run is infeasible (shared with ``train_many``)."""
-    return not all(math.isfinite(v) and v <= DIVERGENCE_LOSS for v in (train_loss, val_loss))
-
-
-def _result(
-    val_losses: list[float], val_accs: list[float], train_losses: list[float], epoch_seconds: list[float],
-    diverged: bool, stopped: bool, initial_lrs: dict[str, float], final_lrs: dict[str, float], model: nn.Module,
-) -> TrainResult:
-    """A :class:`TrainResult` with the best epoch chosen on validation loss (shared with ``train_many``)."""
-    finished = val_losses[:-1] if diverged else val_losses  # the diverged epoch never counts
-    best_loss, best_i = min(((loss, i) for i, loss in enumerate(finished)), default=(math.inf, None))
-    return TrainResult(
-        val_losses=val_losses,
-        val_accuracies=val_accs,
-        train_losses=train_losses,
-        epoch_seconds=epoch_seconds,
-        best_epoch=None if best_i is None else best_i + 1,
-        best_val_loss=best_loss,
-        best_val_accuracy=math.nan if best_i is None else val_accs[best_i],
-        diverged=diverged,
-        stopped=stopped,
-        initial_lrs=initial_lrs,
-        final_lrs=final_lrs,
-        model=model,
-    )
-
-
-@torch.no_grad()
-def _eval_sums(model: nn.Module, x: torch.Tensor, y: torch.Tensor, chunk: int = 8192,
-               precision: str = "fp32") -> torch.Tensor:
-    """``[sum of losses, number correct]`` over ``(x, y)`` as a device tensor (no host sync)."""
-    sums = torch.zeros(2, device=x.device, dtype=x.dtype)
-    for i in range(0, x.shape[0], chunk):
-        with autocast(x.device, precision):  # the loss of bf16 logits is still computed in float32
-            logits = model(x[i : i + chunk])
-            sums[0] += F.cross_entropy(logits, y[i : i + chunk], reduction="sum")
-        sums[1] += (logits.argmax(dim=1) == y[i : i + chunk]).sum()
-    return sums
-
-
-def evaluate(model: nn.Module, x: torch.Tensor, y: torch.Tensor, precision: str = "fp32") -> tuple[float, float]:
-    """Mean cross-entropy loss and accuracy of ``model`` on ``(x, y)``, its forward pass at ``precision``."""
-    with precision_context(x.device, check_precision(precision, x.dtype, x.device)):
-        loss_sum, correct = _eval_sums(model, x, y, precision=precision).tolist()
-    return loss_sum / x.shape[0], correct / x.shape[0]
 
 
 def train(
@@ -212,7 +134,7 @@ def train(
     val_accs: list[float] = []
     train_losses: list[float] = []
     epoch_seconds: list[float] = []
-    diverged = stopped = False
+    blew_up = stopped = False
 
     with precision_context(device, precision):
         steps: StepGraphs | EagerSteps = EagerSteps(full_step if full_steps else None, tail_step if tail else None)
@@ -232,7 +154,7 @@ def train(
                     full_step() if s < full_steps else tail_step()
                     schedule.step()
 
-            sums = _eval_sums(model, data.val_x, data.val_y, precision=precision)
+            sums = eval_sums(model, data.val_x, data.val_y, precision)
             train_sum, val_sum, correct = torch.cat([loss_sum.reshape(1), sums]).tolist()  # the epoch's one sync
             train_loss, val_loss = train_sum / n, val_sum / data.val_x.shape[0]
             train_losses.append(train_loss)
@@ -240,8 +162,8 @@ def train(
             val_accs.append(correct / data.val_x.shape[0])
             epoch_seconds.append(time.perf_counter() - t0)
 
-            if _diverged(train_loss, val_loss):
-                diverged = True
+            if diverged(train_loss, val_loss):
+                blew_up = True
                 break
             schedule.epoch_end(val_loss)
             if report is not None and report(epoch, val_loss):
@@ -249,7 +171,7 @@ def train(
                 break
 
     final_lrs = {layer: lr * schedule.factor for layer, lr in initial_lrs.items()}
-    return _result(val_losses, val_accs, train_losses, epoch_seconds, diverged, stopped, initial_lrs, final_lrs, model)
+    return make_result(val_losses, val_accs, train_losses, epoch_seconds, blew_up, stopped, initial_lrs, final_lrs, model)
 
 
 def _lr_rows(schedule: LRSchedule, steps: int, initial_lrs: dict[str, float]) -> torch.Tensor:
