@@ -5,10 +5,15 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-__all__ = ["LAYERS", "MLP", "build_model"]
+__all__ = ["CLASSES", "LAYERS", "MLP", "PARAM_SHAPES", "SIZES", "build_model"]
 
 #: The model's layers, in order; their names are the keys of per-layer LR multipliers.
 LAYERS = ("fc1", "fc2", "fc3")
+#: Units from the input to the output: layer i maps SIZES[i] to SIZES[i + 1] (784 = 28 x 28 pixels).
+SIZES = (784, 512, 256, 10)
+CLASSES = SIZES[-1]
+#: The shapes of ``MLP().parameters()``, in their order: each layer's weight ``(out, in)``, then its bias.
+PARAM_SHAPES = tuple(shape for n_in, n_out in zip(SIZES, SIZES[1:]) for shape in ((n_out, n_in), (n_out,)))
 
 
 class MLP(nn.Module):
@@ -16,9 +21,8 @@ class MLP(nn.Module):
 
     def __init__(self) -> None:
         super().__init__()
-        self.fc1 = nn.Linear(784, 512)
-        self.fc2 = nn.Linear(512, 256)
-        self.fc3 = nn.Linear(256, 10)
+        for name, n_in, n_out in zip(LAYERS, SIZES, SIZES[1:]):  # registered in order: fc1, fc2, fc3
+            setattr(self, name, nn.Linear(n_in, n_out))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         x = torch.relu(self.fc1(x))
