@@ -33,7 +33,7 @@ from optuna.trial import TrialState
 
 from objectives import MnistDataError, MnistMLPObjective, SearchSpace, check_mnist, load_mnist, resolve_device
 from objectives.data import SPLIT_SEED, TRAIN_SIZE, VAL_SIZE
-from objectives.fused import AUTO_SLOTS_MAX, auto_slots
+from objectives.memory import AUTO_SLOTS_MAX, auto_slots
 from objectives.lr_range import lr_range_test
 from objectives.precision import PRECISIONS, check_precision
 from storage import DEFAULT_STORAGE, StorageError, dashboard_command, open_storage, sqlite_path, storage_failure

@@ -121,11 +121,29 @@ def test_the_shuffle_depends_only_on_seed_and_epoch() -> None:
 
 
 def test_auto_slots_from_free_gpu_memory(monkeypatch) -> None:
-    from objectives.fused import AUTO_SLOTS_MAX, _bytes_per_trial, auto_slots
+    from objectives.memory import AUTO_SLOTS_MAX, auto_slots, bytes_per_trial
 
     assert auto_slots(torch.device("cpu")) == 1  # fusing is correct on a CPU, not faster
-    per_trial = _bytes_per_trial(128, torch.float32)
+    per_trial = bytes_per_trial(128, torch.float32)
     assert 20e6 < per_trial < 200e6  # parameters, states and activations of one trial, generously
     for free, want in [(10 * per_trial, 5), (1.5 * per_trial, 1), (0, 1), (10**12, AUTO_SLOTS_MAX)]:
         monkeypatch.setattr(torch.cuda, "mem_get_info", lambda device=None, free=free: (int(free), 80 * 2**30))
         assert auto_slots(torch.device("cuda")) == want, free  # half the free memory, 1 .. cap
+
+
+def test_stack_layout_is_the_models() -> None:
+    """The fused engine's flat row is derived from the model: it holds each parameter of an MLP
+    at its bounds, and a trial's copy out of the stack is that MLP again."""
+    from objectives import build_model
+    from objectives.model import PARAM_SHAPES
+    from objectives.stack import BOUNDS, P, SEGMENTS
+
+    model = build_model(3)
+    params = list(model.parameters())
+    assert [tuple(p.shape) for p in params] == list(PARAM_SHAPES)
+    assert P == sum(p.numel() for p in params) == 535_818
+    assert SEGMENTS[-1][1] == P and [hi - lo for lo, hi in SEGMENTS] == [
+        sum(p.numel() for p in layer.parameters()) for layer in (model.fc1, model.fc2, model.fc3)]
+    flat = torch.cat([p.detach().reshape(-1) for p in params])
+    for p, lo, hi in zip(params, BOUNDS, BOUNDS[1:]):
+        assert torch.equal(flat[lo:hi].view_as(p), p.detach())

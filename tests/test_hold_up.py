@@ -182,9 +182,9 @@ def test_the_cpu_running_out_of_memory_halves_the_slots_as_a_gpu_does(tmp_path: 
     # what torch's CPU allocator raises (a RuntimeError, not torch.OutOfMemoryError), seen with
     # --parallel-trials 300 under a memory limit: the trials in flight fail, the worker goes on
     # with half the slots instead of failing everything
-    import objectives.fused as fused_module
+    import objectives.stack as stack_module
 
-    real_update, sizes = fused_module._Stack.update, []
+    real_update, sizes = stack_module.Stack.update, []
 
     def update_without_memory(self, grads, lrs):
         sizes.append(len(self.trials))
@@ -192,7 +192,7 @@ def test_the_cpu_running_out_of_memory_halves_the_slots_as_a_gpu_does(tmp_path: 
             raise RuntimeError(CPU_ALLOC_FAILURE)
         return real_update(self, grads, lrs)
 
-    monkeypatch.setattr(fused_module._Stack, "update", update_without_memory)
+    monkeypatch.setattr(stack_module.Stack, "update", update_without_memory)
     url = f"sqlite:///{tmp_path / 'oom.db'}"
     assert run_main(["--trials", "4", "--parallel-trials", "4", "--storage", url, *SMALL]) == 0
     trials = load(url).trials
@@ -220,12 +220,12 @@ def test_the_cpu_running_out_of_memory_halves_the_slots_as_a_gpu_does(tmp_path: 
 
 
 def test_a_bug_is_not_taken_for_a_full_memory(tmp_path: Path, monkeypatch) -> None:
-    import objectives.fused as fused_module
+    import objectives.stack as stack_module
 
     def broken(self, grads, lrs):
         raise RuntimeError("shape mismatch: a real bug")
 
-    monkeypatch.setattr(fused_module._Stack, "update", broken)
+    monkeypatch.setattr(stack_module.Stack, "update", broken)
     with pytest.raises(RuntimeError, match="a real bug"):
         run_main(["--trials", "2", "--parallel-trials", "2", "--storage", f"sqlite:///{tmp_path / 'b.db'}", *SMALL])
     assert [t.state.name for t in load(f"sqlite:///{tmp_path / 'b.db'}").trials] == ["FAIL", "FAIL"]

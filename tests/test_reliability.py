@@ -278,9 +278,9 @@ def test_out_of_memory_fails_one_trial_and_the_study_goes_on(tmp_path: Path, mon
 
 def test_out_of_memory_with_trials_in_flight_fails_them_and_halves_the_slots(tmp_path: Path, monkeypatch,
                                                                               capsys) -> None:
-    import objectives.fused as fused_module
+    import objectives.stack as stack_module
 
-    real_update, sizes = fused_module._Stack.update, []
+    real_update, sizes = stack_module.Stack.update, []
 
     def update_with_oom(self, grads, lrs):
         sizes.append(len(self.trials))
@@ -288,7 +288,7 @@ def test_out_of_memory_with_trials_in_flight_fails_them_and_halves_the_slots(tmp
             raise torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB")
         return real_update(self, grads, lrs)
 
-    monkeypatch.setattr(fused_module._Stack, "update", update_with_oom)
+    monkeypatch.setattr(stack_module.Stack, "update", update_with_oom)
     url = f"sqlite:///{tmp_path / 'oom.db'}"
     assert main(["--trials", "4", "--parallel-trials", "4", "--storage", url, *SMALL]) == 0
     trials = load(url).trials
@@ -301,14 +301,14 @@ def test_out_of_memory_with_trials_in_flight_fails_them_and_halves_the_slots(tmp
 
 @pytest.mark.parametrize("parallel", ["1", "4"])
 def test_a_worker_whose_every_trial_fails_stops(tmp_path: Path, monkeypatch, capsys, parallel: str) -> None:
-    import objectives.fused as fused_module
+    import objectives.stack as stack_module
     import objectives.objective as objective_module
 
     def always_oom(*args, **kwargs):
         raise torch.OutOfMemoryError("CUDA out of memory")
 
     monkeypatch.setattr(objective_module, "train", always_oom)
-    monkeypatch.setattr(fused_module._Stack, "update", always_oom)
+    monkeypatch.setattr(stack_module.Stack, "update", always_oom)
     url = f"sqlite:///{tmp_path / 'oom.db'}"
     assert main(["--trials", "3", "--parallel-trials", parallel, "--storage", url, *SMALL]) == 1
     err = capsys.readouterr().err
