@@ -30,7 +30,8 @@ import torch.nn.functional as F
 
 from benchmarks._common import device_label, sync
 from objectives import PRECISIONS, TrainConfig, build_model, load_mnist, resolve_device, train
-from objectives.data import MNIST_FILES, SPLIT_SEED, TRAIN_SIZE, VAL_SIZE, MnistDataError, _read_verified, default_data_dir, find_mnist_files
+from objectives.data import MNIST_FILES, SPLIT_SEED, TRAIN_SIZE, VAL_SIZE, MnistDataError, default_data_dir, find_mnist_files, read_verified
+from study.cli import add_device_arguments, set_threads
 
 
 def seed_way_epoch_seconds(loader, device: torch.device, lr: float) -> float:
@@ -71,11 +72,11 @@ def ours_epoch_seconds(data, config: TrainConfig, precision: str, cuda_graphs: b
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--device", default="auto", help="auto|cpu|cuda|cuda:N (default auto)")
-    parser.add_argument("--data-dir", default=None, help="MNIST folder (default STUDY_DATA_DIR, else ./data)")
+    add_device_arguments(parser)
     parser.add_argument("--batch-size", type=int, default=128)
     parser.add_argument("--repeats", type=int, default=3, help="timed epochs of each, after one warm-up")
     args = parser.parse_args(argv)
+    set_threads(1, args.threads)
 
     from torchvision import datasets, transforms
     from torch.utils.data import DataLoader, Subset
@@ -95,7 +96,7 @@ def main(argv: list[str] | None = None) -> int:
         raw.mkdir(parents=True)
         for name, path in find_mnist_files(root).items():
             assert name in MNIST_FILES
-            (raw / name).write_bytes(_read_verified(path, name))
+            (raw / name).write_bytes(read_verified(path, name))
         dataset = datasets.MNIST(tmp, train=True, transform=transforms.ToTensor())
         order = np.random.default_rng(SPLIT_SEED).permutation(TRAIN_SIZE + VAL_SIZE)
         subset = Subset(dataset, order[:TRAIN_SIZE].tolist())  # the same 50k images as ours

@@ -33,6 +33,7 @@ from benchmarks._common import device_label
 from objectives import MnistDataError, load_mnist, resolve_device
 from study import run
 from study.progress import trial_epochs
+from study.cli import add_device_arguments, set_threads
 
 
 def _mean_sd(values: list[float], fmt: str = ".4f") -> str:
@@ -42,8 +43,7 @@ def _mean_sd(values: list[float], fmt: str = ".4f") -> str:
 
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--device", default="auto")
-    p.add_argument("--data-dir", default=None)
+    add_device_arguments(p)
     p.add_argument("--ks", default="1,32", help="comma-separated --parallel-trials values (numbers or auto)")
     p.add_argument("--precisions", default="fp32", help="comma-separated --precision values (fp32, bf16)")
     p.add_argument("--pruners", default="median", help="comma-separated --pruner values")
@@ -52,6 +52,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--epochs", type=int, default=20)
     p.add_argument("--train-samples", type=int, default=None)
     args = p.parse_args(argv)
+    set_threads(1, args.threads)
     try:
         device = resolve_device(args.device)
         load_mnist(args.data_dir, device=device, train_samples=args.train_samples)  # cached for every study
@@ -75,6 +76,8 @@ def main(argv: list[str] | None = None) -> int:
                            "--storage", url]
                 if args.data_dir:
                     command += ["--data-dir", args.data_dir]
+                if args.threads:
+                    command += ["--threads", str(args.threads)]
                 if args.train_samples:
                     command += ["--train-samples", str(args.train_samples)]
                 out = io.StringIO()

@@ -28,6 +28,7 @@ from torch.utils._python_dispatch import TorchDispatchMode
 from benchmarks._common import device_label, sync
 from objectives import (MnistData, MnistDataError, SearchSpace, load_mnist, resolve_device, suggest_config, train,
                         train_many)
+from study.cli import add_device_arguments, set_threads
 
 _VIEWS = {"view", "_unsafe_view", "_reshape_alias", "reshape", "slice", "select", "unsqueeze", "squeeze", "expand",
           "transpose", "t", "permute", "as_strided", "detach", "alias"}
@@ -73,13 +74,13 @@ def ops_per_step(run: Callable[[MnistData], object], data_dir: str | None, devic
 
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--device", default="auto")
-    p.add_argument("--data-dir", default=None)
+    add_device_arguments(p)
     p.add_argument("--ks", default="1,8,32,64", help="comma-separated numbers of trials trained at once")
     p.add_argument("--epochs", type=int, default=2)
     p.add_argument("--train-samples", type=int, default=None)
     p.add_argument("--batch-size", type=int, default=128)
     args = p.parse_args(argv)
+    set_threads(1, args.threads)
     optuna.logging.set_verbosity(optuna.logging.ERROR)
     try:
         device = resolve_device(args.device)

@@ -32,8 +32,10 @@ __all__ = [
     "MnistDataError",
     "check_mnist",
     "default_data_dir",
+    "describe_mnist",
     "find_mnist_files",
     "load_mnist",
+    "read_verified",
 ]
 
 #: SHA-256 of each file's decompressed content (the published MNIST bytes).
@@ -93,14 +95,20 @@ class MnistData:
 
     def describe(self) -> dict[str, object]:
         """What identifies this data, for a study's user attrs."""
-        return {
-            "dataset": "MNIST",
-            "source": self.source,
-            "train_samples": int(self.train_x.shape[0]),
-            "val_samples": int(self.val_x.shape[0]),
-            "split_seed": SPLIT_SEED,
-            "normalisation": f"(x/255 - {MEAN}) / {STD}",
-        }
+        return describe_mnist(self.source, int(self.train_x.shape[0]), int(self.val_x.shape[0]))
+
+
+def describe_mnist(source: str, train_samples: int | None = None, val_samples: int = VAL_SIZE) -> dict[str, object]:
+    """What identifies the data of a run on ``train_samples`` images (None: all) of the MNIST in
+    ``source`` (the folder :func:`check_mnist` returns), for a study's user attrs, without loading it."""
+    return {
+        "dataset": "MNIST",
+        "source": source,
+        "train_samples": train_samples or TRAIN_SIZE,
+        "val_samples": val_samples,
+        "split_seed": SPLIT_SEED,
+        "normalisation": f"(x/255 - {MEAN}) / {STD}",
+    }
 
 
 def default_data_dir() -> Path:
@@ -127,7 +135,7 @@ def find_mnist_files(root: str | os.PathLike[str]) -> dict[str, Path]:
     return found
 
 
-def _read_verified(path: Path, name: str) -> bytes:
+def read_verified(path: Path, name: str) -> bytes:
     """The decompressed content of ``path``, after checking its SHA-256."""
     try:
         content = gzip.decompress(path.read_bytes()) if path.suffix == ".gz" else path.read_bytes()
@@ -198,7 +206,7 @@ def _load_raw(root: Path, download: bool) -> tuple[str, dict[str, torch.Tensor]]
     source = str(found["train-images-idx3-ubyte"].parent.resolve())
     if source not in _raw_cache:
         _raw_cache[source] = {
-            name: _parse_idx(_read_verified(path, name), name) for name, path in found.items()
+            name: _parse_idx(read_verified(path, name), name) for name, path in found.items()
         }
     return source, _raw_cache[source]
 

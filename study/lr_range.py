@@ -16,6 +16,7 @@ import sys
 from pathlib import Path
 
 from objectives import OPTIMIZERS, MnistDataError, load_mnist, resolve_device
+from objectives.data import TRAIN_SIZE
 from objectives.lr_range import DIVERGE_FACTOR, LRRangeResult, lr_range_test
 from objectives.precision import PRECISIONS
 from study.cli import EXIT_OK, EXIT_USAGE, Parser, add_device_arguments, float_in, int_at_least, set_threads
@@ -55,8 +56,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--steps", type=int_at_least(10, 100_000), default=200, help="steps from start to end LR")
     p.add_argument("--out", type=Path, default=None, help="HTML figure (default: lr_range_<optimizer>.html)")
     add_device_arguments(p)
-    p.add_argument("--train-samples", type=int_at_least(1, 50_000), default=None, help="train on a subset (default: all)")
-    p.add_argument("--batch-size", type=int_at_least(1, 50_000), default=128, help="examples per step")
+    p.add_argument("--train-samples", type=int_at_least(1, TRAIN_SIZE), default=None, help="train on a subset (default: all)")
+    p.add_argument("--batch-size", type=int_at_least(1, TRAIN_SIZE), default=128, help="examples per step")
     p.add_argument("--seed", type=int_at_least(0, 2**32 - 1), default=0, help="seeds the initial weights and the batch order")
     p.add_argument("--precision", choices=PRECISIONS, default="fp32", help="fp32, or bf16 mixed precision, as the study's")
     return p

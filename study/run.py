@@ -32,7 +32,7 @@ import torch
 from optuna.trial import TrialState
 
 from objectives import MnistDataError, MnistMLPObjective, SearchSpace, check_mnist, load_mnist, resolve_device
-from objectives.data import SPLIT_SEED, TRAIN_SIZE, VAL_SIZE
+from objectives.data import SPLIT_SEED, TRAIN_SIZE, VAL_SIZE, describe_mnist
 from objectives.memory import AUTO_SLOTS_MAX, auto_slots
 from objectives.lr_range import lr_range_test
 from objectives.precision import PRECISIONS, check_precision
@@ -489,8 +489,7 @@ def _open_study(s: Settings, argv: list[str], device: torch.device) -> tuple[opt
         s = replace(s, space=space)
     fingerprint = _fingerprint(s)
     attrs = {
-        "data": {"dataset": "MNIST", "source": check_mnist(s.data_dir), "train_samples": s.train_samples or TRAIN_SIZE,
-                 "val_samples": VAL_SIZE, "split_seed": SPLIT_SEED},
+        "data": describe_mnist(check_mnist(s.data_dir), s.train_samples),
         "epochs": s.epochs,
         "batch_size": s.batch_size,
         "precision": s.precision,
