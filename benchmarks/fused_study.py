@@ -32,6 +32,7 @@ from optuna.trial import TrialState
 from benchmarks._common import device_label
 from objectives import MnistDataError, load_mnist, resolve_device
 from study import run
+from study.experiment import DEFAULT_STUDY_NAME
 from study.progress import trial_epochs
 from study.cli import add_device_arguments, set_threads
 
@@ -88,7 +89,7 @@ def main(argv: list[str] | None = None) -> int:
                 if code != 0:
                     print(f"error: study.run {' '.join(command)} exited with {code}", file=sys.stderr)
                     return 1
-                study = optuna.load_study(study_name=run.DEFAULT_STUDY_NAME, storage=url)
+                study = optuna.load_study(study_name=DEFAULT_STUDY_NAME, storage=url)
                 states = [t.state for t in study.trials]
                 cost = trial_epochs(study)
                 walls.append(wall)

@@ -33,7 +33,7 @@ import optuna
 import sqlalchemy
 
 from storage import open_storage
-from storage.batch import TrialWrites, rdb_backend, write_trials
+from storage.batch import TrialWrites, rdb_backend, storage_of, trial_id, write_trials
 from study.pruning import InFlightMedianPruner, judge_boundary
 
 
@@ -60,20 +60,20 @@ def boundary_costs(k: int, finished: int, folder: Path, epochs: int = 3) -> dict
         for trial in in_flight:
             trial.suggest_float("lr", 1e-4, 1.0, log=True)
         commits = [0]
-        engine = rdb_backend(study._storage).engine
+        engine = rdb_backend(storage_of(study)).engine
         sqlalchemy.event.listen(engine, "commit", lambda conn: commits.__setitem__(0, commits[0] + 1))
         rng = random.Random(1)
         t0 = time.perf_counter()
         for epoch in range(1, epochs + 1):
-            values = [(trial._trial_id, epoch, rng.random()) for trial in in_flight]
+            values = [(trial_id(trial), epoch, rng.random()) for trial in in_flight]
             if way == "per trial":
                 for trial, (_, _, value) in zip(in_flight, values):
                     trial.report(value, epoch)
                     trial.should_prune()
             else:
                 writes = TrialWrites(intermediate_values=values)
-                judge_boundary(study, values, {trial_id for trial_id, _, _ in values}, writes)
-                write_trials(study._storage, writes)
+                judge_boundary(study, values, {id_ for id_, _, _ in values}, writes)
+                write_trials(storage_of(study), writes)
         out[way] = ((time.perf_counter() - t0) / epochs, commits[0] / epochs)
     return out
 

@@ -24,7 +24,20 @@ from typing import Any
 import optuna
 from optuna.storages import BaseStorage, RDBStorage
 
-__all__ = ["TrialWrites", "rdb_backend", "write_trials", "write_user_attrs"]
+__all__ = ["TrialWrites", "rdb_backend", "storage_of", "trial_id", "write_trials", "write_user_attrs"]
+
+
+def trial_id(trial: optuna.Trial | optuna.trial.FrozenTrial) -> int:
+    """The storage's id of ``trial``. Optuna's storage API (``set_trial_state_values``,
+    ``record_heartbeat``, …) takes this id, but its public Trial and FrozenTrial name a trial by
+    its number in the study only; the id is kept in the private ``_trial_id``."""
+    return trial._trial_id
+
+
+def storage_of(study: optuna.Study) -> BaseStorage:
+    """``study``'s storage. Optuna keeps it private (``_storage``) and has no getter; heartbeats
+    and writes of many trials at once need it."""
+    return study._storage
 
 
 @dataclass

@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import itertools
 import math
-import threading
 import time
 import warnings
 from collections.abc import Callable, Iterator
@@ -25,53 +24,12 @@ from optuna.trial import FrozenTrial, TrialState
 
 from objectives import MnistMLPObjective, TrainConfig, train_stream
 from objectives.device import as_out_of_memory
-from storage.batch import TrialWrites, write_trials, write_user_attrs
+from storage.batch import TrialWrites, storage_of, trial_id, write_trials, write_user_attrs
 from study.progress import count_states
 from study.pruning import judge_boundary
+from study.recovery import Heartbeats
 
-__all__ = ["Heartbeats", "optimize_fused"]
-
-class Heartbeats:
-    """Records the heartbeat of every trial in flight, every ``interval`` seconds, in a thread
-    (Optuna's own ``HeartbeatThread`` watches one trial and runs only inside ``optimize``)."""
-
-    def __init__(self, storage: optuna.storages.BaseStorage) -> None:
-        self._storage = storage
-        # RDBStorage has heartbeats (open_storage always sets an interval); other storages have none
-        get_interval = getattr(storage, "get_heartbeat_interval", None)
-        self._interval = get_interval() if get_interval is not None else None
-        self._ids: set[int] = set()
-        self._lock = threading.Lock()
-        self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._run, name="heartbeats", daemon=True)
-
-    def add(self, trial_id: int) -> None:
-        if self._interval is None:
-            return
-        self._storage.record_heartbeat(trial_id)  # at once: the trial is never without one
-        with self._lock:
-            self._ids.add(trial_id)
-
-    def discard(self, trial_id: int) -> None:
-        with self._lock:
-            self._ids.discard(trial_id)
-
-    def _run(self) -> None:
-        while not self._stop.wait(self._interval):
-            with self._lock:
-                ids = sorted(self._ids)
-            for trial_id in ids:
-                self._storage.record_heartbeat(trial_id)
-
-    def __enter__(self) -> Heartbeats:
-        if self._interval is not None:
-            self._thread.start()
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self._stop.set()
-        if self._thread.is_alive():
-            self._thread.join()
+__all__ = ["optimize_fused"]
 
 
 def optimize_fused(
@@ -94,6 +52,7 @@ def optimize_fused(
     Any other exception (Ctrl-C, SIGTERM) fails the trials in flight and propagates.
     """
     deadline = math.inf if timeout is None else time.monotonic() + timeout
+    storage = storage_of(study)
     in_flight: dict[int, optuna.Trial] = {}  # by the index train_stream gives the trial's job
 
     def more_wanted() -> bool:
@@ -113,16 +72,16 @@ def optimize_fused(
                 return
             trial = study.ask()
             in_flight[next(counter)] = trial
-            heartbeats.add(trial._trial_id)
+            heartbeats.add(trial_id(trial))
             config, seed, attrs = objective.prepare_trial(trial)
             # which process ran it (diagnosis, orphan detection), its CPU share, and how many trials
             # shared its fused epochs (its seconds_per_epoch is the wall time of one): one write
-            write_user_attrs(study._storage, trial._trial_id, {"worker": owner, "threads": torch.get_num_threads(),
+            write_user_attrs(storage, trial_id(trial), {"worker": owner, "threads": torch.get_num_threads(),
                                                                 "parallel_trials": slots, **attrs})
             yield config, seed
 
     def tell(trial: optuna.Trial, **kwargs: object) -> None:
-        heartbeats.discard(trial._trial_id)
+        heartbeats.discard(trial_id(trial))
         frozen = study.tell(trial, **kwargs)
         for callback in callbacks:
             callback(study, frozen)
@@ -139,15 +98,15 @@ def optimize_fused(
         writes = TrialWrites()
         ids = {}
         for index, epoch, val_loss in reports:
-            ids[in_flight[index]._trial_id] = index
-            writes.intermediate_values.append((in_flight[index]._trial_id, epoch, val_loss))
+            ids[trial_id(in_flight[index])] = index
+            writes.intermediate_values.append((trial_id(in_flight[index]), epoch, val_loss))
         # after the last epoch there is nothing left to save: the trial is complete
-        judge = {in_flight[index]._trial_id for index, epoch, _ in reports if epoch < objective.epochs}
+        judge = {trial_id(in_flight[index]) for index, epoch, _ in reports if epoch < objective.epochs}
         pruned = judge_boundary(study, writes.intermediate_values, judge, writes)
-        write_trials(study._storage, writes)
-        return {ids[trial_id] for trial_id in pruned}
+        write_trials(storage, writes)
+        return {ids[i] for i in pruned}
 
-    with Heartbeats(study._storage) as heartbeats, warnings.catch_warnings():
+    with Heartbeats(storage) as heartbeats, warnings.catch_warnings():
         # ask() warns that heartbeats belong to study.optimize: here Heartbeats records them
         warnings.filterwarnings("ignore", message="Heartbeat of storage is supposed to be used", category=UserWarning)
         while more_wanted():
@@ -157,7 +116,7 @@ def optimize_fused(
             try:
                 for index, result in stream:
                     trial = in_flight.pop(index)
-                    write_user_attrs(study._storage, trial._trial_id, objective.result_attrs(result))
+                    write_user_attrs(storage, trial_id(trial), objective.result_attrs(result))
                     try:
                         value = objective.outcome(result)
                     except optuna.TrialPruned:

@@ -31,7 +31,7 @@ from optuna.study import StudyDirection
 from optuna.trial import FrozenTrial, TrialState
 
 from objectives.checks import check_int
-from storage.batch import TrialWrites
+from storage.batch import TrialWrites, storage_of, trial_id
 
 __all__ = ["InFlightMedianPruner", "judge_boundary"]
 
@@ -118,7 +118,7 @@ def _with(trial: FrozenTrial, *, intermediate_values: dict[int, float] | None = 
         params=trial.params, distributions=trial.distributions, user_attrs=trial.user_attrs,
         system_attrs={**trial.system_attrs, **(system_attrs or {})},
         intermediate_values={**trial.intermediate_values, **(intermediate_values or {})},
-        trial_id=trial._trial_id,
+        trial_id=trial_id(trial),
     )
 
 
@@ -134,10 +134,12 @@ def judge_boundary(study: optuna.Study, reports: Sequence[tuple[int, int, float]
     """
     if not judge or isinstance(study.pruner, optuna.pruners.NopPruner):
         return set()
-    trials = {t._trial_id: t for t in study.get_trials(deepcopy=False)}  # the boundary's one read
-    for trial_id, step, value in reports:
-        trials[trial_id] = _with(trials[trial_id], intermediate_values={step: value})
+    trials = {trial_id(t): t for t in study.get_trials(deepcopy=False)}  # the boundary's one read
+    for id_, step, value in reports:
+        trials[id_] = _with(trials[id_], intermediate_values={step: value})
     view = copy.copy(study)  # the same study (name, direction, sampler, pruner) over the snapshot
-    view._storage = _SnapshotStorage(study._storage, trials, writes)
+    # Optuna has no public way to run a pruner on a study over other trials than its storage's:
+    # the copy gets the snapshot as its (private) storage, and a thread-local cache of its own
+    view._storage = _SnapshotStorage(storage_of(study), trials, writes)
     view._thread_local = type(study._thread_local)()
-    return {trial_id for trial_id, _, _ in reports if trial_id in judge and study.pruner.prune(view, trials[trial_id])}
+    return {id_ for id_, _, _ in reports if id_ in judge and study.pruner.prune(view, trials[id_])}

@@ -39,9 +39,9 @@ from objectives.data import TRAIN_SIZE
 from storage import DEFAULT_STORAGE, StorageError, open_storage, sqlite_path
 from study.cli import (EXIT_OK, EXIT_USAGE, Parser, add_cuda_graphs_argument, add_device_arguments, int_at_least,
                        set_threads, study_name)
+from study.experiment import DEFAULT_STUDY_NAME
 from study.export import write_trials_csv
 from study.progress import edge_warnings
-from study.run import DEFAULT_STUDY_NAME
 
 FINAL_SEED_BASE = 1_000_000  # final retraining seeds: far from any trial's seed (base + trial number)
 

@@ -64,7 +64,7 @@ def test_processes_started_together_on_a_new_study_all_join_it(tmp_path: Path, b
 def test_a_creation_cut_short_is_finished_by_the_rerun(tmp_path: Path, left: str, monkeypatch) -> None:
     # the states a kill between create_study and the last setting leaves behind (the fingerprint
     # is written last now; "the fingerprint only" is what the order before left)
-    monkeypatch.setattr("study.run.CREATION_WAIT", 0.5)
+    monkeypatch.setattr("study.experiment.CREATION_WAIT", 0.5)
     url = f"sqlite:///{tmp_path / 's.db'}"
     assert run_main(["--trials", "1", *SMALL, "--storage", url, "--study-name", "whole"]) == 0
     whole = load(url, "whole").user_attrs

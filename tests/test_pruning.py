@@ -15,7 +15,7 @@ from optuna.trial import TrialState
 
 from cli_helpers import load
 from storage import open_storage
-from storage.batch import TrialWrites, rdb_backend, write_trials
+from storage.batch import TrialWrites, rdb_backend, storage_of, trial_id, write_trials
 from study import parallel as parallel_module
 from study.choices import make_pruner
 from study.pruning import InFlightMedianPruner, judge_boundary
@@ -86,7 +86,7 @@ def test_a_boundary_judged_from_one_snapshot_decides_as_the_pruner_one_at_a_time
         out = []
         for epoch in range(1, 6):  # the trials in flight report together, epoch after epoch
             # half of them improve, at their own pace; the other half get worse (for the patient pruner)
-            values = [(t._trial_id, epoch, 1 / epoch + 0.013 * ((7 * i) % k) - 0.05 if i % 2 else
+            values = [(trial_id(t), epoch, 1 / epoch + 0.013 * ((7 * i) % k) - 0.05 if i % 2 else
                        0.5 + 0.01 * i + 0.02 * epoch) for i, t in enumerate(flight)]
             if way == "one at a time":  # Optuna's API: every value reported, then each trial asks
                 for trial, (_, _, value) in zip(flight, values):
@@ -94,9 +94,9 @@ def test_a_boundary_judged_from_one_snapshot_decides_as_the_pruner_one_at_a_time
                 out.append([trial.should_prune() for trial in flight])
             else:
                 writes = TrialWrites(intermediate_values=values)
-                pruned = judge_boundary(study, values, {t._trial_id for t in flight}, writes)
-                assert write_trials(study._storage, writes) == 1  # values (and rung records) in one transaction
-                out.append([t._trial_id in pruned for t in flight])
+                pruned = judge_boundary(study, values, {trial_id(t) for t in flight}, writes)
+                assert write_trials(storage_of(study), writes) == 1  # values (and rung records) in one transaction
+                out.append([trial_id(t) in pruned for t in flight])
         decisions.append((out, [load(f"sqlite:///{tmp_path / f'{name}-{way}.db'}", "s").trials[t.number].system_attrs
                                 for t in flight]))
     assert decisions[0] == decisions[1]
@@ -107,11 +107,11 @@ def test_a_boundary_judged_from_one_snapshot_decides_as_the_pruner_one_at_a_time
 def test_a_fused_epoch_boundary_is_one_write_and_one_read_whatever_k(k: int, tmp_path: Path, monkeypatch) -> None:
     from optuna.storages._cached_storage import _CachedStorage
 
-    from study import run as run_module
+    from study.experiment import storage_at
 
     url = f"sqlite:///{tmp_path / 'tx.db'}"
     commits, reads, boundaries = [0], [0], []
-    engine = rdb_backend(run_module._open(url, 60)).engine  # the storage study.run opens (once per process)
+    engine = rdb_backend(storage_at(url, 60)).engine  # the storage study.run opens (once per process)
     sqlalchemy.event.listen(engine, "commit", lambda connection: commits.__setitem__(0, commits[0] + 1))
     real_reads = _CachedStorage.get_all_trials
 
@@ -160,18 +160,74 @@ def test_a_fused_first_wave_is_pruned_before_any_trial_completes(tmp_path: Path)
 def test_auto_parallel_trials_is_a_quarter_of_the_trials_left_within_memory(monkeypatch, tmp_path: Path) -> None:
     import torch
 
-    from study import run as run_module
+    from dataclasses import replace
+
+    from study import workers
+    from study.experiment import Settings
+    from study.run import build_parser
 
     url = f"sqlite:///{tmp_path / 'auto.db'}"
     study = optuna.create_study(storage=url, study_name="s")
-    s = run_module.Settings(**{**vars(run_module.build_parser().parse_args([])), "parallel_trials": "auto"})
-    monkeypatch.setattr(run_module, "auto_slots", lambda device, batch_size: 64)  # a GPU with room for 64
+    s = Settings(**{**vars(build_parser().parse_args([])), "parallel_trials": "auto"})
+    monkeypatch.setattr(workers, "auto_slots", lambda device, batch_size: 64)  # a GPU with room for 64
     cuda = torch.device("cuda")
-    assert run_module._slots(s, cuda, study) == 25  # 100 trials: a quarter
-    assert run_module._slots(run_module.replace(s, workers=2), cuda, study) == 12  # shared by 2 workers
-    assert run_module._slots(run_module.replace(s, trials=1000), cuda, study) == 64  # memory decides
+    assert workers.trials_in_flight(s, cuda, study) == 25  # 100 trials: a quarter
+    assert workers.trials_in_flight(replace(s, workers=2), cuda, study) == 12  # shared by 2 workers
+    assert workers.trials_in_flight(replace(s, trials=1000), cuda, study) == 64  # memory decides
     for _ in range(80):
         study.add_trial(optuna.trial.create_trial(value=1.0))
-    assert run_module._slots(s, cuda, study) == 5  # 20 left
-    assert run_module._slots(run_module.replace(s, trials=81), cuda, study) == 1
-    assert math.isclose(run_module.AUTO_SHARE_OF_TRIALS, 0.25)
+    assert workers.trials_in_flight(s, cuda, study) == 5  # 20 left
+    assert workers.trials_in_flight(replace(s, trials=81), cuda, study) == 1
+    assert math.isclose(workers.AUTO_SHARE_OF_TRIALS, 0.25)
+
+
+@pytest.mark.parametrize("in_flight", [False, True])
+@pytest.mark.parametrize("epochs, warmup", [(20, 4), (5, 2), (1, 2)])
+def test_median_pruner_waits_for_five_trials_and_a_fifth_of_the_epochs(in_flight: bool, epochs: int, warmup: int) -> None:
+    # The README's median: 5 startup trials; no pruning before epoch ceil(E/5), at least 2.
+    def bad_trial_pruned_at(complete: int) -> int | None:
+        study = optuna.create_study(pruner=make_pruner("median", epochs, in_flight=in_flight))
+        for _ in range(complete):
+            trial = study.ask()
+            for epoch in range(1, max(epochs, warmup) + 1):
+                trial.report(1.0, epoch)
+            study.tell(trial, 1.0)
+        bad = study.ask()
+        for epoch in range(1, max(epochs, warmup) + 1):
+            bad.report(10.0, epoch)
+            if bad.should_prune():
+                return epoch
+        return None
+
+    assert bad_trial_pruned_at(complete=4) is None  # fewer than 5 trials to compare with
+    assert bad_trial_pruned_at(complete=5) == warmup
+
+
+def test_patient_pruner_spares_a_bad_trial_while_it_improves() -> None:
+    study = optuna.create_study(pruner=make_pruner("patient", 20))
+    for _ in range(5):
+        trial = study.ask()
+        for epoch in range(1, 21):
+            trial.report(1.0, epoch)
+        study.tell(trial, 1.0)
+    slow = study.ask()
+    decisions = []
+    for epoch, value in enumerate([10, 9, 8, 7, 6, 7, 7, 7, 7], start=1):  # improves to epoch 5, then worse
+        slow.report(float(value), epoch)
+        decisions.append(slow.should_prune())
+    # the median alone prunes it at epoch 4; with 2 epochs of patience it goes on until the best of
+    # its last 3 epochs is worse than its best before them (epochs 6 to 8 against epoch 5's 6.0)
+    assert decisions.index(True) + 1 == 8, decisions
+
+
+def test_halving_pruners_have_the_readmes_settings() -> None:
+    # Optuna keeps these settings private and offers no getter, so they are read from the objects
+    sha = make_pruner("sha", 20)
+    assert isinstance(sha, optuna.pruners.SuccessiveHalvingPruner)
+    assert (sha._min_resource, sha._reduction_factor) == (4, 3)  # from epoch ceil(E/5), eta = 3
+    hyperband = make_pruner("hyperband", 20)
+    assert isinstance(hyperband, optuna.pruners.HyperbandPruner)
+    assert (hyperband._min_resource, hyperband._max_resource, hyperband._reduction_factor) == (1, 20, 3)
+    assert isinstance(make_pruner("none", 20), optuna.pruners.NopPruner)
+    with pytest.raises(ValueError, match="name='asha'"):
+        make_pruner("asha", 20)

@@ -1,0 +1,238 @@
+"""The experiment a study is: its settings, their fingerprint, and opening (or creating) it.
+
+A study's trials are comparable only if they come from one experiment: the same objective,
+data split, epochs, batch size, search space, minibatch order and precision. That is the
+fingerprint, stored in the study's user attrs with the other settings (the command, the
+versions, the device); a rerun that differs is refused with the differences named, and a rerun
+that matches resumes. Creation is safe against other processes doing the same at the same time
+and against being interrupted half-way (the fingerprint is written last).
+"""
+
+from __future__ import annotations
+
+import functools
+import importlib.metadata
+import platform
+import shlex
+import sys
+import time
+from dataclasses import dataclass, field, replace
+
+import optuna
+import sqlalchemy
+import torch
+
+from objectives import SearchSpace, check_mnist, load_mnist
+from objectives.data import SPLIT_SEED, TRAIN_SIZE, VAL_SIZE, describe_mnist
+from objectives.lr_range import lr_range_test
+from storage import open_storage
+from study.choices import warmup_epochs
+from study.cli import usable_cores
+
+__all__ = ["CREATION_WAIT", "DEFAULT_STUDY_NAME", "Settings", "UsageError", "device_name", "fingerprint", "open_study",
+           "storage_at", "study_storage"]
+
+DEFAULT_STUDY_NAME = "mnist-mlp-lr"
+
+
+class UsageError(Exception):
+    """A user's mistake: printed as one line, exit code 2."""
+
+
+@dataclass(frozen=True)
+class Settings:
+    """The parsed command, passed to worker processes."""
+
+    trials: int
+    epochs: int
+    storage: str
+    study_name: str
+    sampler: str
+    pruner: str
+    seed: int
+    device: str
+    data_dir: str | None
+    threads: int | None  # torch threads per worker process; None: the usable cores shared out
+    train_samples: int | None
+    batch_size: int
+    precision: str
+    cuda_graphs: bool
+    timeout: float | None
+    workers: int
+    parallel_trials: int | str  # a count, or "auto"
+    heartbeat_interval: int
+    lr_range: bool
+    space: SearchSpace = field(default_factory=SearchSpace)  # the default, or narrowed by --lr-range
+
+
+def fingerprint(s: Settings) -> dict[str, object]:
+    """What must match for trials to belong to one study (and be compared with each other)."""
+    return {
+        "objective": "objectives.MnistMLPObjective",
+        "dataset": "MNIST",
+        "split": f"{TRAIN_SIZE}/{VAL_SIZE} seed {SPLIT_SEED}",
+        "epochs": s.epochs,
+        "batch_size": s.batch_size,
+        "train_samples": s.train_samples or TRAIN_SIZE,
+        "search_space": s.space.as_dict(),
+        # trials made before the batch order was shared are not comparable with those made after
+        "minibatch_order": "shared by all trials: epoch_permutation(seed, epoch)",
+        "precision": s.precision,
+    }
+
+
+def _versions() -> dict[str, str]:
+    out = {"python": platform.python_version()}
+    for dist in ("lr-study", "torch", "torchvision", "optuna", "optuna-dashboard", "sqlalchemy"):
+        try:
+            out[dist] = importlib.metadata.version(dist)
+        except importlib.metadata.PackageNotFoundError:
+            out[dist] = "not installed"
+    return out
+
+
+def device_name(device: torch.device) -> str:
+    if device.type == "cuda":
+        return f"{device} ({torch.cuda.getdevice_name(device)})"
+    return f"cpu ({platform.processor() or platform.machine()}, {usable_cores()} usable cores)"
+
+
+@functools.cache
+def storage_at(url: str, heartbeat_interval: int) -> optuna.storages.RDBStorage:
+    return open_storage(url, heartbeat_interval=heartbeat_interval)
+
+
+def study_storage(s: Settings) -> optuna.storages.RDBStorage:
+    """The study's storage, opened once per process (each worker process opens its own)."""
+    return storage_at(s.storage, s.heartbeat_interval)
+
+
+def lr_range_space(s: Settings, device: torch.device, stored: dict | None) -> tuple[SearchSpace, dict]:
+    """The search space with each optimizer's LR range from the range test (stored or run now)."""
+    ranges = stored
+    if ranges is None:
+        data = load_mnist(s.data_dir, device=device, train_samples=s.train_samples)
+        ranges = {}
+        for optimizer in s.space.optimizers:
+            r = lr_range_test(optimizer, data, batch_size=s.batch_size, seed=s.seed, precision=s.precision)
+            ranges[optimizer] = {"suggestion": r.suggestion, "low": r.low, "high": r.high,
+                                 "steps": len(r.lrs), "diverged": r.diverged}
+            if r.problems:  # a meaningless suggestion narrows nothing: the default range stays
+                low, high = getattr(s.space, f"lr_{optimizer}")
+                ranges[optimizer].update(low=low, high=high, problems=r.problems)
+                print(f"warning: LR range test, {optimizer}: {'; '.join(r.problems)}; keeping the default range "
+                      f"{low:.3g} .. {high:.3g}", file=sys.stderr, flush=True)
+                continue
+            print(f"LR range test, {optimizer}: suggestion {r.suggestion:.3g}, "
+                  f"search range {r.low:.3g} .. {r.high:.3g}", flush=True)
+    space = replace(s.space, **{f"lr_{opt}": (v["low"], v["high"]) for opt, v in ranges.items()})
+    return space, ranges
+
+
+#: How long a process that finds a study without settings waits for the process creating it to
+#: record them (seconds) before it takes the creation as interrupted and finishes it.
+CREATION_WAIT = 15.0
+
+
+def _unfinished_creation(study: optuna.Study, attrs: dict[str, object]) -> bool:
+    """A study that study.run began to create and did not finish (a kill, or another process
+    that is still at it): no trial, and no user attr but study.run's own."""
+    return not study.get_trials(deepcopy=False) and set(study.user_attrs) <= set(attrs) | {"last_command"}
+
+
+def _await_creation(s: Settings, storage: optuna.storages.BaseStorage, study: optuna.Study) -> optuna.Study:
+    """``study`` once its fingerprint is recorded, or as it is after :data:`CREATION_WAIT` seconds."""
+    deadline = time.monotonic() + CREATION_WAIT
+    while "fingerprint" not in study.user_attrs and time.monotonic() < deadline:
+        time.sleep(0.25)
+        study = optuna.load_study(study_name=s.study_name, storage=storage)
+    return study
+
+
+def _record_settings(study: optuna.Study, attrs: dict[str, object]) -> None:
+    """Record the study's metric name and settings, the fingerprint last. Processes racing to do
+    it write the same values; one that loses a race on a key (a unique-key error on PostgreSQL)
+    writes it again."""
+    if study.metric_names is None:
+        study.set_metric_names(["val_loss"])
+    for key, value in attrs.items():
+        if study.user_attrs.get(key, object()) == value:
+            continue
+        for attempt in range(3):
+            try:
+                study.set_user_attr(key, value)
+                break
+            except sqlalchemy.exc.IntegrityError:
+                if attempt == 2:
+                    raise
+                time.sleep(0.1 * (attempt + 1))
+
+
+def open_study(s: Settings, argv: list[str], device: torch.device) -> tuple[optuna.Study, Settings]:
+    """Create the study, or load it after checking that it is the same experiment."""
+    storage = study_storage(s)
+    command = "python -m study.run " + shlex.join(argv)
+    try:
+        study = optuna.load_study(study_name=s.study_name, storage=storage)
+    except KeyError:
+        study = None
+    ranges = None
+    if s.lr_range:  # a resumed study reuses its stored ranges: the same experiment, exactly
+        space, ranges = lr_range_space(s, device, study.user_attrs.get("lr_range") if study else None)
+        s = replace(s, space=space)
+    fingerprint_now = fingerprint(s)
+    attrs = {
+        "data": describe_mnist(check_mnist(s.data_dir), s.train_samples),
+        "epochs": s.epochs,
+        "batch_size": s.batch_size,
+        "precision": s.precision,
+        "device": device_name(device),
+        "sampler": s.sampler,
+        "pruner": s.pruner,
+        "median_warmup_epochs": warmup_epochs(s.epochs),
+        "seed": s.seed,
+        "versions": _versions(),
+        "command": command,
+        **({"lr_range": ranges} if ranges is not None else {}),
+        "fingerprint": fingerprint_now,  # last: a study with a fingerprint has all its settings
+    }
+    if study is None:
+        try:
+            study = optuna.create_study(storage=storage, study_name=s.study_name, direction="minimize")
+        except optuna.exceptions.DuplicatedStudyError:  # another process created it a moment ago: join it
+            study = optuna.load_study(study_name=s.study_name, storage=storage)
+        else:
+            _record_settings(study, attrs)
+            return study, s
+    if study.direction != optuna.study.StudyDirection.MINIMIZE:
+        raise UsageError(f"study {s.study_name!r} in {s.storage} maximizes; this study minimizes val_loss: use another --study-name")
+    if "fingerprint" not in study.user_attrs and _unfinished_creation(study, attrs):
+        study = _await_creation(s, storage, study)
+        if "fingerprint" not in study.user_attrs:  # its creator was interrupted: finish it
+            print(f"study {s.study_name!r} was left without its settings (its creation was interrupted); "
+                  "recording them now", flush=True)
+            _record_settings(study, attrs)
+    stored = study.user_attrs.get("fingerprint")
+    if stored is not None:
+        stored = {"precision": "fp32", **stored}  # studies made before --precision trained in fp32
+    if stored != fingerprint_now:
+        if stored is None:
+            raise UsageError(f"study {s.study_name!r} in {s.storage} was not created by study.run; use another --study-name")
+        diff = ", ".join(_differences(stored, fingerprint_now))
+        raise UsageError(f"study {s.study_name!r} in {s.storage} is another experiment ({diff}); "
+                         "use the same settings to resume, or another --study-name")
+    # the same experiment: settings a creation interrupted before this order existed never wrote
+    _record_settings(study, {k: v for k, v in attrs.items() if k not in study.user_attrs})
+    study.set_user_attr("last_command", command)
+    return study, s
+
+
+def _differences(stored: dict, now: dict, prefix: str = "") -> list[str]:
+    out = []
+    for key in sorted(set(stored) | set(now)):
+        a, b = stored.get(key), now.get(key)
+        if isinstance(a, dict) and isinstance(b, dict):
+            out.extend(_differences(a, b, f"{prefix}{key}."))
+        elif a != b:
+            out.append(f"{prefix}{key}: stored {a!r}, now {b!r}")
+    return out

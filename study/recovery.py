@@ -1,0 +1,184 @@
+"""Crash recovery, in one place: no trial is left RUNNING for good, and none is lost.
+
+What a dead process leaves, and who settles it:
+
+- A trial whose process died (killed, out of memory, the machine lost) stops sending heartbeats.
+  Every storage study.run opens has them (:func:`storage.open_storage`: an interval, a grace
+  period of twice that, and Optuna's ``RetryHeartbeatStaleTrialCallback``), so once its heartbeat
+  is stale any process working on the study marks it FAIL and queues it again once (WAITING),
+  for the next worker to run. ``study.optimize`` sends the heartbeats of its one trial;
+  :class:`Heartbeats` sends those of the fused engine's trials in flight.
+- A process of this host that no longer exists is not waited for: :func:`settle_orphans` fails
+  and retries its trials at the start of a run, and the worker pool after a worker died
+  (:mod:`study.workers`). So does a trial that no process claimed (killed between ``ask`` and
+  writing its ``worker`` attr, hence without any heartbeat), after the grace period.
+- The storage failing mid-run (:func:`storage_failed`): one line, and this process's trials
+  are failed and retried if the storage still lets us, else the next run settles them.
+- Ctrl-C or SIGTERM: the trials in flight are told FAIL by the loops themselves.
+"""
+
+from __future__ import annotations
+
+import os
+import socket
+import sys
+import threading
+import time
+
+import optuna
+import sqlalchemy
+from optuna.trial import TrialState
+
+from storage import storage_failure
+from storage import batch
+from study.experiment import Settings, study_storage
+
+__all__ = ["Heartbeats", "fail_and_retry", "owner", "running", "settle_orphans", "storage_failed"]
+
+
+def owner() -> str:
+    """This process, as a trial's ``worker`` attr names it: ``host:pid`` (how orphans are found)."""
+    return f"{socket.gethostname()}:{os.getpid()}"
+
+
+class Heartbeats:
+    """Records the heartbeat of every trial in flight, every ``interval`` seconds, in a thread
+    (Optuna's own ``HeartbeatThread`` watches one trial and runs only inside ``optimize``)."""
+
+    def __init__(self, storage: optuna.storages.BaseStorage) -> None:
+        self._storage = storage
+        # RDBStorage has heartbeats (open_storage always sets an interval); other storages have none
+        get_interval = getattr(storage, "get_heartbeat_interval", None)
+        self._interval = get_interval() if get_interval is not None else None
+        self._ids: set[int] = set()
+        self._lock = threading.Lock()
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, name="heartbeats", daemon=True)
+
+    def add(self, trial_id: int) -> None:
+        if self._interval is None:
+            return
+        self._storage.record_heartbeat(trial_id)  # at once: the trial is never without one
+        with self._lock:
+            self._ids.add(trial_id)
+
+    def discard(self, trial_id: int) -> None:
+        with self._lock:
+            self._ids.discard(trial_id)
+
+    def _run(self) -> None:
+        while not self._stop.wait(self._interval):
+            with self._lock:
+                ids = sorted(self._ids)
+            for trial_id in ids:
+                self._storage.record_heartbeat(trial_id)
+
+    def __enter__(self) -> Heartbeats:
+        if self._interval is not None:
+            self._thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._stop.set()
+        if self._thread.is_alive():
+            self._thread.join()
+
+
+def running(study: optuna.Study) -> list[optuna.trial.FrozenTrial]:
+    return study.get_trials(deepcopy=False, states=(TrialState.RUNNING,))
+
+
+def _orphans(study: optuna.Study, host: str) -> list[optuna.trial.FrozenTrial]:
+    """RUNNING trials started by a process of this host that no longer exists."""
+    out = []
+    for trial in running(study):
+        worker_host, _, pid = str(trial.user_attrs.get("worker", "")).rpartition(":")
+        if worker_host == host and pid.isdigit() and not _alive(int(pid)):
+            out.append(trial)
+    return out
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def _unclaimed(study: optuna.Study) -> set[int]:
+    """Numbers of the RUNNING trials that no process has claimed (no ``worker`` attr yet)."""
+    return {t.number for t in running(study) if "worker" not in t.user_attrs}
+
+
+def fail_and_retry(storage: optuna.storages.RDBStorage, study: optuna.Study,
+                   trials: list[optuna.trial.FrozenTrial]) -> None:
+    """Mark ``trials`` FAIL and queue each again once, as Optuna's ``fail_stale_trials`` does for a
+    stale heartbeat (the same callback, so a retry is linked to its trial the same way)."""
+    failed = []
+    for trial in trials:
+        try:
+            if storage.set_trial_state_values(batch.trial_id(trial), TrialState.FAIL):
+                failed.append(batch.trial_id(trial))
+        except optuna.exceptions.UpdateFinishedTrialError:
+            pass  # another process failed it first (its heartbeat went stale) and queued its retry
+    retry = storage.get_heartbeat_stale_trial_callback()
+    for trial_id in failed:
+        retry(study, storage.get_trial(trial_id))
+
+
+def settle_orphans(s: Settings) -> None:
+    """Fail the trials that dead processes left RUNNING, and queue each again once (as WAITING,
+    for the next worker to run).
+
+    Optuna fails a dead worker's trial once its heartbeat is stale, but never a trial whose
+    process died before recording its first heartbeat: it has none. So this does not wait for
+    heartbeats. A trial whose ``worker`` is a process of this host that no longer exists is
+    failed at once. A trial that no process has claimed (``worker`` is set right after ``ask``,
+    so only a process killed in between leaves one) is failed if it is still unclaimed after
+    the grace period. Trials of live processes and of other hosts are left to their heartbeats.
+    """
+    storage = study_storage(s)
+    study = optuna.load_study(study_name=s.study_name, storage=storage)
+    unclaimed = _unclaimed(study)
+    if unclaimed:
+        grace = storage.grace_period
+        print(f"waiting up to {grace} s for trial(s) {', '.join(map(str, sorted(unclaimed)))} "
+              "(RUNNING, but claimed by no process) to be claimed", flush=True)
+        deadline = time.monotonic() + grace
+        while unclaimed and time.monotonic() < deadline:
+            time.sleep(min(1.0, grace / 2))
+            unclaimed &= _unclaimed(study)
+    dead = _orphans(study, socket.gethostname()) + [t for t in running(study) if t.number in unclaimed]
+    if dead:
+        print(f"trial(s) {', '.join(str(t.number) for t in dead)} were left RUNNING by a dead process: "
+              "marked FAIL and queued again once", flush=True)
+        fail_and_retry(storage, study, dead)
+
+
+def _shown(url: str) -> str:
+    """``url`` with any password hidden, for messages."""
+    try:
+        return sqlalchemy.engine.make_url(url).render_as_string(hide_password=True)
+    except Exception:  # noqa: BLE001 - it was parsed once already; never fail a message over it
+        return url
+
+
+def storage_failed(s: Settings, e: Exception, who: str = "") -> bool:
+    """Whether ``e`` is the storage failing mid-run. If it is: one line naming the storage and the
+    database's reason (``who``: which process), and the trials this process left RUNNING are
+    failed and queued again once, as a dead worker's are, if the storage still lets us (else the
+    next run settles them as orphans)."""
+    reason = storage_failure(e)
+    if reason is None:
+        return False
+    print(f"error: {who}storage {_shown(s.storage)} failed during the run: {reason}", file=sys.stderr)
+    try:
+        storage = study_storage(s)
+        study = optuna.load_study(study_name=s.study_name, storage=storage)
+        fail_and_retry(storage, study, [t for t in running(study) if t.user_attrs.get("worker") == owner()])
+    except Exception:  # noqa: BLE001 - the storage is what failed; this is best effort
+        pass
+    return True

@@ -1,0 +1,210 @@
+"""The processes that work on a study: one worker's loop, and the pool of ``--workers`` processes.
+
+A worker trains trials until the study has ``--trials`` finished ones: one at a time through
+``study.optimize``, or ``--parallel-trials`` K at once through the fused loop
+(:mod:`study.parallel`). The pool starts its workers with ``spawn`` (CUDA cannot be forked),
+relays Ctrl-C to them as one SIGTERM each, and when a worker dies finishes its work itself
+(:mod:`study.recovery`), so a study never ends short of its target with a trial RUNNING.
+"""
+
+from __future__ import annotations
+
+import multiprocessing
+import os
+import signal
+import sys
+
+import numpy as np
+import optuna
+import torch
+from optuna.trial import TrialState
+
+from objectives import MnistMLPObjective
+from objectives.memory import auto_slots
+from study.choices import make_pruner, make_sampler
+from study.cli import EXIT_FAILED, EXIT_INTERRUPTED, EXIT_OK, EXIT_STORAGE, set_threads
+from study.experiment import Settings, study_storage
+from study.parallel import optimize_fused
+from study.progress import FINISHED, ProgressBar, TrialLog
+from study.recovery import owner, settle_orphans, storage_failed
+
+__all__ = ["AUTO_SHARE_OF_TRIALS", "WorkerError", "finished", "optimize", "raise_interrupt", "run_workers",
+           "trials_in_flight", "worker_device"]
+
+
+def worker_device(s: Settings, worker: int) -> str:
+    """Spread workers over the GPUs when the device is not pinned to one."""
+    if s.device in ("auto", "cuda") and torch.cuda.is_available() and torch.cuda.device_count() > 1:
+        return f"cuda:{worker % torch.cuda.device_count()}"
+    return s.device
+
+
+def _sampler_seed(seed: int, n_existing: int, worker: int) -> int:
+    # A resumed run or another worker must not replay the first run's random draws (that would
+    # repeat configs), yet the same command on the same history must draw the same.
+    return int(np.random.SeedSequence([seed, n_existing, worker]).generate_state(1)[0])
+
+
+def finished(study: optuna.Study) -> int:
+    return len(study.get_trials(deepcopy=False, states=FINISHED))
+
+
+def raise_interrupt(signum: int, frame: object) -> None:
+    raise KeyboardInterrupt  # SIGTERM ends a trial like Ctrl-C: marked FAIL, never left RUNNING
+
+
+class WorkerError(RuntimeError):
+    """A worker gave up (e.g. every trial fails); exit code 1."""
+
+
+class _StopAfterFailures:
+    """Optuna callback: stop after ``limit`` failed trials in a row (e.g. each one out of memory),
+    so that failures, which do not count towards the budget, cannot loop forever."""
+
+    def __init__(self, limit: int = 5) -> None:
+        self.limit, self.in_a_row, self.last = limit, 0, ""
+
+    @property
+    def tripped(self) -> bool:
+        return self.in_a_row >= self.limit
+
+    def record(self, study: optuna.Study, trial: optuna.trial.FrozenTrial) -> None:
+        if trial.state != TrialState.FAIL:
+            self.in_a_row = 0
+            return
+        self.in_a_row += 1
+        self.last = str(trial.user_attrs.get("error", "unknown error"))
+
+    def __call__(self, study: optuna.Study, trial: optuna.trial.FrozenTrial) -> None:
+        self.record(study, trial)
+        if self.tripped:
+            study.stop()  # only valid inside study.optimize; the fused loop asks `tripped` instead
+
+
+#: ``--parallel-trials auto`` keeps at most this share of the trials still to run in flight at once
+AUTO_SHARE_OF_TRIALS = 1 / 4
+
+
+def trials_in_flight(s: Settings, device: torch.device, study: optuna.Study) -> int:
+    """Trials in flight per worker: ``--parallel-trials``, or for ``auto`` the fewest of what half
+    the free GPU memory holds (1 on the CPU, at most AUTO_SLOTS_MAX) and a quarter of the trials
+    still to run, shared between the workers.
+
+    Why a quarter: a trial in flight is one the sampler and the pruner cannot learn from yet. The
+    first K trials are sampled knowing no result (for TPE, random draws), and the pruner judges
+    the first wave only against itself. On an H200 a 100-trial study took 160 s with 64 in flight
+    and 109 s with 32; a quarter keeps three quarters of the budget for informed sampling.
+    """
+    if s.parallel_trials != "auto":
+        return int(s.parallel_trials)
+    memory = auto_slots(device, s.batch_size)
+    left = max(1, s.trials - finished(study))
+    return max(1, min(memory, int(left * AUTO_SHARE_OF_TRIALS) // s.workers))
+
+
+def optimize(s: Settings, worker: int, n_existing: int, prefix: str = "", bar: ProgressBar | None = None) -> None:
+    """Work on the study until it has ``s.trials`` finished trials (or the timeout passes).
+
+    Retries queued for dead workers' trials (WAITING) are run first, even when the budget is
+    already reached, so that a crash never leaves a trial without its retry.
+    """
+    storage = study_storage(s)
+    objective = MnistMLPObjective(
+        s.epochs, device=worker_device(s, worker), data_dir=s.data_dir,
+        train_samples=s.train_samples, batch_size=s.batch_size, seed=s.seed, space=s.space,
+        precision=s.precision, cuda_graphs=s.cuda_graphs,
+    )
+    study = optuna.load_study(study_name=s.study_name, storage=storage)
+    slots = trials_in_flight(s, objective.device, study)
+    study.sampler = make_sampler(s.sampler, _sampler_seed(s.seed, n_existing, worker))
+    study.pruner = make_pruner(s.pruner, s.epochs, in_flight=slots > 1)
+    waiting = study.get_trials(deepcopy=False, states=(TrialState.WAITING,))
+    if finished(study) >= s.trials and not waiting:
+        return
+    objective.data  # noqa: B018 - load once, before the first trial, so no trial pays for it
+    me = owner()
+
+    def run_trial(trial: optuna.Trial) -> float:
+        trial.set_user_attr("worker", me)  # which process ran it: diagnosis, orphan detection
+        trial.set_user_attr("threads", torch.get_num_threads())  # its CPU share: explains its seconds
+        return objective(trial)
+
+    guard = _StopAfterFailures()
+    if slots > 1:
+        optimize_fused(study, objective, trials=s.trials, slots=slots, timeout=s.timeout, owner=me,
+                       callbacks=[TrialLog(s.trials, prefix, bar), guard.record], stop=lambda: guard.tripped)
+    else:
+        study.optimize(
+            run_trial,
+            timeout=s.timeout,
+            catch=(torch.OutOfMemoryError,),  # one trial out of GPU memory: that trial fails, the study goes on
+            callbacks=[
+                optuna.study.MaxTrialsCallback(s.trials, states=FINISHED),  # counts pruned ones too
+                TrialLog(s.trials, prefix, bar),
+                guard,
+            ],
+        )
+    if guard.tripped:
+        raise WorkerError(f"{guard.in_a_row} trials in a row failed (last: {guard.last}); stopping this worker")
+
+
+def _worker_main(s: Settings, worker: int, n_existing: int) -> None:
+    """Entry point of a ``--workers`` child process."""
+    # The parent relays Ctrl-C as one SIGTERM; a terminal's SIGINT to the whole group is ignored
+    # here so that a trial is not interrupted twice while it is being marked FAIL.
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    signal.signal(signal.SIGTERM, raise_interrupt)
+    optuna.logging.set_verbosity(optuna.logging.ERROR)
+    set_threads(s.workers, s.threads)  # the workers share the cores instead of each taking all of them
+    print(f"w{worker} started: process {os.getpid()}, {torch.get_num_threads()} thread(s), device "
+          f"{worker_device(s, worker)}", flush=True)
+    try:
+        optimize(s, worker, n_existing, prefix=f"w{worker} ")
+    except KeyboardInterrupt:
+        sys.exit(EXIT_INTERRUPTED)
+    except WorkerError as e:
+        print(f"error: worker {worker}: {e}", file=sys.stderr)
+        sys.exit(EXIT_FAILED)
+    except Exception as e:  # noqa: BLE001 - the storage failing is one line; anything else is a bug
+        if not storage_failed(s, e, f"worker {worker}: "):
+            raise
+        sys.exit(EXIT_STORAGE)
+
+
+def run_workers(s: Settings, n_existing: int) -> int:
+    ctx = multiprocessing.get_context("spawn")  # CUDA cannot be forked
+    procs = [ctx.Process(target=_worker_main, args=(s, i, n_existing), name=f"study-worker-{i}") for i in range(s.workers)]
+    for proc in procs:
+        proc.start()
+    interrupted = False
+    try:
+        for proc in procs:
+            proc.join()
+    except KeyboardInterrupt:
+        interrupted = True
+        signal.signal(signal.SIGINT, signal.SIG_IGN)
+        for proc in procs:
+            if proc.is_alive():
+                proc.terminate()  # SIGTERM: the child marks its trial FAIL and exits
+        for proc in procs:
+            proc.join(timeout=30)
+            if proc.is_alive():
+                proc.kill()
+    codes = [proc.exitcode for proc in procs]
+    if interrupted or EXIT_INTERRUPTED in codes:
+        return EXIT_INTERRUPTED
+    if EXIT_STORAGE in codes:  # each such worker said why on its own line
+        return EXIT_STORAGE
+    killed = [i for i, code in enumerate(codes) if code is not None and code < 0]
+    failed = [f"worker {i} exited with {code}" for i, code in enumerate(codes) if code not in (0, None) and i not in killed]
+    if failed:
+        print(f"error: {'; '.join(failed)}", file=sys.stderr)
+        return EXIT_FAILED
+    if killed:
+        # The others carried on; what the dead ones left (a RUNNING trial, its retry, budget) is
+        # finished here, so the study never ends with a trial RUNNING or short of its target.
+        names = ", ".join(f"worker {i} (signal {-codes[i]})" for i in killed)
+        print(f"warning: {names} died; finishing its work here", file=sys.stderr, flush=True)
+        settle_orphans(s)
+        optimize(s, s.workers, n_existing, prefix="w* ")
+    return EXIT_OK
