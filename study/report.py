@@ -52,7 +52,6 @@ class DecayRow:
     best: FrozenTrial | None  # best COMPLETE trial of this strategy
     n_trials: int
     n_pruned: int
-    n_diverged: int
 
 
 def decay_rows(study: optuna.Study) -> list[DecayRow]:
@@ -63,8 +62,7 @@ def decay_rows(study: optuna.Study) -> list[DecayRow]:
         trials = [t for t in finished if t.params.get("decay") == decay]
         if not trials:
             continue
-        rows.append(DecayRow(decay, *_best_and_counts(trials),
-                             n_diverged=sum(bool(t.user_attrs.get("diverged")) for t in trials)))
+        rows.append(DecayRow(decay, *_best_and_counts(trials)))
     return rows
 
 
