@@ -11,6 +11,8 @@ import optuna
 import pytest
 
 from cli_helpers import chromium, load
+from study import figures, findings
+from study import final_word as final_module
 from study import report as report_module
 from study.run import main as run_main
 
@@ -52,6 +54,17 @@ def test_page_has_every_figure_and_the_comparison_table(reported) -> None:
     assert sorted(rows) == sorted(present) and len(rows) >= 2
     summary = (out / "summary.md").read_text()
     assert "## Decay strategies" in summary and all(f"| {decay} |" in summary for decay in present)
+    # what the figures plot is the study's: every trial's curve, and each decay's best trial
+    curves = {trace.name.removesuffix(" (pruned)"): list(trace.y) for trace in figures.learning_curves(study).data}
+    for trial in study.trials:
+        if trial.intermediate_values:
+            assert curves[f"Trial{trial.number}"] == [trial.intermediate_values[e] for e in sorted(trial.intermediate_values)]
+    rows = [row for row in findings.decay_rows(study) if row.best is not None]
+    best = {trace.name.split(" (")[0]: list(trace.y) for trace in figures.decay_comparison(rows).data}
+    for row in rows:
+        complete = [t for t in study.trials if t.state == optuna.trial.TrialState.COMPLETE and t.params["decay"] == row.decay]
+        assert row.best.value == min(t.value for t in complete)
+        assert best[row.decay] == [row.best.intermediate_values[e] for e in sorted(row.best.intermediate_values)]
 
 
 @pytest.mark.slow
@@ -85,10 +98,16 @@ def test_final_word_note_and_artifact_are_in_the_study(reported) -> None:
 def test_final_seeds_0_skips_the_test_set_and_bad_study_is_one_line(tmp_path: Path, capsys) -> None:
     url = f"sqlite:///{tmp_path / 's.db'}"
     assert run_main(["--trials", "3", "--epochs", "2", "--train-samples", "2000", "--device", "cpu", "--storage", url]) == 0
-    assert report_module.main(["--storage", url, "--out", str(tmp_path / "r"), "--final-seeds", "0"]) == 0
+    store = tmp_path / "elsewhere" / "store"
+    assert report_module.main(["--storage", url, "--out", str(tmp_path / "r"), "--final-seeds", "0",
+                               "--artifact-dir", str(store)]) == 0
     assert "final_test" not in load(url).user_attrs
     assert "Final word" not in (tmp_path / "r" / "summary.md").read_text()
-    capsys.readouterr()
+    # the page went into the --artifact-dir given, and the dashboard command says so
+    (meta,) = optuna.artifacts.get_all_artifact_meta(load(url))
+    assert (store / meta.artifact_id).read_bytes() == (tmp_path / "r" / "index.html").read_bytes()
+    assert not (tmp_path / "artifacts").exists()
+    assert f"--artifact-dir {store}" in capsys.readouterr().out
     assert report_module.main(["--storage", url, "--study-name", "nope", "--out", str(tmp_path / "x")]) == 2
     err = capsys.readouterr().err.strip()
     assert len(err.splitlines()) == 1 and "no study 'nope'" in err
@@ -121,9 +140,9 @@ def test_the_final_word_tests_the_model_of_the_best_epoch(reported, mnist_dir) -
     final = study.user_attrs["final_test"]["best"]
     assert final["best_epoch"] == best.user_attrs["best_epoch"]
     data = load_mnist(mnist_dir, device="cpu").for_final_training()
-    config = report_module.trial_config(best)
+    config = findings.trial_config(best)
     epochs = study.user_attrs["epochs"]
-    stopped = train(config, data, epochs, seed=report_module.FINAL_SEED_BASE,
+    stopped = train(config, data, epochs, seed=final_module.FINAL_SEED_BASE,
                     report=lambda epoch, _: epoch >= final["best_epoch"])
     assert stopped.epochs_run == final["best_epoch"]
     assert final["test_accuracies"][0] == evaluate(stopped.model, data.test_x, data.test_y)[1]
@@ -147,8 +166,8 @@ def test_the_fused_final_word_gives_the_accuracies_of_one_run_at_a_time(reported
         study.add_trials(source.trials)
         for key, value in source.user_attrs.items():
             study.set_user_attr(key, value)
-        rows = report_module.decay_rows(study)
-        finals.append(report_module.final_word(study, rows, 2, data, fused=fused))
+        rows = findings.decay_rows(study)
+        finals.append(final_module.final_word(study, rows, 2, data, fused=fused))
     fused, one_by_one = finals
     assert fused == one_by_one
     assert len(fused) >= 3 and all(len(r["test_accuracies"]) == 2 for r in fused.values())
@@ -176,3 +195,45 @@ def test_the_trials_are_written_as_a_csv_table(reported) -> None:
         assert float(row["duration"]) > 0
         lr_name = f"params_lr_{trial.params['optimizer']}"
         assert float(row[lr_name]) == trial.params[f"lr_{trial.params['optimizer']}"]  # floats round-trip exactly
+
+
+def _study_of(*trials: tuple[dict, dict[int, float]]) -> optuna.Study:
+    """An in-memory study of complete trials with these params and intermediate values."""
+    from optuna.distributions import CategoricalDistribution, FloatDistribution, IntDistribution
+
+    study = optuna.create_study()
+    for params, values in trials:
+        dists = {k: CategoricalDistribution([v]) if isinstance(v, str) else
+                 IntDistribution(0, 10) if isinstance(v, int) else FloatDistribution(1e-6, 10.0, log=True)
+                 for k, v in params.items()}
+        study.add_trial(optuna.trial.create_trial(params=params, distributions=dists, value=min(values.values()),
+                                                  intermediate_values=values))
+    return study
+
+
+def test_lr_schedule_figure_plots_each_steps_lr_per_layer() -> None:
+    # by hand: step decay halves every epoch; plateau (patience 0) halves after the first epoch
+    # that does not improve (epoch 2); fc1 has multiplier 2, fc2 0.5, fc3 none
+    sgd = {"optimizer": "sgd", "lr_sgd": 0.1, "sgd_momentum": 0.9, "warmup_epochs": 0, "lr_mult_fc1": 2.0,
+           "lr_mult_fc2": 0.5}
+    study = _study_of(({**sgd, "decay": "step", "step_size": 1, "step_gamma": 0.5}, {1: 1.0, 2: 0.9, 3: 0.8}),
+                      ({**sgd, "decay": "plateau", "plateau_patience": 0, "plateau_factor": 0.5}, {1: 1.0, 2: 1.2, 3: 1.1}))
+    fig = figures.lr_schedules(study.trials, steps_per_epoch=3, epochs=3)
+    lrs = {trace.name: list(trace.y) for trace in fig.data}
+    for layer, lr in (("fc1", 0.2), ("fc2", 0.05), ("fc3", 0.1)):
+        assert lrs[f"trial 0 (step, sgd) {layer}"] == pytest.approx([lr] * 3 + [lr / 2] * 3 + [lr / 4] * 3)
+        assert lrs[f"trial 1 (plateau, sgd) {layer}"] == pytest.approx([lr] * 6 + [lr / 2] * 3)
+    assert all(list(trace.x) == list(range(9)) for trace in fig.data)  # one point per training step
+
+
+def test_a_best_param_at_the_edge_of_its_range_is_named() -> None:
+    from study.progress import edge_warnings, summary
+
+    study = _study_of(({"lr_sgd": 1e-6, "step_size": 5, "optimizer": "sgd"}, {1: 0.5}),
+                      ({"lr_sgd": 1e-3, "step_size": 10, "optimizer": "sgd"}, {1: 0.7}))
+    best, other = study.trials
+    warned = edge_warnings(best)
+    assert len(warned) == 1 and warned[0].startswith("lr_sgd = 1e-06 is at the lower edge of [1e-06, 10]"), warned
+    assert [w.split(" = ")[0] for w in edge_warnings(other)] == ["step_size"]  # 10 of [0, 10]: the upper edge
+    text = summary(study, target=2, wall_seconds=1.0, new_trials=2, dashboard="optuna-dashboard x", spent=2)
+    assert warned[0] in text

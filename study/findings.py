@@ -1,0 +1,66 @@
+"""What a study found, grouped for the report: the best trial of each decay strategy and of
+with and without warm-up, and the configuration a trial trained."""
+
+from __future__ import annotations
+
+import warnings
+from dataclasses import dataclass
+
+import optuna
+from optuna.trial import FrozenTrial, TrialState
+
+from objectives import DECAYS, TrainConfig, suggest_config
+
+__all__ = ["DecayRow", "WarmupRow", "decay_rows", "trial_config", "warmup_rows"]
+
+
+@dataclass(frozen=True)
+class DecayRow:
+    decay: str
+    best: FrozenTrial | None  # best COMPLETE trial of this strategy
+    n_trials: int
+    n_pruned: int
+
+
+def decay_rows(study: optuna.Study) -> list[DecayRow]:
+    """One row per decay strategy present in the study."""
+    rows = []
+    finished = study.get_trials(deepcopy=False, states=(TrialState.COMPLETE, TrialState.PRUNED))
+    for decay in DECAYS:
+        trials = [t for t in finished if t.params.get("decay") == decay]
+        if not trials:
+            continue
+        rows.append(DecayRow(decay, *_best_and_counts(trials)))
+    return rows
+
+
+def _best_and_counts(trials: list[FrozenTrial]) -> tuple[FrozenTrial | None, int, int]:
+    """Of finished trials: the best complete one (None if none), how many, how many pruned."""
+    complete = [t for t in trials if t.state == TrialState.COMPLETE]
+    return (min(complete, key=lambda t: t.value) if complete else None, len(trials),
+            sum(t.state == TrialState.PRUNED for t in trials))
+
+
+def trial_config(trial: FrozenTrial, batch_size: int = 128) -> TrainConfig:
+    """The configuration a trial trained, from its params. A trial of a study made before the
+    warm-up existed has no ``warmup_epochs``: it had none."""
+    with warnings.catch_warnings():  # an older study's values may lie outside today's ranges
+        warnings.simplefilter("ignore")
+        return suggest_config(optuna.trial.FixedTrial({"warmup_epochs": 0, **trial.params}), batch_size=batch_size)
+
+
+@dataclass(frozen=True)
+class WarmupRow:
+    label: str  # "without warm-up" / "with warm-up"
+    best: FrozenTrial | None
+    n_trials: int
+    n_pruned: int
+
+
+def warmup_rows(study: optuna.Study) -> list[WarmupRow]:
+    """The trials with and without a linear warm-up, as the decay rows count them."""
+    finished = study.get_trials(deepcopy=False, states=(TrialState.COMPLETE, TrialState.PRUNED))
+    rows = []
+    for label, test in (("without warm-up", lambda n: not n), ("with warm-up", bool)):
+        rows.append(WarmupRow(label, *_best_and_counts([t for t in finished if test(t.params.get("warmup_epochs", 0))])))
+    return rows
