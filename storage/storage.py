@@ -6,7 +6,7 @@ such as optuna-dashboard never block the writers), every connection waits up to
 transaction starts with ``BEGIN IMMEDIATE`` (see :func:`_serialize_sqlite_transactions`), without
 which two workers can take the same queued trial.
 PostgreSQL (``postgresql+psycopg://…``, the ``postgres`` extra): connections are checked before
-use and a connection attempt gives up after 10 s instead of hanging.
+use and a connection attempt gives up after ``CONNECT_TIMEOUT`` (10 s) instead of hanging.
 Every RDB storage runs heartbeats: a trial whose worker died is marked FAIL once its heartbeat
 is ``grace_period`` seconds old, and is queued again once (``RetryHeartbeatStaleTrialCallback``).
 """
@@ -29,6 +29,8 @@ __all__ = ["DEFAULT_STORAGE", "StorageError", "dashboard_command", "open_storage
 
 #: Where ``study.run`` keeps its studies unless told otherwise (relative to the working folder).
 DEFAULT_STORAGE = "sqlite:///studies/lr-study.db"
+#: Seconds a PostgreSQL connection attempt may take (libpq's connect_timeout) before it fails, not hangs.
+CONNECT_TIMEOUT = 10
 
 _EXAMPLES = "e.g. sqlite:///studies/lr-study.db or postgresql+psycopg://user:password@host:5432/db"
 
@@ -190,7 +192,8 @@ def open_storage(
         engine_kwargs = {"connect_args": {"timeout": lock_timeout, "isolation_level": None}}
     elif parsed.get_backend_name() == "postgresql":
         # many workers: keep a small pool each, drop dead connections, never hang on connect
-        engine_kwargs = {"pool_pre_ping": True, "pool_size": 2, "max_overflow": 4, "connect_args": {"connect_timeout": 10}}
+        engine_kwargs = {"pool_pre_ping": True, "pool_size": 2, "max_overflow": 4,
+                         "connect_args": {"connect_timeout": CONNECT_TIMEOUT}}
     else:
         engine_kwargs = {"pool_pre_ping": True}
     shown = parsed.render_as_string(hide_password=True)

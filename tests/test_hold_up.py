@@ -302,3 +302,25 @@ def test_postgres_stopped_mid_study_ends_with_one_line_per_worker_and_the_rerun_
     study = load(postgres_url)
     assert before >= 4 and len(study.get_trials(states=FINISHED)) >= 10
     assert not study.get_trials(states=(optuna.trial.TrialState.RUNNING,))
+
+
+def test_a_postgres_server_that_never_answers_is_given_up_on(tmp_path: Path, monkeypatch) -> None:
+    # README: a connection attempt gives up after CONNECT_TIMEOUT (10 s) instead of hanging. A
+    # loopback socket that accepts connections and never speaks stands for a server that hangs;
+    # the timeout is lowered to libpq's least, 2 s, for the test's sake.
+    import socket
+
+    import storage.storage as storage_module
+    from storage import StorageError, open_storage
+
+    assert storage_module.CONNECT_TIMEOUT == 10
+    monkeypatch.setattr(storage_module, "CONNECT_TIMEOUT", 2)
+    with socket.create_server(("127.0.0.1", 0)) as silent:
+        port = silent.getsockname()[1]
+        started = time.monotonic()
+        with pytest.raises(StorageError) as excinfo:
+            open_storage(f"postgresql+psycopg://u:secret@127.0.0.1:{port}/db")
+        took = time.monotonic() - started
+    message = str(excinfo.value)
+    assert 2 <= took < 10, took  # the lowered timeout ended it, not the default one or the OS's
+    assert "\n" not in message and "secret" not in message and str(port) in message
