@@ -10,7 +10,7 @@ precision (``precision="bf16"``); on CUDA also in tf32, and in fp32 with the CUD
 the same 50k training images at the same batch size; each is warmed up with one epoch, then
 the median of ``--repeats`` epochs is reported.
 
-    python -m benchmarks.epoch_speed [--device auto] [--batch-size 128] [--repeats 3]
+    python -m benchmarks.epoch_speed [--device auto] [--batch-size 128] [--repeats 3] [--train-samples N]
 
 Measured figures are in the README ("Measured").
 """
@@ -75,6 +75,8 @@ def main(argv: list[str] | None = None) -> int:
     add_device_arguments(parser)
     parser.add_argument("--batch-size", type=int, default=128)
     parser.add_argument("--repeats", type=int, default=3, help="timed epochs of each, after one warm-up")
+    parser.add_argument("--train-samples", type=int, default=None,
+                        help="time epochs of the first N of the 50k training images (default: all; for a smoke run)")
     args = parser.parse_args(argv)
     set_threads(1, args.threads)
 
@@ -83,7 +85,7 @@ def main(argv: list[str] | None = None) -> int:
 
     try:
         device = resolve_device(args.device)
-        data = load_mnist(args.data_dir, device=device)
+        data = load_mnist(args.data_dir, device=device, train_samples=args.train_samples)
     except (ValueError, MnistDataError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
@@ -99,7 +101,8 @@ def main(argv: list[str] | None = None) -> int:
             (raw / name).write_bytes(read_verified(path, name))
         dataset = datasets.MNIST(tmp, train=True, transform=transforms.ToTensor())
         order = np.random.default_rng(SPLIT_SEED).permutation(TRAIN_SIZE + VAL_SIZE)
-        subset = Subset(dataset, order[:TRAIN_SIZE].tolist())  # the same 50k images as ours
+        n = data.train_x.shape[0]
+        subset = Subset(dataset, order[:n].tolist())  # the same training images as ours
         loader = DataLoader(subset, batch_size=args.batch_size, shuffle=True)
 
         seed_times, loader_times = [], []
@@ -118,7 +121,7 @@ def main(argv: list[str] | None = None) -> int:
 
     seed_s, loader_s = statistics.median(seed_times), statistics.median(loader_times)
     print(f"device: {device_label(device)}; torch {torch.__version__}; batch size {args.batch_size}; "
-          f"{TRAIN_SIZE} training images; median of {args.repeats} epochs after 1 warm-up")
+          f"{data.train_x.shape[0]} training images; median of {args.repeats} epochs after 1 warm-up")
     print(f"seed's way (DataLoader + ToTensor + .item() per batch, fp32): {seed_s:8.3f} s/epoch")
     print(f"  of which the seed's data pipeline alone (no training):        {loader_s:8.3f} s/epoch")
     for (p, graphs), times in our_times.items():
