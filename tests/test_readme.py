@@ -44,3 +44,18 @@ def test_readme_python_block_runs_as_written(index: int, tmp_path: Path, mnist_d
                           capture_output=True, text=True, timeout=300)
     assert done.returncode == 0, f"README block {index + 1} failed:\n{code}\n{done.stderr}"
     assert done.stdout.strip()  # every block shows its result
+
+
+def test_the_layout_names_every_module_once() -> None:
+    # the README's "Layout" section is the map a new maintainer reads: one line per module
+    text = (ROOT / "README.md").read_text()
+    layout = text.split("## Layout\n", 1)[1].split("\n## ", 1)[0]
+    listed, package = [], None
+    for line in layout.splitlines():
+        if line.startswith("**`"):
+            package = line.split("`")[1].rstrip("/")
+        elif line.startswith("- `") and package:
+            listed.append(f"{package}/{line.split('`')[1]}")
+    present = sorted(str(p.relative_to(ROOT)) for pkg in ("objectives", "storage", "study")
+                     for p in (ROOT / pkg).glob("*.py") if p.name != "__init__.py")
+    assert sorted(listed) == present
