@@ -38,21 +38,34 @@ def snapshot(url: str, name: str = "mnist-mlp-lr") -> list[tuple]:
     return [(t.number, t.state, t.value, t.params, t.intermediate_values) for t in study.trials]
 
 
-def wait_for_running(url: str, proc: subprocess.Popen[str], timeout: float = 120) -> optuna.trial.FrozenTrial:
-    """The first trial seen RUNNING and training (its config sampled); fails if the process ends first."""
+def running_trials(url: str) -> list[optuna.trial.FrozenTrial]:
+    """The trials RUNNING and training (their config sampled); none before the study exists."""
+    try:
+        return [t for t in load(url).get_trials(states=(TrialState.RUNNING,)) if "lr" in t.user_attrs]
+    except KeyError:  # the study is not created yet
+        return []
+
+
+def wait_until(condition, proc: subprocess.Popen[str] | None = None, timeout: float = 120, what: str = "the condition"):
+    """``condition()``'s first true value, polled; fails if ``proc`` ends first or ``timeout`` passes
+    (a bound for a hung run, not a timing: the test waits on the condition)."""
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
-        try:
-            running = [t for t in load(url).get_trials(states=(TrialState.RUNNING,)) if "lr" in t.user_attrs]
-        except KeyError:  # the study is not created yet
-            running = []
-        if running:
-            return running[0]
-        if proc.poll() is not None:
-            raise AssertionError(f"study.run ended before a trial ran: {proc.communicate()}")
-        time.sleep(0.1)
-    proc.kill()
-    raise AssertionError("no trial started in time")
+        value = condition()
+        if value:
+            return value
+        if proc is not None and proc.poll() is not None:
+            raise AssertionError(f"the process ended before {what}: {proc.communicate()}")
+        time.sleep(0.05)
+    if proc is not None:
+        proc.kill()
+    raise AssertionError(f"no {what} within {timeout} s")
+
+
+def wait_for_running(url: str, proc: subprocess.Popen[str], timeout: float = 120, count: int = 1) -> optuna.trial.FrozenTrial:
+    """The first trial seen RUNNING and training, once ``count`` are; fails if the process ends first."""
+    return wait_until(lambda: len(trials := running_trials(url)) >= count and trials[0], proc, timeout,
+                      f"{count} trial(s) running")
 
 
 def free_port() -> int:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import gzip
 import os
 import re
+import shlex
 import signal
 import sqlite3
 import subprocess
@@ -29,7 +30,7 @@ def finished_study(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, str]
     return cwd, f"sqlite:///{cwd / 'studies' / 'lr-study.db'}"
 
 
-def test_run_records_trials_and_reproducibility(finished_study: tuple[Path, str]) -> None:
+def test_run_records_trials_and_the_settings_that_reproduce_them(finished_study: tuple[Path, str]) -> None:
     cwd, url = finished_study
     assert (cwd / "studies" / "lr-study.db").is_file()  # the default storage, folder created
     study = load(url)
@@ -44,6 +45,17 @@ def test_run_records_trials_and_reproducibility(finished_study: tuple[Path, str]
         assert trial.intermediate_values or trial.user_attrs["diverged"]
     with sqlite3.connect(cwd / "studies" / "lr-study.db") as db:  # WAL, for readers beside writers
         assert db.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
+
+
+@pytest.mark.slow
+def test_the_recorded_command_reproduces_the_study(finished_study: tuple[Path, str], tmp_path: Path) -> None:
+    # the command in the study's attrs, run again elsewhere: the same trials, to the last digit
+    cwd, url = finished_study
+    command = shlex.split(load(url).user_attrs["command"])
+    assert command[:3] == ["python", "-m", "study.run"]
+    again = run_cli(*command[3:], cwd=tmp_path)
+    assert again.returncode == 0, again.stderr
+    assert snapshot(f"sqlite:///{tmp_path / 'studies' / 'lr-study.db'}") == snapshot(url)
 
 
 def test_rerun_with_same_n_adds_nothing_and_larger_n_resumes(tmp_path: Path) -> None:
@@ -164,8 +176,7 @@ def test_ctrl_c_marks_the_trial_failed_exits_130_and_rerun_completes(tmp_path: P
     args = ["--trials", "2", "--storage", url, "--epochs", "40", "--train-samples", "2000", "--device", "cpu",
             "--pruner", "none", "--parallel-trials", parallel]
     proc = start_cli(*args, cwd=tmp_path)
-    wait_for_running(url, proc)
-    time.sleep(1.0)
+    wait_for_running(url, proc, count=int(parallel))  # every slot training
     proc.send_signal(signal.SIGINT)
     out, err = proc.communicate(timeout=30)
     assert proc.returncode == 130, err
@@ -190,7 +201,12 @@ def test_workers_share_the_budget(tmp_path: Path) -> None:
     states = [t.state for t in load(url).trials]
     assert 4 <= sum(s in FINISHED for s in states) <= 4 + 2 - 1
     assert TrialState.RUNNING not in states
-    assert "w0 [" in done.stdout and "w1 [" in done.stdout  # both workers took trials
+    # two worker processes ran, and every trial was run by one of them (which one took how many
+    # depends on when each started: a late one may find the budget spent)
+    workers = re.findall(r"^w(\d+) started: process (\d+)", done.stdout, re.M)
+    assert sorted(w for w, _ in workers) == ["0", "1"], done.stdout
+    pids = {pid for _, pid in workers}
+    assert {t.user_attrs["worker"].rpartition(":")[2] for t in load(url).trials} <= pids
 
 
 def test_sqlite_on_a_network_file_system_is_refused(tmp_path: Path, monkeypatch) -> None:
@@ -262,14 +278,22 @@ def test_parallel_trials_auto_is_one_on_the_cpu(tmp_path: Path, capsys) -> None:
     assert load(url).user_attrs["command"].endswith("--parallel-trials auto --storage " + url + " " + " ".join(SMALL))
 
 
-def test_parallel_trials_stop_asking_at_the_timeout(tmp_path: Path, capsys) -> None:
+@pytest.mark.parametrize("parallel", ["1", "2"])
+def test_no_trial_starts_after_the_timeout(parallel: str, tmp_path: Path, capsys) -> None:
+    # What --timeout means, whatever the machine's speed: no trial is started once it has passed
+    # (counted from before the first trial), and the trials started before it run to their end.
     url = f"sqlite:///{tmp_path / 'timeout.db'}"
-    assert main(["--trials", "50", "--parallel-trials", "2", "--timeout", "0.5", "--storage", url, *SMALL]) == 0
-    states = [t.state for t in load(url).trials]
-    # the trials asked before the timeout (the first two, unless the machine is very slow) ran to
-    # their end, and no new one was asked after it
-    assert 1 <= len(states) <= 2 and all(s in FINISHED for s in states)
-    assert f"{len(states)} finished of 50" in capsys.readouterr().out
+    timeout = 1.0
+    assert main(["--trials", "200", "--parallel-trials", parallel, "--timeout", str(timeout), "--storage", url,
+                 *SMALL]) == 0
+    trials = load(url).trials
+    assert trials and all(t.state in FINISHED for t in trials)
+    first = min(t.datetime_start for t in trials)
+    # 0.5 s for the gap between the deadline check and the trial's creation on a busy machine;
+    # without the timeout the trials would start over the 200 trials' whole run
+    late = [t.number for t in trials if (t.datetime_start - first).total_seconds() > timeout + 0.5]
+    assert not late, late
+    assert len(trials) < 200 and f"{len(trials)} finished of 200" in capsys.readouterr().out
 
 
 @pytest.mark.parametrize("module", ["study.run", "study.report", "study.lr_range"])
@@ -359,3 +383,23 @@ def test_a_study_made_before_the_new_lr_strategies_is_refused_in_one_line(tmp_pa
     err = capsys.readouterr().err.strip()
     assert len(err.splitlines()) == 1 and "another experiment" in err and "search_space.decays" in err
     assert snapshot(url) == before
+
+
+def test_workers_are_spread_over_the_gpus_unless_the_device_is_pinned(monkeypatch) -> None:
+    from study.experiment import Settings
+    from study.run import build_parser
+    from study.workers import worker_device
+
+    def settings(*argv: str) -> Settings:
+        return Settings(**vars(build_parser().parse_args(list(argv))))
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 2)
+    for device in ("auto", "cuda"):
+        assert [worker_device(settings("--device", device), w) for w in range(4)] == ["cuda:0", "cuda:1"] * 2
+    assert worker_device(settings("--device", "cuda:1"), 0) == "cuda:1"  # pinned: every worker there
+    assert worker_device(settings("--device", "cpu"), 1) == "cpu"
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 1)
+    assert worker_device(settings("--device", "auto"), 1) == "auto"  # one GPU: nothing to spread
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    assert worker_device(settings(), 1) == "auto"

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import signal
 import socket
 import subprocess
@@ -22,8 +23,8 @@ import torch
 from optuna.storages import RetryHeartbeatStaleTrialCallback
 from optuna.trial import TrialState
 
-from cli_helpers import (ENV, FINISHED, SMALL, free_port, load, run_cli, snapshot, start_cli, start_dashboard,
-                         stop_dashboard, wait_for_running)
+from cli_helpers import (ENV, FINISHED, SMALL, free_port, load, run_cli, running_trials, snapshot, start_cli,
+                         start_dashboard, stop_dashboard, wait_for_running, wait_until)
 from storage import open_storage
 from study.run import main
 
@@ -65,8 +66,10 @@ def test_three_workers_on_postgres_reach_the_budget(postgres_url: str, tmp_path:
     args = ["--epochs", "6", "--train-samples", "2000", "--device", "cpu", "--pruner", "none"]
     done = run_cli("--trials", "9", "--workers", "3", "--storage", postgres_url, *args, cwd=tmp_path)
     assert done.returncode == 0, done.stderr
-    trials = _check_ended_well(postgres_url, 9, 3)
-    assert len({t.user_attrs["worker"] for t in trials}) >= 2  # the work was shared
+    trials = _check_ended_well(postgres_url, 9, 3)  # the budget was shared: 9, not 9 each
+    started = dict(re.findall(r"^w(\d+) started: process (\d+)", done.stdout, re.M))
+    assert sorted(started) == ["0", "1", "2"], done.stdout
+    assert {t.user_attrs["worker"].rpartition(":")[2] for t in trials} <= set(started.values())
     assert "postgresql+psycopg" in done.stdout.splitlines()[-1]  # the dashboard command names it
 
 
@@ -76,27 +79,36 @@ def test_a_worker_killed_mid_trial_is_failed_by_heartbeat_and_retried(backend: s
     url = request.getfixturevalue("postgres_url") if backend == "postgres" else f"sqlite:///{tmp_path / 'k.db'}"
     proc = start_cli("--trials", "9", "--workers", "3", "--parallel-trials", parallel, "--storage", url, *CRASHY,
                      cwd=tmp_path)
-    for _ in range(2):  # a kill can land between two trials of that worker: then try another one
-        worker = wait_for_running(url, proc).user_attrs["worker"]
-        if parallel != "1":  # let the workers fill their slots, then kill the one with the most in flight
-            time.sleep(1.0)
-            running = Counter(t.user_attrs.get("worker") for t in load(url).get_trials(states=(TrialState.RUNNING,)))
-            worker = max((w for w in running if w), key=running.__getitem__, default=worker)
+    need = 1 if parallel == "1" else 2  # with slots: a worker with several trials in flight
+
+    def worker_training() -> str | None:
+        """The worker with the most trials training, once it has ``need`` of them."""
+        running = Counter(t.user_attrs.get("worker") for t in running_trials(url))
+        worker = max((w for w in running if w), key=running.__getitem__, default=None)
+        return worker if worker is not None and running[worker] >= need else None
+
+    def stopped_with_trials() -> tuple[str, list] | None:
+        """A worker frozen (SIGSTOP) while it has ``need`` trials in flight: it can neither finish
+        nor start one now, so what it has in flight is what its kill leaves."""
+        worker = worker_training()
+        if worker is None:
+            return None
         pid = int(worker.rpartition(":")[2])
         assert pid in _children(proc.pid)  # a worker process, not the parent
-        os.kill(pid, signal.SIGKILL)
-        # what the dead worker had in flight: still RUNNING (its heartbeat is not stale yet)
-        in_flight = [t for t in load(url).get_trials(states=(TrialState.RUNNING,)) if t.user_attrs.get("worker") == worker]
-        if in_flight:
-            break
-    else:
-        proc.kill()
-        pytest.fail("both kills landed between trials")
+        os.kill(pid, signal.SIGSTOP)
+        in_flight = [t for t in running_trials(url) if t.user_attrs.get("worker") == worker]
+        if len(in_flight) >= need:
+            return worker, in_flight
+        os.kill(pid, signal.SIGCONT)  # it ended a trial in between: let it go on, look again
+        return None
+
+    worker, in_flight = wait_until(stopped_with_trials, proc, what=f"worker with {need} trial(s) in flight")
+    os.kill(int(worker.rpartition(":")[2]), signal.SIGKILL)
     out, err = proc.communicate(timeout=300)
     assert proc.returncode == 0, err
     assert "died" in err
     trials = _check_ended_well(url, 9, 3)
-    assert len(in_flight) >= (2 if parallel != "1" else 1)  # several trials of one process died at once
+    assert len(in_flight) >= need  # with slots, several trials of one process died at once
     for victim in in_flight:  # every trial the dead worker had in flight (up to 8 with --parallel-trials 8)
         killed = trials[victim.number]
         assert killed.state == TrialState.FAIL
@@ -106,16 +118,21 @@ def test_a_worker_killed_mid_trial_is_failed_by_heartbeat_and_retried(backend: s
         assert killed.params.items() <= retries[0].params.items()
 
 
-# one process taking queued trials: waits for a common start time, asks, prints the numbers
+# one process taking queued trials: says it is ready, waits for the go, asks, prints the numbers
+# and when it began and ended asking (wall clock, comparable between processes)
 _ASKER = """
-import json, sys, time
+import json, pathlib, sys, time
 import optuna
 from storage import open_storage
 optuna.logging.set_verbosity(optuna.logging.ERROR)
 study = optuna.load_study(study_name="queue", storage=open_storage(sys.argv[1]))
-while time.time() < float(sys.argv[2]):
-    pass
-print(json.dumps([study.ask().number for _ in range(int(sys.argv[3]))]))
+ready, go = pathlib.Path(sys.argv[2]), pathlib.Path(sys.argv[3])
+ready.touch()
+while not go.exists():
+    time.sleep(0.001)
+began = time.time()
+numbers = [study.ask().number for _ in range(int(sys.argv[4]))]
+print(json.dumps({"numbers": numbers, "began": began, "ended": time.time()}))
 """
 
 
@@ -126,14 +143,22 @@ def test_workers_on_sqlite_never_take_the_same_queued_trial(tmp_path: Path) -> N
     study = optuna.create_study(study_name="queue", storage=open_storage(url))
     for i in range(40):
         study.enqueue_trial({"x": i})
-    start = time.time() + 5  # after every process has imported optuna and opened the storage
-    procs = [subprocess.Popen([sys.executable, "-c", _ASKER, url, str(start), "10"], env=ENV,
-                              stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True) for _ in range(4)]
-    taken = []
+    go = tmp_path / "go"
+    ready = [tmp_path / f"ready{i}" for i in range(4)]
+    procs = [subprocess.Popen([sys.executable, "-c", _ASKER, url, str(r), str(go), "10"], env=ENV,
+                              stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True) for r in ready]
+    # released together once every process has imported optuna and opened the storage
+    wait_until(lambda: all(r.exists() for r in ready), timeout=120, what="asker ready")
+    go.touch()
+    taken, spans = [], []
     for proc in procs:
         out, err = proc.communicate(timeout=120)
         assert proc.returncode == 0, err
-        taken += json.loads(out)
+        result = json.loads(out)
+        taken += result["numbers"]
+        spans.append((result["began"], result["ended"]))
+    # they contended: every process began asking before any had ended (else there was no race to lose)
+    assert max(b for b, _ in spans) < min(e for _, e in spans), spans
     assert sorted(taken) == list(range(40))  # each queued trial exactly once, none created anew
 
 
@@ -204,14 +229,14 @@ def test_sqlite_three_workers_while_the_dashboard_reads(tmp_path: Path) -> None:
     assert main(["--trials", "1", "--storage", url, *SMALL]) == 0
     port = free_port()
     dashboard = start_dashboard(url, port)
-    reads, errors, stop = [0], [], threading.Event()
+    answered, errors, stop = [], [], threading.Event()  # answered: when each read came back
 
     def hammer() -> None:  # read the study as fast as the dashboard answers
         while not stop.is_set():
             try:
                 with urllib.request.urlopen(f"http://127.0.0.1:{port}/api/studies/1", timeout=5) as r:
                     json.load(r)
-                reads[0] += 1
+                answered.append(time.monotonic())
             except OSError as e:
                 errors.append(e)
                 time.sleep(0.2)
@@ -219,7 +244,10 @@ def test_sqlite_three_workers_while_the_dashboard_reads(tmp_path: Path) -> None:
     thread = threading.Thread(target=hammer, daemon=True)
     try:
         thread.start()
+        wait_until(lambda: answered, timeout=60, what="read by the dashboard")  # it reads before the workers start
+        started = time.monotonic()
         done = run_cli("--trials", "10", "--workers", "3", "--storage", url, *SMALL, cwd=tmp_path)
+        ended = time.monotonic()
     finally:
         stop.set()
         thread.join(timeout=10)
@@ -228,7 +256,10 @@ def test_sqlite_three_workers_while_the_dashboard_reads(tmp_path: Path) -> None:
     assert "locked" not in done.stderr
     trials = _check_ended_well(url, 10, 3)
     assert not any(t.state == TrialState.FAIL for t in trials)
-    assert reads[0] > 10  # the dashboard really was reading throughout
+    # the dashboard kept answering while the workers wrote, over more than its 2-s cache of the
+    # trials, so it read the database itself during the run
+    during = [t for t in answered if started < t < ended]
+    assert during and during[-1] - during[0] > 2.0, (len(during), ended - started)
 
 
 def _one_error_line(capsys) -> str:
@@ -326,3 +357,34 @@ def test_divergent_lr_never_fails_the_study(tmp_path: Path) -> None:
     trials = load(url).trials
     assert not any(t.state == TrialState.FAIL for t in trials)
     assert any(t.user_attrs.get("diverged") for t in trials)
+
+
+# loaded by every process of the run below (PYTHONPATH): each trial runs out of memory
+_OOM_EVERYWHERE = """
+import torch
+import objectives.objective
+
+def _out_of_memory(*args, **kwargs):
+    raise torch.OutOfMemoryError("CUDA out of memory (injected)")
+
+objectives.objective.train = _out_of_memory
+"""
+
+
+def test_a_failing_worker_process_makes_the_run_exit_1(tmp_path: Path) -> None:
+    # README: 5 failures in a row stop a worker (exit 1) instead of looping; with --workers the
+    # parent says which worker processes failed and exits 1 too
+    inject = tmp_path / "inject"
+    inject.mkdir()
+    (inject / "sitecustomize.py").write_text(_OOM_EVERYWHERE)
+    url = f"sqlite:///{tmp_path / 'fail.db'}"
+    env = {**ENV, "PYTHONPATH": f"{inject}{os.pathsep}{ENV['PYTHONPATH']}"}
+    done = subprocess.run([sys.executable, "-m", "study.run", "--trials", "4", "--workers", "2", "--storage", url,
+                           *SMALL], cwd=tmp_path, env=env, capture_output=True, text=True, timeout=240)
+    assert done.returncode == 1, done.stderr
+    lines = done.stderr.strip().splitlines()
+    assert "error: worker 0 exited with 1; worker 1 exited with 1" in lines, lines
+    assert sum("5 trials in a row failed (last: out of memory on cpu)" in line for line in lines) == 2, lines
+    trials = load(url).trials
+    assert len(trials) == 10 and all(t.state == TrialState.FAIL for t in trials)  # 5 per worker, none left RUNNING
+    assert "Traceback" not in done.stderr
