@@ -92,8 +92,9 @@ def _versions() -> dict[str, str]:
 
 
 def device_name(device: torch.device) -> str:
+    """The device as a study records it: ``cuda:0 (NVIDIA H100 80GB HBM3)``, or the CPU and its usable cores."""
     if device.type == "cuda":
-        return f"{device} ({torch.cuda.getdevice_name(device)})"
+        return f"{device} ({torch.cuda.get_device_name(device)})"
     return f"cpu ({platform.processor() or platform.machine()}, {usable_cores()} usable cores)"
 
 

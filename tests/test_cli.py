@@ -403,3 +403,11 @@ def test_workers_are_spread_over_the_gpus_unless_the_device_is_pinned(monkeypatc
     assert worker_device(settings("--device", "auto"), 1) == "auto"  # one GPU: nothing to spread
     monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
     assert worker_device(settings(), 1) == "auto"
+
+
+def test_the_device_is_recorded_by_name(monkeypatch) -> None:
+    from study.experiment import device_name
+
+    monkeypatch.setattr(torch.cuda, "get_device_name", lambda device=None: "NVIDIA H100 80GB HBM3")
+    assert device_name(torch.device("cuda:1")) == "cuda:1 (NVIDIA H100 80GB HBM3)"
+    assert re.fullmatch(r"cpu \(.+, \d+ usable cores\)", device_name(torch.device("cpu")))
