@@ -46,7 +46,7 @@ def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     add_device_arguments(p)
     p.add_argument("--ks", default="1,32", help="comma-separated --parallel-trials values (numbers or auto)")
-    p.add_argument("--precisions", default="fp32", help="comma-separated --precision values (fp32, bf16)")
+    p.add_argument("--precisions", default="fp32", help="comma-separated --precision values (fp32, bf16, tf32)")
     p.add_argument("--pruners", default="median", help="comma-separated --pruner values")
     p.add_argument("--repeats", type=int, default=3)
     p.add_argument("--trials", type=int, default=100)

@@ -46,7 +46,7 @@ class TrainResult:
 
 
 def diverged(train_loss: float, val_loss: float) -> bool:
-    """A NaN, infinite or exploding epoch: the run is infeasible ."""
+    """A NaN, infinite or exploding epoch: the run is infeasible."""
     return not all(math.isfinite(v) and v <= DIVERGENCE_LOSS for v in (train_loss, val_loss))
 
 
@@ -54,7 +54,7 @@ def make_result(
     val_losses: list[float], val_accs: list[float], train_losses: list[float], epoch_seconds: list[float],
     diverged: bool, stopped: bool, initial_lrs: dict[str, float], final_lrs: dict[str, float], model: nn.Module,
 ) -> TrainResult:
-    """A :class:`TrainResult` with the best epoch chosen on validation loss ."""
+    """A :class:`TrainResult` with the best epoch chosen on validation loss."""
     finished = val_losses[:-1] if diverged else val_losses  # the diverged epoch never counts
     best_loss, best_i = min(((loss, i) for i, loss in enumerate(finished)), default=(math.inf, None))
     return TrainResult(

@@ -59,7 +59,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--train-samples", type=int_at_least(1, TRAIN_SIZE), default=None, help="train on a subset (default: all)")
     p.add_argument("--batch-size", type=int_at_least(1, TRAIN_SIZE), default=128, help="examples per step")
     p.add_argument("--seed", type=int_at_least(0, 2**32 - 1), default=0, help="seeds the initial weights and the batch order")
-    p.add_argument("--precision", choices=PRECISIONS, default="fp32", help="fp32, or bf16 mixed precision, as the study's")
+    p.add_argument("--precision", choices=PRECISIONS, default="fp32", help="fp32, bf16 (mixed precision) or tf32 (CUDA), as the study's")
     return p
 
 
