@@ -119,7 +119,7 @@ def lr_range_space(s: Settings, device: torch.device, stored: dict | None) -> tu
             ranges[optimizer] = {"suggestion": r.suggestion, "low": r.low, "high": r.high,
                                  "steps": len(r.lrs), "diverged": r.diverged}
             if r.problems:  # a meaningless suggestion narrows nothing: the default range stays
-                low, high = getattr(s.space, f"lr_{optimizer}")
+                low, high = s.space.lr_range(optimizer)
                 ranges[optimizer].update(low=low, high=high, problems=r.problems)
                 print(f"warning: LR range test, {optimizer}: {'; '.join(r.problems)}; keeping the default range "
                       f"{low:.3g} .. {high:.3g}", file=sys.stderr, flush=True)

@@ -88,3 +88,29 @@ def test_a_meaningless_range_says_why_and_a_good_one_does_not(mnist_2k, tmp_path
                    module="study.lr_range")
     assert done.returncode == 0 and "warning: the suggestion means nothing here" in done.stderr
     assert (tmp_path / "f.html").exists()
+
+
+def test_a_study_keeps_the_default_range_of_an_optimizer_whose_test_means_nothing(monkeypatch, capsys) -> None:
+    # study.run --lr-range: an optimizer whose curve diverged at once narrows nothing, says why,
+    # and records the default range it kept; the others take their suggested range
+    from objectives.lr_range import LRRangeResult
+    from study import experiment
+    from study.run import build_parser
+
+    def fake_test(optimizer, data, **kwargs):
+        if optimizer == "adam":  # diverged after 3 of 200 steps: the range starts too high
+            return LRRangeResult(optimizer, [1e-7, 1e-6, 1e-5], [2.3, 9.0, 50.0], [2.3, 9.0, 50.0], 1e-6, 1e-7, 3e-6,
+                                 diverged=True, steps=200)
+        lrs = [10 ** (e / 10) for e in range(-70, 0)]
+        loss = [2.3 - 2.0 * i / 69 for i in range(70)]
+        return LRRangeResult(optimizer, lrs, loss, loss, 0.01, 0.001, 0.05, diverged=False, steps=70)
+
+    monkeypatch.setattr(experiment, "lr_range_test", fake_test)
+    monkeypatch.setattr(experiment, "load_mnist", lambda *args, **kwargs: None)
+    s = experiment.Settings(**vars(build_parser().parse_args(["--lr-range", "--device", "cpu"])))
+    space, ranges = experiment.lr_range_space(s, None, None)
+    assert space.lr_range("adam") == s.space.lr_range("adam") == (ranges["adam"]["low"], ranges["adam"]["high"])
+    assert "starts too high" in ranges["adam"]["problems"][0]
+    assert space.lr_range("sgd") == (0.001, 0.05) and "problems" not in ranges["sgd"]
+    err = capsys.readouterr().err
+    assert "LR range test, adam:" in err and "keeping the default range" in err
