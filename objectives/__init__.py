@@ -18,14 +18,16 @@ from objectives.objective import MnistMLPObjective
 from objectives.precision import PRECISIONS
 from objectives.schedules import LRSchedule, build_optimizer, set_lr_factor
 from objectives.space import SearchSpace, suggest_config
-from objectives.result import DIVERGENCE_LOSS, TrainResult
+from objectives.result import DEFAULT_METRIC, DIVERGENCE_LOSS, METRICS, TrainResult, metric_value
 from objectives.train import epoch_permutation, train
 
 __all__ = [
     "DECAYS",
+    "DEFAULT_METRIC",
     "DIVERGENCE_LOSS",
     "LAYERS",
     "LRSchedule",
+    "METRICS",
     "MLP",
     "MnistData",
     "MnistDataError",
@@ -42,6 +44,7 @@ __all__ = [
     "epoch_permutation",
     "evaluate",
     "load_mnist",
+    "metric_value",
     "resolve_device",
     "set_lr_factor",
     "suggest_config",

@@ -15,14 +15,14 @@ from objectives.device import as_out_of_memory, resolve_device
 from objectives.precision import check_precision
 from objectives.space import SearchSpace, suggest_config
 from objectives.config import TrainConfig
-from objectives.result import TrainResult
+from objectives.result import DEFAULT_METRIC, METRICS, TrainResult, metric_value
 from objectives.train import train
 
 __all__ = ["MnistMLPObjective"]
 
 
 class MnistMLPObjective:
-    """Train the MNIST MLP with a sampled config; the value is the best validation loss reached.
+    """Train the MNIST MLP with a sampled config; the value is ``metric`` on the validation images.
 
     Each trial samples a :class:`TrainConfig` with :func:`suggest_config`, draws its initial
     weights from ``seed + trial.number`` and its minibatch order from ``seed`` itself, shared
@@ -32,8 +32,12 @@ class MnistMLPObjective:
     validation loss after every epoch and is pruned when the study's pruner says so. A run
     whose loss turns NaN, infinite or explodes is infeasible: it records ``diverged=True`` and
     is pruned, so it never fails the study. User attrs per trial: ``seed``, ``shuffle_seed``,
-    ``precision``, ``lr``, ``initial_lr_<layer>``, ``val_accuracy`` (at the best epoch),
-    ``best_epoch``, ``epochs_run``, ``seconds_per_epoch``, ``diverged``.
+    ``precision``, ``lr``, ``initial_lr_<layer>``, ``epochs_run``, ``seconds_per_epoch``,
+    ``diverged``; and for a trial with a finite epoch ``value_epoch`` (the epoch whose model the
+    value measures), ``val_accuracy`` (at ``value_epoch``), ``best_epoch`` and ``min_val_loss``
+    (the epoch of the lowest validation loss, and that loss), ``last_val_loss`` and
+    ``last_val_accuracy`` (after its last epoch): every metric of :data:`METRICS` can be read
+    back from any study.
 
     The data is loaded on first use and shared by every trial of the process. Nothing here
     touches the test set.
@@ -52,6 +56,10 @@ class MnistMLPObjective:
             faster where the device multiplies bfloat16 natively (recent x86 CPUs, GPUs since
             Ampere), or ``tf32`` (CUDA: TF32 matrix products); a study should not mix them.
         cuda_graphs: on CUDA, train with CUDA graphs (:mod:`objectives.graphs`); False: eagerly.
+        metric: the trial's value, one of :data:`objectives.METRICS`: ``last_val_loss`` (default;
+            the validation loss of the model the whole schedule delivers), ``last_val_error``
+            (its validation error, 1 - accuracy) or ``min_val_loss`` (the lowest validation loss
+            of any epoch). The pruner always judges the per-epoch validation loss.
     """
 
     def __init__(
@@ -66,8 +74,11 @@ class MnistMLPObjective:
         space: SearchSpace | None = None,
         precision: str = "fp32",
         cuda_graphs: bool = True,
+        metric: str = DEFAULT_METRIC,
     ) -> None:
         check_int(epochs=epochs, batch_size=batch_size)
+        if metric not in METRICS:
+            raise ValueError(f"metric must be one of {METRICS}, but got {metric=}")
         check_int(seed=seed, low=0)
         check_train_samples(train_samples)
         if space is not None and not isinstance(space, SearchSpace):
@@ -82,6 +93,7 @@ class MnistMLPObjective:
         self.seed = seed
         self.space = (space or SearchSpace()).for_epochs(epochs)  # no step or patience longer than the run
         self.precision = precision
+        self.metric = metric
         self._data: MnistData | None = None
 
     @property
@@ -138,32 +150,34 @@ class MnistMLPObjective:
         # after the last epoch there is nothing left to save: the trial is complete
         return epoch < self.epochs and trial.should_prune()
 
-    @staticmethod
-    def finish_trial(trial: optuna.Trial, result: TrainResult) -> float:
+    def finish_trial(self, trial: optuna.Trial, result: TrainResult) -> float:
         """Record the result's user attrs; returns the trial's value or raises ``TrialPruned``."""
-        for key, value in MnistMLPObjective.result_attrs(result).items():
+        for key, value in self.result_attrs(result).items():
             trial.set_user_attr(key, value)
-        return MnistMLPObjective.outcome(result)
+        return self.outcome(result)
 
-    @staticmethod
-    def result_attrs(result: TrainResult) -> dict[str, object]:
+    def result_attrs(self, result: TrainResult) -> dict[str, object]:
         """The user attrs a finished trial records."""
         attrs: dict[str, object] = {"epochs_run": result.epochs_run, "seconds_per_epoch": result.seconds_per_epoch,
                                     "diverged": result.diverged}
         if result.best_epoch is not None:
-            attrs.update(best_epoch=result.best_epoch, val_accuracy=result.best_val_accuracy)
+            # a diverged run's last epoch is not finite: its accuracy is that of its best epoch
+            epoch = metric_value(result, self.metric)[1] or result.best_epoch
+            attrs.update(value_epoch=epoch, val_accuracy=result.val_accuracies[epoch - 1],
+                         best_epoch=result.best_epoch, min_val_loss=result.best_val_loss)
+            if not result.diverged:
+                attrs.update(last_val_loss=result.last_val_loss, last_val_accuracy=result.last_val_accuracy)
         if result.diverged:
             last = result.val_losses[-1]
             attrs["diverged_loss"] = last if math.isfinite(last) else str(last)
         return attrs
 
-    @staticmethod
-    def outcome(result: TrainResult) -> float:
-        """The trial's value (its best validation loss); raises ``TrialPruned`` for a diverged
-        (infeasible) or stopped trial."""
+    def outcome(self, result: TrainResult) -> float:
+        """The trial's value (``metric``); raises ``TrialPruned`` for a diverged (infeasible) or
+        stopped trial."""
         if result.diverged:
             last = result.val_losses[-1]
             raise optuna.TrialPruned(f"diverged in epoch {result.epochs_run} (validation loss {last})")
         if result.stopped:
             raise optuna.TrialPruned(f"pruned after epoch {result.epochs_run}")
-        return result.best_val_loss
+        return metric_value(result, self.metric)[0]

@@ -12,11 +12,21 @@ from dataclasses import dataclass, field
 
 from torch import nn
 
-__all__ = ["DIVERGENCE_LOSS", "TrainResult", "diverged", "make_result"]
+__all__ = ["DEFAULT_METRIC", "DIVERGENCE_LOSS", "METRICS", "TrainResult", "diverged", "make_result", "metric_value"]
 
 #: A mean loss above this (about 40x the loss of uniform guessing, ln 10 ≈ 2.3) counts as
 #: exploding: the run is infeasible, like one whose loss is NaN or infinite.
 DIVERGENCE_LOSS = 100.0
+
+#: What a trial's value measures, all on the 10k validation images: the validation loss after the
+#: last epoch (the model the whole schedule delivers), the validation error (1 - accuracy) after
+#: the last epoch, or the lowest validation loss of any epoch (the model of that epoch: a recipe
+#: that stops early). Cross-entropy keeps falling for a few epochs and then rises as the model
+#: grows confident while the error goes on falling, and the minimum over 20 noisy epochs is an
+#: optimistic pick, so the lowest loss favours recipes that test worse at the end of their
+#: schedule (README, "Which value the study minimises").
+METRICS = ("last_val_loss", "last_val_error", "min_val_loss")
+DEFAULT_METRIC = "last_val_loss"
 
 
 @dataclass(frozen=True, eq=False)
@@ -39,6 +49,15 @@ class TrainResult:
     @property
     def epochs_run(self) -> int:
         return len(self.val_losses)
+
+    @property
+    def last_val_loss(self) -> float:
+        """The validation loss after the last epoch (inf when no epoch finished finite)."""
+        return self.val_losses[-1] if self.val_losses and not self.diverged else math.inf
+
+    @property
+    def last_val_accuracy(self) -> float:
+        return self.val_accuracies[-1] if self.val_accuracies and not self.diverged else math.nan
 
     @property
     def seconds_per_epoch(self) -> float:
@@ -71,3 +90,16 @@ def make_result(
         final_lrs=final_lrs,
         model=model,
     )
+
+
+def metric_value(result: TrainResult, metric: str) -> tuple[float, int | None]:
+    """``(value, epoch)``: what ``metric`` (one of :data:`METRICS`) measures of ``result``, and the
+    1-based epoch whose model it measures (None when no epoch finished with a finite loss)."""
+    if metric not in METRICS:
+        raise ValueError(f"metric must be one of {METRICS}, but got {metric=}")
+    if metric == "min_val_loss":
+        return result.best_val_loss, result.best_epoch
+    if result.diverged or not result.val_losses:
+        return math.inf, None
+    value = result.last_val_loss if metric == "last_val_loss" else 1.0 - result.last_val_accuracy
+    return value, result.epochs_run

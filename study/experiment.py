@@ -22,15 +22,15 @@ import optuna
 import sqlalchemy
 import torch
 
-from objectives import SearchSpace, check_mnist, load_mnist
+from objectives import DEFAULT_METRIC, SearchSpace, check_mnist, load_mnist
 from objectives.data import SPLIT_SEED, TRAIN_SIZE, VAL_SIZE, describe_mnist
 from objectives.lr_range import lr_range_test
 from storage import open_storage
 from study.choices import warmup_epochs
 from study.cli import usable_cores
 
-__all__ = ["CREATION_WAIT", "DEFAULT_STUDY_NAME", "Settings", "UsageError", "device_name", "fingerprint", "open_study",
-           "storage_at", "study_storage"]
+__all__ = ["CREATION_WAIT", "DEFAULT_STUDY_NAME", "LEGACY_SETTINGS", "Settings", "UsageError", "device_name", "fingerprint", "open_study",
+           "storage_at", "study_metric", "study_storage"]
 
 DEFAULT_STUDY_NAME = "mnist-mlp-lr"
 
@@ -62,6 +62,7 @@ class Settings:
     parallel_trials: int | str  # a count, or "auto"
     heartbeat_interval: int
     lr_range: bool
+    metric: str = DEFAULT_METRIC  # what a trial's value measures (objectives.METRICS)
     space: SearchSpace = field(default_factory=SearchSpace)  # the default, or narrowed by --lr-range
 
 
@@ -78,7 +79,19 @@ def fingerprint(s: Settings) -> dict[str, object]:
         # trials made before the batch order was shared are not comparable with those made after
         "minibatch_order": "shared by all trials: epoch_permutation(seed, epoch)",
         "precision": s.precision,
+        # trials whose values measure different things cannot be ranked together
+        "metric": s.metric,
     }
+
+
+#: What a study made before a setting existed did: it trained in fp32 and its value was the
+#: lowest validation loss of any epoch.
+LEGACY_SETTINGS = {"precision": "fp32", "metric": "min_val_loss"}
+
+
+def study_metric(study: optuna.Study) -> str:
+    """What the study's values measure (``objectives.METRICS``)."""
+    return str(study.user_attrs.get("metric", LEGACY_SETTINGS["metric"]))
 
 
 def _versions() -> dict[str, str]:
@@ -155,7 +168,7 @@ def _record_settings(study: optuna.Study, attrs: dict[str, object]) -> None:
     it write the same values; one that loses a race on a key (a unique-key error on PostgreSQL)
     writes it again."""
     if study.metric_names is None:
-        study.set_metric_names(["val_loss"])
+        study.set_metric_names([str(attrs["metric"])])
     for key, value in attrs.items():
         if study.user_attrs.get(key, object()) == value:
             continue
@@ -187,6 +200,7 @@ def open_study(s: Settings, argv: list[str], device: torch.device) -> tuple[optu
         "epochs": s.epochs,
         "batch_size": s.batch_size,
         "precision": s.precision,
+        "metric": s.metric,
         "device": device_name(device),
         "sampler": s.sampler,
         "pruner": s.pruner,
@@ -206,7 +220,7 @@ def open_study(s: Settings, argv: list[str], device: torch.device) -> tuple[optu
             _record_settings(study, attrs)
             return study, s
     if study.direction != optuna.study.StudyDirection.MINIMIZE:
-        raise UsageError(f"study {s.study_name!r} in {s.storage} maximizes; this study minimizes val_loss: use another --study-name")
+        raise UsageError(f"study {s.study_name!r} in {s.storage} maximizes; this study minimizes {s.metric}: use another --study-name")
     if "fingerprint" not in study.user_attrs and _unfinished_creation(study, attrs):
         study = _await_creation(s, storage, study)
         if "fingerprint" not in study.user_attrs:  # its creator was interrupted: finish it
@@ -215,7 +229,7 @@ def open_study(s: Settings, argv: list[str], device: torch.device) -> tuple[optu
             _record_settings(study, attrs)
     stored = study.user_attrs.get("fingerprint")
     if stored is not None:
-        stored = {"precision": "fp32", **stored}  # studies made before --precision trained in fp32
+        stored = {**LEGACY_SETTINGS, **stored}  # studies made before --precision and --metric
     if stored != fingerprint_now:
         if stored is None:
             raise UsageError(f"study {s.study_name!r} in {s.storage} was not created by study.run; use another --study-name")

@@ -15,7 +15,7 @@ from tqdm import tqdm
 from optuna.distributions import FloatDistribution, IntDistribution
 from optuna.trial import FrozenTrial, TrialState
 
-__all__ = ["FINISHED", "ProgressBar", "TrialLog", "count_states", "edge_warnings", "epochs_run", "summary",
+__all__ = ["FINISHED", "ProgressBar", "TrialLog", "count_states", "edge_warnings", "epochs_run", "metric_name", "summary",
            "trial_epochs"]
 
 FINISHED = (TrialState.COMPLETE, TrialState.PRUNED)  # what counts towards --trials
@@ -108,13 +108,15 @@ class TrialLog:
         self.target = target
         self.prefix = prefix
         self.bar = bar
+        self.metric: str | None = None  # the study's metric name, read once
 
     def __call__(self, study: optuna.Study, trial: FrozenTrial) -> None:
         trials = study.get_trials(deepcopy=False)  # one read, for the count and the bar
         finished = sum(t.state in FINISHED for t in trials)
         attrs = trial.user_attrs
         if trial.state == TrialState.COMPLETE:
-            outcome = f"val_loss {trial.value:.4f} acc {100 * attrs.get('val_accuracy', math.nan):.2f}%"
+            self.metric = self.metric or metric_name(study)
+            outcome = f"{self.metric} {trial.value:.4f} acc {100 * attrs.get('val_accuracy', math.nan):.2f}%"
         elif trial.state == TrialState.PRUNED:
             outcome = "diverged" if attrs.get("diverged") else f"pruned at {_fmt(trial.value) if trial.value is not None else '-'}"
         else:
@@ -128,6 +130,12 @@ class TrialLog:
         else:
             self.bar.write(line)
             self.bar.update(trials)
+
+
+def metric_name(study: optuna.Study) -> str:
+    """The name of the study's value (``val_loss`` for a study made before ``--metric``)."""
+    names = study.metric_names
+    return names[0] if names else "val_loss"
 
 
 def edge_warnings(trial: FrozenTrial, margin: float = 0.02) -> list[str]:
@@ -178,8 +186,9 @@ def summary(study: optuna.Study, *, target: int, wall_seconds: float, new_trials
     else:
         attrs = best.user_attrs
         lines.append(
-            f"best: trial {best.number}, val_loss {best.value:.4f}, val accuracy "
-            f"{100 * attrs.get('val_accuracy', math.nan):.2f}% at epoch {attrs.get('best_epoch', '?')}"
+            f"best: trial {best.number}, {metric_name(study)} {best.value:.4f}, val accuracy "
+            f"{100 * attrs.get('val_accuracy', math.nan):.2f}% at epoch "
+            f"{attrs.get('value_epoch', attrs.get('best_epoch', '?'))}"
         )
         lines.append("  " + ", ".join(f"{k}={_fmt(v)}" for k, v in best.params.items()))
         lines.extend(f"  warning: {w}" for w in edge_warnings(best))

@@ -20,7 +20,7 @@ from dataclasses import replace
 
 import optuna
 
-from objectives import MnistDataError, check_mnist, resolve_device
+from objectives import DEFAULT_METRIC, METRICS, MnistDataError, check_mnist, resolve_device
 from objectives.data import TRAIN_SIZE
 from objectives.memory import AUTO_SLOTS_MAX
 from objectives.precision import PRECISIONS, check_precision
@@ -48,6 +48,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--study-name", type=study_name, default=DEFAULT_STUDY_NAME, help="study name in the storage")
     p.add_argument("--sampler", choices=SAMPLERS, default="tpe",
                    help="Optuna sampler, seeded (cmaes, gp, qmc: the [samplers] extra)")
+    p.add_argument("--metric", choices=METRICS, default=DEFAULT_METRIC,
+                   help="what a trial's value measures on the validation images: last_val_loss (the model the whole "
+                        "schedule delivers), last_val_error (its error rate) or min_val_loss (the lowest loss of any "
+                        "epoch, the model of that epoch); part of the experiment. Pruning always judges the per-epoch "
+                        "validation loss")
     p.add_argument("--pruner", choices=PRUNERS, default="median", help="Optuna pruner, on the per-epoch validation loss")
     p.add_argument("--seed", type=int_at_least(0, 2**32 - 1), default=0,
                    help="seeds the sampler and the trials (trial n: seed + n)")
@@ -128,7 +133,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"inspect: {dashboard}")
         return EXIT_OK
     print(f"study {s.study_name!r} in {s.storage}: {before} of {s.trials} trials finished; "
-          f"{s.epochs} epochs each on {device_name(device)} in {s.precision}, sampler {s.sampler}, pruner {s.pruner}, "
+          f"{s.epochs} epochs each on {device_name(device)} in {s.precision}, value {s.metric}, sampler {s.sampler}, pruner {s.pruner}, "
           f"{s.workers} worker(s) of {threads_per_process(s.workers, s.threads)} thread(s), "
           f"{trials_in_flight(s, device, study)} trial(s) at once per worker", flush=True)
 

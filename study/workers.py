@@ -112,7 +112,7 @@ def optimize(s: Settings, worker: int, n_existing: int, prefix: str = "", bar: P
     objective = MnistMLPObjective(
         s.epochs, device=worker_device(s, worker), data_dir=s.data_dir,
         train_samples=s.train_samples, batch_size=s.batch_size, seed=s.seed, space=s.space,
-        precision=s.precision, cuda_graphs=s.cuda_graphs,
+        precision=s.precision, cuda_graphs=s.cuda_graphs, metric=s.metric,
     )
     study = optuna.load_study(study_name=s.study_name, storage=storage)
     slots = trials_in_flight(s, objective.device, study)

@@ -34,9 +34,10 @@ def test_run_records_trials_and_the_settings_that_reproduce_them(finished_study:
     cwd, url = finished_study
     assert (cwd / "studies" / "lr-study.db").is_file()  # the default storage, folder created
     study = load(url)
-    assert len(study.get_trials(states=FINISHED)) == 3 and study.metric_names == ["val_loss"]
+    assert len(study.get_trials(states=FINISHED)) == 3 and study.metric_names == ["last_val_loss"]
     attrs = study.user_attrs
     assert attrs["epochs"] == 2 and attrs["batch_size"] == 128 and attrs["sampler"] == "tpe"
+    assert attrs["metric"] == attrs["fingerprint"]["metric"] == "last_val_loss"  # the default value
     assert attrs["command"] == "python -m study.run --trials 3 " + " ".join(SMALL)
     assert attrs["data"]["train_samples"] == 2000 and attrs["device"].startswith("cpu")
     assert {"torch", "optuna", "python"} <= set(attrs["versions"])
@@ -411,3 +412,28 @@ def test_the_device_is_recorded_by_name(monkeypatch) -> None:
     monkeypatch.setattr(torch.cuda, "get_device_name", lambda device=None: "NVIDIA H100 80GB HBM3")
     assert device_name(torch.device("cuda:1")) == "cuda:1 (NVIDIA H100 80GB HBM3)"
     assert re.fullmatch(r"cpu \(.+, \d+ usable cores\)", device_name(torch.device("cpu")))
+
+
+def test_the_metric_is_part_of_the_experiment(tmp_path: Path, capsys) -> None:
+    """--metric names the value, is recorded and fingerprinted: a resume with another metric is
+    refused (the values would not be comparable), and a study made before --metric, whose value was
+    the lowest validation loss, resumes as min_val_loss."""
+    url = f"sqlite:///{tmp_path / 'm.db'}"
+    assert main(["--trials", "2", *SMALL, "--metric", "last_val_error", "--storage", url]) == 0
+    assert "value last_val_error" in capsys.readouterr().out
+    study = load(url)
+    assert study.metric_names == ["last_val_error"] and study.user_attrs["metric"] == "last_val_error"
+    for t in study.get_trials(states=(TrialState.COMPLETE,)):
+        assert t.value == 1 - t.user_attrs["last_val_accuracy"]
+    before = snapshot(url)
+    assert main(["--trials", "3", *SMALL, "--metric", "min_val_loss", "--storage", url]) == 2
+    assert "metric: stored 'last_val_error', now 'min_val_loss'" in capsys.readouterr().err
+    assert snapshot(url) == before
+
+    old = f"sqlite:///{tmp_path / 'old.db'}"
+    assert main(["--trials", "1", *SMALL, "--metric", "min_val_loss", "--storage", old]) == 0
+    study = load(old)
+    study.set_user_attr("fingerprint", {k: v for k, v in study.user_attrs["fingerprint"].items() if k != "metric"})
+    assert main(["--trials", "2", *SMALL, "--storage", old]) == 2  # the default, last_val_loss, is another experiment
+    assert main(["--trials", "2", *SMALL, "--metric", "min_val_loss", "--storage", old]) == 0
+    assert len(load(old).get_trials(states=FINISHED)) == 2

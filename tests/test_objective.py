@@ -12,7 +12,8 @@ from optuna.trial import TrialState
 from objectives import MnistMLPObjective, SearchSpace
 
 USER_ATTRS = {"seed", "lr", "initial_lr_fc1", "initial_lr_fc2", "initial_lr_fc3", "epochs_run",
-              "seconds_per_epoch", "diverged", "best_epoch", "val_accuracy"}
+              "seconds_per_epoch", "diverged", "best_epoch", "val_accuracy", "value_epoch", "min_val_loss",
+              "last_val_loss", "last_val_accuracy"}
 
 
 def objective(mnist_dir, **kwargs) -> MnistMLPObjective:
@@ -20,19 +21,27 @@ def objective(mnist_dir, **kwargs) -> MnistMLPObjective:
     return MnistMLPObjective(**kwargs)
 
 
-def test_study_records_params_curves_and_user_attrs(mnist_dir) -> None:
+@pytest.mark.parametrize("metric", ["last_val_loss", "last_val_error", "min_val_loss"])
+def test_study_records_params_curves_and_user_attrs(mnist_dir, metric: str) -> None:
     space = SearchSpace(optimizers=("adam", "sgd"), lr_adam=(1e-4, 3e-3), lr_sgd=(1e-3, 0.1))
     study = optuna.create_study(direction="minimize", sampler=optuna.samplers.RandomSampler(seed=1))
-    study.optimize(objective(mnist_dir, space=space), n_trials=4)
+    study.optimize(objective(mnist_dir, space=space, epochs=3, metric=metric), n_trials=4)
     assert [t.state for t in study.trials] == [TrialState.COMPLETE] * 4
     for trial in study.trials:
         opt = trial.params["optimizer"]
         assert {"optimizer", f"lr_{opt}", "decay", "lr_mult_fc1", "lr_mult_fc2"} <= set(trial.params)
-        assert sorted(trial.intermediate_values) == [1, 2]  # one value per epoch
-        assert trial.value == min(trial.intermediate_values.values())  # the best validation loss
+        curve = trial.intermediate_values
+        assert sorted(curve) == [1, 2, 3]  # one validation loss per epoch, whatever the metric
         assert USER_ATTRS <= set(trial.user_attrs)
         attrs = trial.user_attrs
-        assert attrs["seed"] == trial.number and attrs["epochs_run"] == 2 and attrs["diverged"] is False
+        assert attrs["min_val_loss"] == min(curve.values()) and curve[attrs["best_epoch"]] == attrs["min_val_loss"]
+        assert attrs["last_val_loss"] == curve[3]
+        if metric == "min_val_loss":  # the lowest loss, and the accuracy of that epoch's model
+            assert trial.value == attrs["min_val_loss"] and attrs["value_epoch"] == attrs["best_epoch"]
+        else:  # the model after the last epoch
+            assert attrs["value_epoch"] == 3 and attrs["val_accuracy"] == attrs["last_val_accuracy"]
+            assert trial.value == (curve[3] if metric == "last_val_loss" else 1 - attrs["last_val_accuracy"])
+        assert attrs["seed"] == trial.number and attrs["epochs_run"] == 3 and attrs["diverged"] is False
         assert attrs["lr"] == trial.params[f"lr_{opt}"] == attrs["initial_lr_fc3"]
         assert attrs["initial_lr_fc1"] == pytest.approx(attrs["lr"] * trial.params["lr_mult_fc1"])
         assert 0 <= attrs["val_accuracy"] <= 1 and attrs["seconds_per_epoch"] > 0
@@ -85,7 +94,8 @@ def test_same_seed_same_values(mnist_dir) -> None:
 @pytest.mark.parametrize(
     "kwargs, name",
     [({"epochs": 0}, "epochs"), ({"batch_size": 0}, "batch_size"), ({"seed": -1}, "seed"),
-     ({"train_samples": 60_000}, "train_samples"), ({"device": "tpu"}, "device"), ({"space": {"lr": 1}}, "space")],
+     ({"train_samples": 60_000}, "train_samples"), ({"device": "tpu"}, "device"), ({"space": {"lr": 1}}, "space"),
+     ({"metric": "val_auc"}, "metric")],
 )
 def test_bad_arguments_name_the_value(kwargs: dict, name: str) -> None:
     with pytest.raises(ValueError, match=f"{name}="):
