@@ -8,9 +8,9 @@ import warnings
 
 import optuna
 
-from study.pruning import InFlightMedianPruner
+from study.pruning import InFlightMedianPruner, SameStrategyPruner
 
-__all__ = ["PRUNERS", "SAMPLERS", "SamplerUnavailable", "make_pruner", "make_sampler", "warmup_epochs"]
+__all__ = ["MEDIAN_STARTUP_TRIALS", "PRUNERS", "SAMPLERS", "SamplerUnavailable", "make_pruner", "make_sampler", "warmup_epochs"]
 
 SAMPLERS = ("tpe", "random", "cmaes", "gp", "qmc")
 PRUNERS = ("median", "hyperband", "sha", "patient", "none")
@@ -60,26 +60,35 @@ def warmup_epochs(epochs: int) -> int:
     return max(2, math.ceil(epochs / 5))
 
 
+#: The median rule prunes a trial only once this many trials of its decay strategy have a value
+#: at that epoch (complete ones, one trial at a time): each strategy the sampler tries keeps at
+#: least this many complete trials.
+MEDIAN_STARTUP_TRIALS = 3
+
+
 def make_pruner(name: str, epochs: int, *, in_flight: bool = False) -> optuna.pruners.BasePruner:
     """The pruner ``name`` for trials that report epochs 1..``epochs``.
 
-    ``in_flight``: several trials run at once (``--parallel-trials``). The median rule then takes
-    as peers every trial that reported the epoch, running ones included
+    ``median`` and ``patient`` judge a trial against the trials of its own decay strategy and not
+    before its LR has peaked (:class:`study.pruning.SameStrategyPruner`): fair to schedules that
+    anneal late. ``in_flight``: several trials run at once (``--parallel-trials``). The median
+    rule then takes as peers every trial that reported the epoch, running ones included
     (:class:`study.pruning.InFlightMedianPruner`): Optuna's ``MedianPruner`` waits for complete
-    trials, and the first wave has none until its last epoch. Successive halving and Hyperband
-    already judge against running trials; they are the same on both paths.
+    trials, and the first wave has none until its last epoch. Both judge a trial's best value so
+    far. Successive halving and Hyperband already judge against running trials; they are
+    Optuna's, on both paths, over all trials.
     """
     if name not in PRUNERS:
         raise ValueError(f"pruner must be one of {PRUNERS}, but got {name=}")
     warmup = warmup_epochs(epochs)
-    median = (InFlightMedianPruner(n_startup_trials=5, n_warmup_steps=warmup) if in_flight else
-              optuna.pruners.MedianPruner(n_startup_trials=5, n_warmup_steps=warmup))
+    median = (InFlightMedianPruner(n_startup_trials=MEDIAN_STARTUP_TRIALS, n_warmup_steps=warmup) if in_flight else
+              optuna.pruners.MedianPruner(n_startup_trials=MEDIAN_STARTUP_TRIALS, n_warmup_steps=warmup))
     if name == "median":
-        return median
+        return SameStrategyPruner(median, epochs)
     if name == "patient":  # prune only after 2 more epochs that do not improve on the trial's best
         with warnings.catch_warnings():  # marked experimental since Optuna 2.8; its interface is what we use
             warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
-            return optuna.pruners.PatientPruner(median, patience=2)
+            return SameStrategyPruner(optuna.pruners.PatientPruner(median, patience=2), epochs)
     if name == "hyperband":  # brackets hedge between early and late judgement themselves
         return optuna.pruners.HyperbandPruner(min_resource=1, max_resource=epochs, reduction_factor=3)
     if name == "sha":

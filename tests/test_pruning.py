@@ -52,8 +52,10 @@ def test_in_flight_median_by_hand() -> None:
     assert study.pruner.prune(study, study.trials[c.number]) is False
     c.report(1.5, 2)  # peers 1.0, 2.0, 3.0, 4.0: median 2.5 > 1.5
     assert study.pruner.prune(study, study.trials[c.number]) is False
-    c.report(float("nan"), 3)
-    assert study.pruner.prune(study, study.trials[c.number]) is True
+    c.report(float("nan"), 3)  # judged by its best so far, 1.5, as Optuna's median judges it
+    assert study.pruner.prune(study, study.trials[c.number]) is False
+    d = _running(study, [{2: float("nan")}])[0]  # NaN at every step so far: pruned
+    assert study.pruner.prune(study, study.trials[d.number]) is True
     with pytest.raises(ValueError, match="n_warmup_steps=-1"):
         InFlightMedianPruner(n_warmup_steps=-1)
 
@@ -183,8 +185,9 @@ def test_auto_parallel_trials_is_a_quarter_of_the_trials_left_within_memory(monk
 
 @pytest.mark.parametrize("in_flight", [False, True])
 @pytest.mark.parametrize("epochs, warmup", [(20, 4), (5, 2), (1, 2)])
-def test_median_pruner_waits_for_five_trials_and_a_fifth_of_the_epochs(in_flight: bool, epochs: int, warmup: int) -> None:
-    # The README's median: 5 startup trials; no pruning before epoch ceil(E/5), at least 2.
+def test_median_pruner_waits_for_three_trials_and_a_fifth_of_the_epochs(in_flight: bool, epochs: int, warmup: int) -> None:
+    # The README's median: 3 startup trials (of the trial's strategy); no pruning before epoch
+    # ceil(E/5), at least 2.
     def bad_trial_pruned_at(complete: int) -> int | None:
         study = optuna.create_study(pruner=make_pruner("median", epochs, in_flight=in_flight))
         for _ in range(complete):
@@ -199,8 +202,79 @@ def test_median_pruner_waits_for_five_trials_and_a_fifth_of_the_epochs(in_flight
                 return epoch
         return None
 
-    assert bad_trial_pruned_at(complete=4) is None  # fewer than 5 trials to compare with
-    assert bad_trial_pruned_at(complete=5) == warmup
+    assert bad_trial_pruned_at(complete=2) is None  # fewer than 3 trials to compare with
+    assert bad_trial_pruned_at(complete=3) == warmup
+
+
+# Non-flat peers: at step 3 their values are 0.32, 0.30 and 0.34 (median 0.32)
+_PEER_CURVES = [[0.50, 0.40, 0.32, 0.30], [0.50, 0.38, 0.30, 0.28], [0.60, 0.42, 0.34, 0.33]]
+
+
+@pytest.mark.parametrize("curve, pruned", [
+    ([0.40, 0.25, 0.35], False),  # rising: its best so far (0.25) is better than the median
+    ([0.45, 0.40, 0.36], True),  # falling, but still worse than the median at every step
+    ([0.30, 0.33, 0.31], False),  # down, up, down: best 0.30
+])
+def test_one_at_a_time_and_in_flight_medians_judge_the_best_value_so_far_alike(curve: list[float], pruned: bool) -> None:
+    """Optuna's MedianPruner (one trial at a time) and the in-flight median decide alike on rising
+    and falling curves. Fixes a weakness of the old tests: their curves were flat, so they could
+    not tell the value at the current step from the best so far (the in-flight median pruned the
+    first curve: 0.35 > 0.32)."""
+    decisions = []
+    for pruner in (optuna.pruners.MedianPruner(n_startup_trials=3, n_warmup_steps=2),
+                   InFlightMedianPruner(n_startup_trials=3, n_warmup_steps=2)):
+        study = optuna.create_study(pruner=pruner)
+        for peer in _PEER_CURVES:
+            study.tell(_running(study, [dict(enumerate(peer, 1))])[0], peer[-1])
+        trial = _running(study, [dict(enumerate(curve, 1))])[0]
+        decisions.append(study.pruner.prune(study, study.trials[trial.number]))
+    assert decisions == [pruned, pruned]
+
+
+def _with_params(study: optuna.Study, params: dict[str, object], curve: list[float], value: float | None) -> optuna.Trial:
+    """A trial of ``params`` that reported ``curve``; told COMPLETE with ``value`` unless it is None."""
+    from optuna.distributions import CategoricalDistribution, FloatDistribution
+
+    distributions = {"decay": CategoricalDistribution(["cosine", "onecycle"]),
+                     "onecycle_pct_start": FloatDistribution(0.1, 0.5)}
+    study.enqueue_trial(params)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", UserWarning)
+        trial = study.ask({k: d for k, d in distributions.items() if k in params})
+    for epoch, v in enumerate(curve, 1):
+        trial.report(v, epoch)
+    if value is not None:
+        study.tell(trial, value)
+    return trial
+
+
+@pytest.mark.parametrize("in_flight", [False, True])
+def test_a_one_cycle_trial_is_not_pruned_while_its_lr_rises(in_flight: bool) -> None:
+    """The median of the study's pruner (one at a time and in flight) compares a trial with its own
+    strategy, and not before its LR peaks: a one-cycle trial whose loss sits above five annealing
+    cosine trials while its LR rises (to epoch 6 of 20, pct_start 0.3) runs on; once three
+    one-cycle trials have finished, a worse one-cycle is pruned after its peak, not before. The
+    old median over all trials pruned it at epoch 4, the first epoch it judged."""
+    epochs = 20
+    study = optuna.create_study(pruner=make_pruner("median", epochs, in_flight=in_flight))
+    cosine = [0.30 - 0.01 * e for e in range(epochs)]
+    for _ in range(5):
+        _with_params(study, {"decay": "cosine"}, cosine, cosine[-1])
+    rising = [0.5 + 0.02 * e for e in range(6)] + [0.10] * (epochs - 6)  # high until the peak, then anneals
+    onecycle = {"decay": "onecycle", "onecycle_pct_start": 0.3}
+    first = _with_params(study, onecycle, [], None)
+    for epoch, v in enumerate(rising, 1):
+        first.report(v, epoch)
+        assert not first.should_prune(), f"one-cycle pruned at epoch {epoch}"
+    study.tell(first, rising[-1])
+    for _ in range(2):
+        _with_params(study, onecycle, rising, rising[-1])
+    worse = _with_params(study, onecycle, [], None)
+    for epoch in range(1, epochs + 1):
+        worse.report(rising[epoch - 1] + 0.2, epoch)
+        if worse.should_prune():
+            break
+    assert epoch == 7  # the first epoch after its peak (ceil(0.3 * 20) = 6)
 
 
 def test_patient_pruner_spares_a_bad_trial_while_it_improves() -> None:
