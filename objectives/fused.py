@@ -53,7 +53,7 @@ ReportEpoch = Callable[[list[tuple[int, int, float]]], Iterable[int]]
 
 
 def train_stream(
-    jobs: Iterable[tuple[TrainConfig, int] | tuple[TrainConfig, int, int]],
+    jobs: Iterable[tuple[TrainConfig, int] | tuple[TrainConfig, int, int] | tuple[TrainConfig, int, int, Sequence[float]]],
     data: MnistData,
     epochs: int,
     *,
@@ -66,7 +66,9 @@ def train_stream(
 ) -> Iterator[tuple[int, TrainResult]]:
     """Train the ``(config, seed)`` jobs, at most ``slots`` at once; yield ``(index, result)`` as
     each finishes, ``index`` being the job's position in ``jobs``. A job ``(config, seed,
-    shuffle_seed)`` shuffles with its own seed instead of the shared ``shuffle_seed``.
+    shuffle_seed)`` shuffles with its own seed instead of the shared ``shuffle_seed``; a job
+    ``(config, seed, shuffle_seed, plateau_losses)`` also drives a plateau decay with those losses,
+    epoch by epoch, instead of its validation losses (``train``'s ``plateau_losses``).
 
     ``jobs`` is consumed lazily: a job is taken when a slot is free (at the start, and at each
     epoch boundary where a trial ended), after the results of the trials that ended there have
@@ -106,7 +108,7 @@ def train_stream(
         joined = False
         while not exhausted and len(flight) < slots:
             try:
-                index, (config, seed, *own_shuffle) = next(source)
+                index, (config, seed, *own) = next(source)
             except StopIteration:
                 exhausted = True
                 break
@@ -116,7 +118,8 @@ def train_stream(
                 raise ValueError(f"trials trained together must share the batch size {batch_size}, "
                                  f"but job {index} has batch_size={config.batch_size}")
             flight.append(FusedTrial(index, config, seed, LRSchedule(config, steps_per_epoch, epochs),
-                                 build_model(seed, device, dtype), shuffle_seed=(own_shuffle or [shuffle_seed])[0]))
+                                 build_model(seed, device, dtype), shuffle_seed=(own or [shuffle_seed])[0],
+                                 plateau_losses=own[1] if len(own) > 1 else None))
             joined = True
         if not flight:
             return
@@ -158,7 +161,7 @@ def train_stream(
             if diverged(train_l[r], val_l[r]):
                 blown.add(t.index)
             else:
-                t.schedule.epoch_end(val_l[r])
+                t.schedule.epoch_end(val_l[r] if t.plateau_losses is None else t.plateau_losses[t.epoch - 1])
         reports = [(t.index, t.epoch, t.val[-1]) for t in stack.trials if t.index not in blown]
         if report_epoch is not None:
             stops = set(report_epoch(reports)) if reports else set()

@@ -61,6 +61,7 @@ class FusedTrial:
     schedule: LRSchedule
     fresh: MLP | None  # initial weights, until the trial is first packed
     shuffle_seed: int = 0  # seeds its minibatch order (epoch_permutation)
+    plateau_losses: Sequence[float] | None = None  # what a plateau decay reacts to, if not its val losses
     row: int = -1  # position in the current stack
     steps: int = 0  # optimizer steps done
     val: list[float] = field(default_factory=list)

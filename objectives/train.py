@@ -19,7 +19,7 @@ EPYC 0.82 s in fp32 against 1.80 s (2.2×, all that fp32 arithmetic allows on th
 from __future__ import annotations
 
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 
 import numpy as np
 import torch
@@ -66,6 +66,7 @@ def train(
     shuffle_seed: int | None = None,
     precision: str = "fp32",
     cuda_graphs: bool = True,
+    plateau_losses: Sequence[float] | None = None,
 ) -> TrainResult:
     """Train a fresh MLP with ``config`` on ``data.train_*`` and validate on ``data.val_*``.
 
@@ -81,6 +82,10 @@ def train(
             on CUDA (:mod:`objectives.precision`).
         cuda_graphs: on CUDA, run the steps as captured CUDA graphs (:mod:`objectives.graphs`);
             False runs the same steps eagerly (for debugging and comparison). The CPU is always eager.
+        plateau_losses: the losses, epoch by epoch, that a ``plateau`` decay reacts to instead of
+            this run's validation losses: a run whose "validation" set is the test set (the
+            final word) replays the drops its twin saw on the validation images, so the test set
+            never steers the schedule.
 
     A NaN, infinite or exploding (> ``DIVERGENCE_LOSS``) training or validation loss ends the
     run with ``diverged=True``. It is seen at the end of the epoch where it happened (the loss
@@ -165,7 +170,7 @@ def train(
             if diverged(train_loss, val_loss):
                 blew_up = True
                 break
-            schedule.epoch_end(val_loss)
+            schedule.epoch_end(val_loss if plateau_losses is None else plateau_losses[epoch - 1])
             if report is not None and report(epoch, val_loss):
                 stopped = True
                 break

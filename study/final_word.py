@@ -1,79 +1,180 @@
-"""The final word: the chosen configurations retrained on all 60k training images with several
-seeds and tested once, the test set's only use."""
+"""The final word: the answer chosen on validation with fresh seeds, then trained on all 60k
+training images and tested once, the test set's only use.
+
+1. **Candidates**: the best trial of each decay strategy and the study's best few, in order of
+   value (``--candidates`` caps how many).
+2. **Selection, on validation**: each candidate is trained again with ``--final-seeds`` new seeds
+   (new initial weights and batch orders) on the study's 50k/10k split, for the study's epochs,
+   and measured by the study's metric. The value of a trial in the study is the best of many
+   noisy draws (the winner's curse); the mean over fresh seeds is not. The candidate with the
+   lowest mean is *the answer*; the others are kept as "not selected".
+3. **Test, once**: the answer is trained with the same seeds on all 60k training images (its
+   whole schedule, or up to the epoch the metric selects, ``min_val_loss``), and each model is
+   evaluated once on the 10k test images: test accuracy mean ± sd. A hand-picked reference recipe
+   (:data:`REFERENCE`) is trained and tested beside it; it decides nothing either.
+
+Nothing of the test set reaches a choice: the candidates and the answer come from validation
+values only, and a ``plateau`` decay in the 60k runs, whose "validation" set is the test set,
+replays the drops its seed's selection run saw on the validation images (``plateau_losses``).
+On a GPU each stage is one ``train_stream`` (every run of it at once); on a CPU the runs go one
+after another, where fusing is correct but not faster.
+"""
 
 from __future__ import annotations
 
 import math
 import statistics
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import asdict
 
 import optuna
+from optuna.trial import FrozenTrial, TrialState
 
-from objectives import MnistData, evaluate, train, train_stream
+from objectives import MnistData, TrainConfig, TrainResult, evaluate, metric_value, train, train_stream
+from study.experiment import study_metric
 from study.findings import DecayRow, trial_config
+from study.recipe import config_line, pytorch_snippet, recipe_words
 
-__all__ = ["FINAL_SEED_BASE", "final_word"]
+__all__ = ["FINAL_SEED_BASE", "REFERENCE", "REFERENCE_LABEL", "candidates", "final_word"]
 
 FINAL_SEED_BASE = 1_000_000  # final retraining seeds: far from any trial's seed (base + trial number)
 
+#: A good hand-picked recipe, trained and tested beside the answer: AdamW 2e-3 with weight decay
+#: 0.05 and a cosine decay to zero over the study's epochs (every layer at the same LR).
+REFERENCE = TrainConfig(optimizer="adamw", lr=2e-3, weight_decay=0.05, decay="cosine", cosine_eta_min_ratio=0.0)
+REFERENCE_LABEL = "reference: AdamW 2e-3, weight decay 0.05, cosine"
 
-def final_word(study: optuna.Study, rows: list[DecayRow], seeds: int, data: MnistData, *, fused: bool,
-               cuda_graphs: bool = True, log: Callable[[str], None] | None = None) -> dict:
-    """Retrain the best config and the best of each decay strategy with ``seeds`` seeds on
-    ``data`` (all 60k training images: ``MnistData.for_final_training``), each with its schedule
-    as searched (over the study's epochs), and test the model the search chose: the one after
-    the trial's ``best_epoch``, where its validation loss, the trial's value, was reached
-    (training stops there). Test accuracy mean ± sd; ``main`` stores it in the study's user attrs
-    (``final_test``) once the report's files are written.
+#: How many of the best trials overall join the best of each strategy as candidates.
+TOP_OVERALL = 3
 
-    ``fused``: train every (configuration, seed) pair at once with ``train_stream`` (on a GPU
-    about the time of one retraining; trial i of it is ``train`` on its own, to rounding), else
-    one ``train`` after another (the CPU, where fusing is correct but not faster). ``log`` gets a
-    line saying what will train, and one as each run ends."""
+
+def candidates(study: optuna.Study, rows: list[DecayRow], limit: int | None = None) -> list[tuple[FrozenTrial, list[str]]]:
+    """``(trial, labels)`` to retrain, in order of value: the best of each decay strategy and the
+    :data:`TOP_OVERALL` best trials, each once, at most ``limit`` (None: all of them)."""
+    complete = sorted(study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,)), key=lambda t: t.value)
+    labels: dict[int, list[str]] = {}
+    for rank, t in enumerate(complete[:TOP_OVERALL], 1):
+        labels.setdefault(t.number, []).append("best" if rank == 1 else f"#{rank}")
+    for row in rows:
+        if row.best is not None:
+            labels.setdefault(row.best.number, []).append(f"best {row.decay}")
+    # the best of each strategy before the next best overall: they are near-duplicates of the best
+    order = sorted(labels, key=lambda n: (not any(l == "best" or l.startswith("best ") for l in labels[n]),
+                                          study.trials[n].value))
+    chosen = order if limit is None else order[:limit]
+    return [(study.trials[n], labels[n]) for n in chosen]
+
+
+def _run_all(jobs: Sequence[tuple], data: MnistData, epochs: int, *, fused: bool, precision: str, cuda_graphs: bool,
+             stops: Sequence[int] | None = None) -> Iterator[tuple[int, TrainResult]]:
+    """Train ``(config, seed[, plateau_losses])`` jobs, each shuffling with its own seed; yield
+    ``(index, result)`` as each ends. ``stops``: the epoch each job stops after (default: all)."""
+    stops = stops or [epochs] * len(jobs)
+    if fused:  # each pair with its own seed for the weights and the batch order, as train uses
+        yield from train_stream(((c, s, s, *rest) for c, s, *rest in jobs), data, epochs, slots=len(jobs),
+                                precision=precision, cuda_graphs=cuda_graphs,
+                                report=lambda index, epoch, _loss: epoch >= stops[index])
+        return
+    for i, (config, seed, *rest) in enumerate(jobs):
+        yield i, train(config, data, epochs, seed=seed, precision=precision, cuda_graphs=cuda_graphs,
+                       plateau_losses=rest[0] if rest else None,
+                       report=lambda epoch, _loss, stop=stops[i]: epoch >= stop)
+
+
+def _mean_sd(values: Sequence[float]) -> tuple[float, float]:
+    finite = [v for v in values if math.isfinite(v)]
+    if not finite:
+        return math.inf, 0.0
+    return statistics.fmean(finite), statistics.stdev(finite) if len(finite) > 1 else 0.0
+
+
+def final_word(study: optuna.Study, rows: list[DecayRow], seeds: int, data: MnistData, final_data: MnistData, *,
+               fused: bool, limit: int | None = None, reference: bool = True, cuda_graphs: bool = True,
+               log: Callable[[str], None] | None = None) -> dict:
+    """Choose the answer among :func:`candidates` on ``data`` (the 50k/10k split) with ``seeds``
+    new seeds, then train it (and :data:`REFERENCE`, unless ``reference`` is False) with the same
+    seeds on ``final_data`` (all 60k training images: ``MnistData.for_final_training``) and test
+    each model once. Returns what ``main`` stores in the study's user attrs (``final_test``)."""
+    say = log or (lambda line: None)
     epochs = int(study.user_attrs.get("epochs", 20))
     batch_size = int(study.user_attrs.get("batch_size", 128))
     precision = study.user_attrs.get("precision", "fp32")  # the study's arithmetic, fp32 before --precision
-    chosen = {"best": study.best_trial}
-    chosen.update({f"best {row.decay}": row.best for row in rows if row.best is not None})
-    trials = list({t.number: t for t in chosen.values()}.values())  # best overall and of its strategy: once
+    metric = study_metric(study)
+    chosen = candidates(study, rows, limit)
     final_seeds = [FINAL_SEED_BASE + i for i in range(seeds)]
-    # a trial of a study made before best_epoch was recorded: its best epoch from its curve
-    best_epochs = [int(t.user_attrs.get("best_epoch") or min(t.intermediate_values, key=t.intermediate_values.get))
-                   for t in trials]
-    jobs = [(trial_config(t, batch_size), stop, seed) for t, stop in zip(trials, best_epochs) for seed in final_seeds]
-    if log is not None:
-        log(f"final word: retraining {len(jobs)} runs (configuration × seed) of up to {epochs} epochs on "
-            f"{data.train_x.shape[0]:,} images on {data.device}, "
-            f"{'all at once (train_stream)' if fused else 'one after another'}")
-    # the runs' "validation" is the test set here: its values are never looked at, the stop is
-    # the trial's best epoch, chosen on validation during the search
-    if fused:  # each pair with its own seed for the weights and the batch order, as train uses
-        runs = train_stream(((c, s, s) for c, _, s in jobs), data, epochs, slots=len(jobs), precision=precision,
-                            cuda_graphs=cuda_graphs, report=lambda index, epoch, _loss: epoch >= jobs[index][1])
-    else:
-        runs = ((i, train(config, data, epochs, seed=seed, precision=precision, cuda_graphs=cuda_graphs,
-                          report=lambda epoch, _loss, stop=stop: epoch >= stop))
-                for i, (config, stop, seed) in enumerate(jobs))
-    accuracy: list[float] = [math.nan] * len(jobs)
+    how = "all at once (train_stream)" if fused else "one after another"
     started = time.perf_counter()
-    for finished, (i, result) in enumerate(runs, 1):
-        accuracy[i] = evaluate(result.model, data.test_x, data.test_y, precision)[1]
-        if log is not None:
-            log(f"  {finished}/{len(jobs)}: trial {trials[i // seeds].number}, seed {jobs[i][2]}: "
-                f"{result.epochs_run} epochs, test accuracy {100 * accuracy[i]:.2f} % "
-                f"({time.perf_counter() - started:.1f} s)")
-    done: dict[int, dict] = {}
-    for j, (t, best_epoch) in enumerate(zip(trials, best_epochs)):
-        config = jobs[j * seeds][0]
-        accs = accuracy[j * seeds : (j + 1) * seeds]
-        done[t.number] = {
-            "trial": t.number, "decay": config.decay, "warmup_epochs": config.warmup_epochs,
-            "optimizer": config.optimizer, "best_epoch": best_epoch,
-            "val_loss": t.value, "epochs": epochs, "precision": precision, "train_images": int(data.train_x.shape[0]),
-            "seeds": final_seeds, "test_accuracies": accs,
-            "test_accuracy_mean": statistics.fmean(accs),
-            "test_accuracy_sd": statistics.stdev(accs) if len(accs) > 1 else 0.0,
-        }
-    results_by_label = {label: done[t.number] for label, t in chosen.items()}
-    return results_by_label
+
+    # 1. selection: every candidate with every seed on the validation split
+    configs = [trial_config(t, batch_size) for t, _ in chosen]
+    jobs = [(c, s) for c in configs for s in final_seeds]
+    say(f"final word, 1/2: choosing on validation: {len(chosen)} candidates x {seeds} seeds = {len(jobs)} runs of "
+        f"{epochs} epochs on {data.train_x.shape[0]:,} images ({metric}), on {data.device}, {how}")
+    runs: list[TrainResult | None] = [None] * len(jobs)
+    for done, (i, result) in enumerate(_run_all(jobs, data, epochs, fused=fused, precision=precision,
+                                                  cuda_graphs=cuda_graphs), 1):
+        runs[i] = result
+        value, _ = metric_value(result, metric)
+        say(f"  {done}/{len(jobs)}: trial {chosen[i // seeds][0].number}, seed {jobs[i][1]}: {metric} {value:.4f} "
+            f"({time.perf_counter() - started:.0f} s)")
+    rows_out = []
+    for j, ((trial, labels), config) in enumerate(zip(chosen, configs)):
+        mine = runs[j * seeds:(j + 1) * seeds]
+        values = [metric_value(r, metric)[0] for r in mine]
+        mean, sd = _mean_sd(values)
+        best_epochs = [r.best_epoch for r in mine if r.best_epoch is not None]
+        rows_out.append({
+            "trial": trial.number, "labels": labels, "decay": config.decay, "optimizer": config.optimizer,
+            "lr": config.lr, "lr_mults": [config.lr_mult(layer) for layer in ("fc1", "fc2", "fc3")],
+            "warmup_epochs": config.warmup_epochs, "study_value": trial.value,
+            "val_values": values, "val_mean": mean, "val_sd": sd,
+            "val_accuracy_mean": statistics.fmean(r.last_val_accuracy if metric != "min_val_loss" else
+                                                  r.best_val_accuracy for r in mine),
+            # the epoch its model is taken at: the whole schedule, or the median best epoch
+            "stop_epoch": (int(statistics.median_low(best_epochs)) if metric == "min_val_loss" and best_epochs
+                           else epochs),
+            "selected": False,
+        })
+    answer_j = min(range(len(rows_out)), key=lambda j: (rows_out[j]["val_mean"], rows_out[j]["study_value"]))
+    answer_row = rows_out[answer_j]
+    answer_row["selected"] = True
+    answer = configs[answer_j]
+    stop = answer_row["stop_epoch"]
+    say(f"  the answer: trial {answer_row['trial']} ({', '.join(answer_row['labels'])}), mean {metric} "
+        f"{answer_row['val_mean']:.4f} over {seeds} seeds")
+
+    # 2. test, once: the answer (and the reference) with the same seeds on all 60k images
+    plateau = [runs[answer_j * seeds + k].val_losses for k in range(seeds)] if answer.decay == "plateau" else None
+    final_jobs: list[tuple] = [(answer, s, plateau[k]) if plateau else (answer, s) for k, s in enumerate(final_seeds)]
+    if reference:
+        final_jobs += [(REFERENCE, s) for s in final_seeds]
+    stops = [stop] * seeds + [epochs] * (len(final_jobs) - seeds)
+    say(f"final word, 2/2: testing once: the answer{' and the reference' if reference else ''} x {seeds} seeds = "
+        f"{len(final_jobs)} runs on {final_data.train_x.shape[0]:,} images, {how}")
+    accuracy = [math.nan] * len(final_jobs)
+    for done, (i, result) in enumerate(_run_all(final_jobs, final_data, epochs, fused=fused, precision=precision,
+                                                  cuda_graphs=cuda_graphs, stops=stops), 1):
+        accuracy[i] = evaluate(result.model, final_data.test_x, final_data.test_y, precision)[1]
+        who = "answer" if i < seeds else "reference"
+        say(f"  {done}/{len(final_jobs)}: {who}, seed {final_jobs[i][1]}: {result.epochs_run} epochs, test accuracy "
+            f"{100 * accuracy[i]:.2f} % ({time.perf_counter() - started:.0f} s)")
+
+    def tested(config: TrainConfig, accs: list[float], stop_epoch: int) -> dict:
+        mean, sd = _mean_sd(accs)
+        return {"config": asdict(config), "recipe": recipe_words(config, epochs, stop_epoch),
+                "config_line": config_line(config), "epochs": stop_epoch, "schedule_epochs": epochs,
+                "test_accuracies": accs, "test_accuracy_mean": mean, "test_accuracy_sd": sd}
+
+    out = {
+        "metric": metric, "seeds": final_seeds, "precision": precision, "study_epochs": epochs,
+        "selection_images": int(data.train_x.shape[0]), "validation_images": int(data.val_x.shape[0]),
+        "train_images": int(final_data.train_x.shape[0]), "test_images": int(final_data.test_x.shape[0]),
+        "answer": {"trial": answer_row["trial"], "labels": answer_row["labels"], "val_mean": answer_row["val_mean"],
+                   "val_sd": answer_row["val_sd"], **tested(answer, accuracy[:seeds], stop),
+                   "pytorch": pytorch_snippet(answer, epochs, int(final_data.train_x.shape[0]), stop)},
+        "candidates": rows_out,
+        "reference": ({"label": REFERENCE_LABEL, **tested(REFERENCE, accuracy[seeds:], epochs)} if reference else None),
+        "seconds": time.perf_counter() - started,
+    }
+    return out

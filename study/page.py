@@ -13,26 +13,65 @@ from optuna.trial import TrialState
 
 from study.findings import DecayRow, warmup_rows
 
-__all__ = ["decay_table_html", "final_html", "markdown_html", "summary_markdown", "write_page"]
+__all__ = ["answer_markdown", "decay_table_html", "final_html", "markdown_html", "summary_markdown", "write_page"]
 
 
 def _pct(mean: float, sd: float, n: int) -> str:
     return f"{100 * mean:.2f} % ± {100 * sd:.2f}" if n > 1 else f"{100 * mean:.2f} % (one seed: no sd)"
 
 
+def _mults(r: dict) -> str:
+    return "/".join(f"{m:.3g}" for m in r["lr_mults"])
+
+
+def answer_markdown(final: dict) -> list[str]:
+    """The answer first: its recipe, its test accuracy, the code that reproduces it, and the
+    candidates it was chosen from on validation (the others marked as not selected)."""
+    a, seeds = final["answer"], len(final["seeds"])
+    lines = [
+        "## The answer", "",
+        f"**{a['recipe']}**", "",
+        f"Test accuracy **{_pct(a['test_accuracy_mean'], a['test_accuracy_sd'], seeds)}** over {seeds} seeds, "
+        f"trained on all {final['train_images']:,} training images and tested once on the {final['test_images']:,} "
+        f"test images (trial {a['trial']}: {', '.join(a['labels'])}).",
+    ]
+    ref = final.get("reference")
+    if ref:
+        lines += ["", f"Beside it, the hand-picked {ref['label'].split(': ', 1)[-1]} ({ref['epochs']} epochs), trained "
+                      f"and tested the same way: {_pct(ref['test_accuracy_mean'], ref['test_accuracy_sd'], seeds)} "
+                      "(not selected: a yardstick)."]
+    lines += ["", f"As a config of this library: `{a['config_line']}`", "",
+              "How it was chosen: the candidates below were trained again with new seeds on the "
+              f"{final['selection_images']:,}/{final['validation_images']:,} split and the lowest mean "
+              f"{final['metric']} on the validation images was chosen; the test set decided nothing.", "",
+              f"| candidate | trial | optimizer | LR | multipliers | decay | warm-up | study's {final['metric']} | "
+              f"mean {final['metric']} over {seeds} new seeds | |",
+              "|---|---|---|---|---|---|---|---|---|---|"]
+    for r in final["candidates"]:
+        lines.append(f"| {', '.join(r['labels'])} | {r['trial']} | {r['optimizer']} | {r['lr']:.3g} | {_mults(r)} | "
+                     f"{r['decay']} | {r['warmup_epochs']} ep | {r['study_value']:.4f} | "
+                     f"{r['val_mean']:.4f} ± {r['val_sd']:.4f} | {'**the answer**' if r['selected'] else 'not selected'} |")
+    return lines
+
+
 def summary_markdown(study: optuna.Study, rows: list[DecayRow], final: dict | None, warnings_: list[str]) -> str:
     states = [t.state for t in study.get_trials(deepcopy=False)]
     best = study.best_trial
-    lines = [
-        f"# Study `{study.study_name}`", "",
+    metric = study.metric_names[0] if study.metric_names else "val_loss"
+    lines = [f"# Study `{study.study_name}`", ""]
+    if final:
+        lines += [*answer_markdown(final), ""]
+    lines += [
         f"{len(states)} trials: {states.count(TrialState.COMPLETE)} complete, {states.count(TrialState.PRUNED)} pruned, "
-        f"{states.count(TrialState.FAIL)} failed. Command: `{study.user_attrs.get('command', '?')}`", "",
-        f"**Best**: trial {best.number}, validation loss {best.value:.4f}, validation accuracy "
-        f"{100 * best.user_attrs.get('val_accuracy', math.nan):.2f} % (epoch {best.user_attrs.get('best_epoch', '?')})", "",
+        f"{states.count(TrialState.FAIL)} failed; each trial's value is its {metric}. "
+        f"Command: `{study.user_attrs.get('command', '?')}`", "",
+        f"**Best trial of the study**: trial {best.number}, {metric} {best.value:.4f}, validation accuracy "
+        f"{100 * best.user_attrs.get('val_accuracy', math.nan):.2f} % (epoch "
+        f"{best.user_attrs.get('value_epoch', best.user_attrs.get('best_epoch', '?'))})", "",
         "| parameter | value |", "|---|---|",
         *[f"| {k} | {v:.4g} |" if isinstance(v, float) else f"| {k} | {v} |" for k, v in best.params.items()], "",
         "## Decay strategies", "",
-        "| strategy | best val loss | val accuracy | epochs | trials | pruned | best trial |", "|---|---|---|---|---|---|---|",
+        f"| strategy | best {metric} | val accuracy | epochs | trials | pruned | best trial |", "|---|---|---|---|---|---|---|",
     ]
     for row in rows:
         b = row.best
@@ -41,25 +80,18 @@ def summary_markdown(study: optuna.Study, rows: list[DecayRow], final: dict | No
         else:
             lines.append(f"| {row.decay} | {b.value:.4f} | {100 * b.user_attrs.get('val_accuracy', math.nan):.2f} % | "
                          f"{b.user_attrs.get('epochs_run', '?')} | {row.n_trials} | {row.n_pruned} | {b.number} |")
-    lines += ["", "## Warm-up", "", "| | best val loss | trials | pruned | best trial |", "|---|---|---|---|---|"]
+    lines += ["", "## Warm-up", "", f"| | best {metric} | trials | pruned | best trial |", "|---|---|---|---|---|"]
     for w in warmup_rows(study):
         best_cells = "– | " if w.best is None else f"{w.best.value:.4f} | "
         lines.append(f"| {w.label} | {best_cells}{w.n_trials} | {w.n_pruned} | "
                      f"{'–' if w.best is None else w.best.number} |")
-    if final:
-        lines += ["", "## Final word: test accuracy", "",
-                  "Each retrained on all 60k training images with its schedule as searched and evaluated once on "
-                  "the 10k test images after its trial's best epoch (the model the search chose).", "",
-                  "| configuration | trial | best epoch | test accuracy (mean ± sd) | seeds |", "|---|---|---|---|---|"]
-        for label, r in final.items():
-            lines.append(f"| {label} | {r['trial']} | {r.get('best_epoch', r['epochs'])} | {_pct(r['test_accuracy_mean'], r['test_accuracy_sd'], len(r['seeds']))} | {len(r['seeds'])} |")
     if warnings_:
         lines += ["", "## Warnings", "", *[f"- {w}" for w in warnings_]]
     return "\n".join(lines) + "\n"
 
 
 def decay_table_html(rows: list[DecayRow]) -> str:
-    head = "<tr><th>strategy</th><th>best val loss</th><th>val accuracy</th><th>epochs</th><th>n trials</th><th>n pruned</th><th>best trial</th></tr>"
+    head = "<tr><th>strategy</th><th>best value</th><th>val accuracy</th><th>epochs</th><th>n trials</th><th>n pruned</th><th>best trial</th></tr>"
     body = []
     for row in rows:
         b = row.best
@@ -72,21 +104,38 @@ def decay_table_html(rows: list[DecayRow]) -> str:
 
 
 def final_html(final: dict) -> str:
-    """The final word as the page's first table: it is the answer the study gives."""
-    head = "<tr><th>configuration</th><th>trial</th><th>optimizer</th><th>decay</th><th>warm-up</th>" \
-           "<th>val loss</th><th>best epoch</th><th>test accuracy (mean ± sd)</th><th>seeds</th></tr>"
+    """The answer as the page's opening: the recipe, its test accuracy, the candidates it was
+    chosen from on validation (``#final-candidates``; the others marked as not selected), the
+    test accuracies (``#final-test``) and the code that reproduces it."""
+    a, seeds = final["answer"], len(final["seeds"])
+    parts = [f'<p id="answer"><strong>{html.escape(a["recipe"])}</strong></p>',
+             f"<p>Test accuracy <strong>{html.escape(_pct(a['test_accuracy_mean'], a['test_accuracy_sd'], seeds))}"
+             f"</strong> over {seeds} seeds: trained on all {final['train_images']:,} training images in "
+             f"{html.escape(final['precision'])} and evaluated once on the {final['test_images']:,} test images, the "
+             "test set's only use.</p>"]
+    head = ("<tr><th>candidate</th><th>trial</th><th>optimizer</th><th>LR</th><th>multipliers</th><th>decay</th>"
+            f"<th>warm-up</th><th>study's value</th><th>mean {html.escape(final['metric'])} over {seeds} new seeds "
+            "(validation)</th><th></th></tr>")
     body = []
-    for label, r in final.items():
-        cells = [label, str(r["trial"]), r["optimizer"], r["decay"], f"{r.get('warmup_epochs', 0)} ep",
-                 f"{r['val_loss']:.4f}", str(r.get("best_epoch", r["epochs"])),
-                 _pct(r["test_accuracy_mean"], r["test_accuracy_sd"], len(r["seeds"])), str(len(r["seeds"]))]
+    for r in final["candidates"]:
+        cells = [", ".join(r["labels"]), str(r["trial"]), r["optimizer"], f"{r['lr']:.3g}", _mults(r), r["decay"],
+                 f"{r['warmup_epochs']} ep", f"{r['study_value']:.4f}", f"{r['val_mean']:.4f} ± {r['val_sd']:.4f}",
+                 "the answer" if r["selected"] else "not selected"]
         body.append("<tr>" + "".join(f"<td>{html.escape(c)}</td>" for c in cells) + "</tr>")
-    some = next(iter(final.values()))
-    note = (f"<p>Each configuration retrained on all {some['train_images']:,} training images in "
-            f"{html.escape(some['precision'])} with its schedule as searched ({some['epochs']} epochs), once per seed, and "
-            "evaluated once on the 10k test images after its trial's best epoch, the model the search chose: the "
-            "test set's only use.</p>")
-    return f'{note}<table id="final-test">{head}{"".join(body)}</table>'
+    parts.append(f"<p>Chosen among these on the {final['selection_images']:,}/{final['validation_images']:,} split, "
+                 f"by the lowest mean {html.escape(final['metric'])} on the validation images:</p>"
+                 f'<table id="final-candidates">{head}{"".join(body)}</table>')
+    tested = [("the answer (trial %d)" % a["trial"], a)]
+    if final.get("reference"):
+        tested.append((final["reference"]["label"] + " (not selected: a yardstick)", final["reference"]))
+    rows = "".join(f"<tr><td>{html.escape(label)}</td><td>{r['epochs']}</td>"
+                   f"<td>{html.escape(_pct(r['test_accuracy_mean'], r['test_accuracy_sd'], seeds))}</td>"
+                   f"<td>{' '.join(f'{100 * x:.2f}' for x in r['test_accuracies'])}</td></tr>" for label, r in tested)
+    parts.append('<table id="final-test"><tr><th>trained on 60k, tested once</th><th>epochs</th>'
+                 f"<th>test accuracy (mean ± sd)</th><th>per seed (%)</th></tr>{rows}</table>")
+    parts.append(f"<p>As a config of this library:</p><pre>{html.escape(a['config_line'])}</pre>"
+                 f"<p>In plain PyTorch:</p><pre id=\"pytorch\">{html.escape(a['pytorch'])}</pre>")
+    return "".join(parts)
 
 
 def markdown_html(md: str) -> str:

@@ -72,19 +72,31 @@ def test_final_word_note_and_artifact_are_in_the_study(reported) -> None:
     url, out = reported
     study = load(url)
     final = study.user_attrs["final_test"]
-    assert final["best"]["trial"] == study.best_trial.number
-    assert 0.8 < final["best"]["test_accuracy_mean"] <= 1.0  # 3 epochs on all 60k images
-    assert final["best"]["train_images"] == 60_000 and len(final["best"]["seeds"]) == 1
-    assert final["best"]["precision"] == "fp32"  # the study's
-    assert "Final word: test accuracy" in (out / "summary.md").read_text()
-    # on the page the final word is the first section, an HTML table, not markdown in a <pre>
+    answer = final["answer"]
+    chosen = [r for r in final["candidates"] if r["selected"]]
+    assert len(chosen) == 1 and chosen[0]["trial"] == answer["trial"]
+    # the answer is the candidate with the lowest mean validation value over the new seeds
+    assert chosen[0]["val_mean"] == min(r["val_mean"] for r in final["candidates"])
+    assert len(final["candidates"]) == report_module.CPU_CANDIDATES  # on the CPU, by default
+    assert 0.8 < answer["test_accuracy_mean"] <= 1.0  # 3 epochs on all 60k images
+    assert final["train_images"] == 60_000 and final["selection_images"] == 50_000 and len(final["seeds"]) == 1
+    assert final["precision"] == "fp32" and final["metric"] == "last_val_loss"  # the study's
+    assert answer["epochs"] == 3  # last_val_loss measures the model after the whole schedule
+    assert final["reference"]["config"]["optimizer"] == "adamw" and len(final["reference"]["test_accuracies"]) == 1
+    summary = (out / "summary.md").read_text()
+    assert summary.index("## The answer") < summary.index("## Decay strategies")  # the summary opens with it
+    assert answer["recipe"] in summary and answer["config_line"] in summary and "not selected" in summary
+    # on the page the answer is the first section, HTML tables, then the summary rendered
     page = (out / "index.html").read_text()
     sections = re.findall(r"<section><h2>([^<]*)</h2>(.*?)</section>", page, flags=re.S)
-    assert [heading for heading, _ in sections[:2]] == ["Final word: test accuracy", "Summary"]
-    table = re.search(r'<table id="final-test">(.*?)</table>', sections[0][1], flags=re.S).group(1)
-    rows = re.findall(r"<tr><td>([^<]+)</td><td>(\d+)</td>", table)
-    assert rows == [(label, str(r["trial"])) for label, r in final.items()]
-    assert "<pre>" not in page and "|---|" not in page
+    assert [heading for heading, _ in sections[:2]] == ["The answer", "Summary"]
+    table = re.search(r'<table id="final-candidates">(.*?)</table>', sections[0][1], flags=re.S).group(1)
+    rows = re.findall(r"<tr><td>([^<]+)</td><td>(\d+)</td>.*?<td>(the answer|not selected)</td></tr>", table)
+    assert [(int(t), mark) for _, t, mark in rows] == [
+        (r["trial"], "the answer" if r["selected"] else "not selected") for r in final["candidates"]]
+    tested = re.search(r'<table id="final-test">(.*?)</table>', sections[0][1], flags=re.S).group(1)
+    assert f"{100 * answer['test_accuracy_mean']:.2f} %" in tested and "reference" in tested
+    assert 'id="pytorch"' in sections[0][1] and "|---|" not in page
     assert "<h4>Decay strategies</h4>" in sections[1][1] and "<table>" in sections[1][1]  # the summary, rendered
     from optuna_dashboard import get_note
 
@@ -102,7 +114,7 @@ def test_final_seeds_0_skips_the_test_set_and_bad_study_is_one_line(tmp_path: Pa
     assert report_module.main(["--storage", url, "--out", str(tmp_path / "r"), "--final-seeds", "0",
                                "--artifact-dir", str(store)]) == 0
     assert "final_test" not in load(url).user_attrs
-    assert "Final word" not in (tmp_path / "r" / "summary.md").read_text()
+    assert "## The answer" not in (tmp_path / "r" / "summary.md").read_text()
     # the page went into the --artifact-dir given, and the dashboard command says so
     (meta,) = optuna.artifacts.get_all_artifact_meta(load(url))
     assert (store / meta.artifact_id).read_bytes() == (tmp_path / "r" / "index.html").read_bytes()
@@ -129,50 +141,97 @@ def test_chromium_renders_the_page_without_script_errors(reported, tmp_path: Pat
 
 
 @pytest.mark.slow
-def test_the_final_word_tests_the_model_of_the_best_epoch(reported, mnist_dir) -> None:
-    # retrained with its schedule as searched, stopped after the trial's best epoch: the model
-    # the search chose, not the one after the last epoch
-    from objectives import evaluate, load_mnist, train
+def test_the_final_word_tests_the_model_the_metric_measured(reported, mnist_dir) -> None:
+    # last_val_loss measures the model after the whole schedule: the answer is trained on 60k for
+    # all the study's epochs with the first final seed, and tested once
+    from objectives import TrainConfig, evaluate, load_mnist, train
 
     url, _ = reported
     study = load(url)
-    best = study.best_trial
-    final = study.user_attrs["final_test"]["best"]
-    assert final["best_epoch"] == best.user_attrs["best_epoch"]
+    answer = study.user_attrs["final_test"]["answer"]
     data = load_mnist(mnist_dir, device="cpu").for_final_training()
-    config = findings.trial_config(best)
-    epochs = study.user_attrs["epochs"]
-    stopped = train(config, data, epochs, seed=final_module.FINAL_SEED_BASE,
-                    report=lambda epoch, _: epoch >= final["best_epoch"])
-    assert stopped.epochs_run == final["best_epoch"]
-    assert final["test_accuracies"][0] == evaluate(stopped.model, data.test_x, data.test_y)[1]
+    result = train(TrainConfig(**answer["config"]), data, study.user_attrs["epochs"], seed=final_module.FINAL_SEED_BASE)
+    assert result.epochs_run == answer["epochs"] == study.user_attrs["epochs"]
+    assert answer["test_accuracies"][0] == evaluate(result.model, data.test_x, data.test_y)[1]
 
 
-def test_the_fused_final_word_gives_the_accuracies_of_one_run_at_a_time(reported, mnist_dir) -> None:
-    # in float64 on a small set: train_many's (configuration, seed) pairs, each with its own
-    # seed for the weights and the batch order and its own stop, against one train per pair
+def _copy(source: optuna.Study, **attrs: object) -> optuna.Study:
+    study = optuna.create_study(direction="minimize")  # a copy: the fixture's study stays as it is
+    study.add_trials(source.trials)
+    for key, value in {**source.user_attrs, **attrs}.items():
+        study.set_user_attr(key, value)
+    return study
+
+
+def _small(mnist_dir, test_labels=None):
+    """float64 data on 1,024 training images: (selection data, final data); ``test_labels``
+    replaces the test set's labels."""
     import torch
 
     from objectives import MnistData, load_mnist
 
+    full = load_mnist(mnist_dir, device="cpu", dtype=torch.float64, train_samples=1024)
+    test_y = full.test_y[:2000] if test_labels is None else test_labels
+    selection = MnistData(train_x=full.train_x, train_y=full.train_y, val_x=full.val_x[:2000], val_y=full.val_y[:2000],
+                          test_x=full.test_x[:2000], test_y=test_y)
+    final = MnistData(train_x=full.train_x, train_y=full.train_y, val_x=full.test_x[:2000], val_y=test_y,
+                      test_x=full.test_x[:2000], test_y=test_y)
+    return selection, final
+
+
+def test_the_fused_final_word_gives_the_accuracies_of_one_run_at_a_time(reported, mnist_dir) -> None:
+    # in float64 on a small set: train_stream's (configuration, seed) pairs, each with its own
+    # seed for the weights and the batch order and its own stop, against one train per pair
     url, _ = reported
     source = load(url)
-    full = load_mnist(mnist_dir, device="cpu", dtype=torch.float64, train_samples=1024)
-    data = MnistData(train_x=full.train_x, train_y=full.train_y, val_x=full.test_x[:2000], val_y=full.test_y[:2000],
-                     test_x=full.test_x[:2000], test_y=full.test_y[:2000])
+    selection, final_data = _small(mnist_dir)
     finals = []
     for fused in (True, False):
-        study = optuna.create_study(direction="minimize")  # a copy: the fixture's study stays as it is
-        study.add_trials(source.trials)
-        for key, value in source.user_attrs.items():
-            study.set_user_attr(key, value)
-        rows = findings.decay_rows(study)
-        finals.append(final_module.final_word(study, rows, 2, data, fused=fused))
+        study = _copy(source)
+        finals.append(final_module.final_word(study, findings.decay_rows(study), 2, selection, final_data, fused=fused,
+                                              limit=3))
     fused, one_by_one = finals
-    assert fused == one_by_one
-    assert len(fused) >= 3 and all(len(r["test_accuracies"]) == 2 for r in fused.values())
+    assert fused["answer"]["trial"] == one_by_one["answer"]["trial"]
+    assert fused["answer"]["test_accuracies"] == pytest.approx(one_by_one["answer"]["test_accuracies"], abs=1e-4)
+    assert fused["reference"]["test_accuracies"] == pytest.approx(one_by_one["reference"]["test_accuracies"], abs=1e-4)
+    for a, b in zip(fused["candidates"], one_by_one["candidates"]):  # the validation values, to float64 rounding
+        assert (a["trial"], a["selected"]) == (b["trial"], b["selected"])
+        assert a["val_values"] == pytest.approx(b["val_values"], rel=1e-9)
+    assert len(fused["candidates"]) == 3 and all(len(r["val_values"]) == 2 for r in fused["candidates"])
     # the seeds really differ, and so do the configurations
-    assert len({a for r in fused.values() for a in r["test_accuracies"]}) > 2
+    assert len({v for r in fused["candidates"] for v in r["val_values"]}) == 6
+
+
+def test_the_final_word_chooses_without_the_test_set(reported, mnist_dir) -> None:
+    """The answer and every validation value of the selection are the same when the test labels
+    are shuffled: the test set decides nothing (only the test accuracies change)."""
+    import torch
+
+    url, _ = reported
+    source = load(url)
+    finals = []
+    for labels in (None, torch.randperm(2000, generator=torch.Generator().manual_seed(0)) % 10):
+        selection, final_data = _small(mnist_dir, labels)
+        study = _copy(source)
+        finals.append(final_module.final_word(study, findings.decay_rows(study), 1, selection, final_data,
+                                              fused=False, limit=3, reference=False))
+    kept, shuffled = finals
+    assert kept["candidates"] == shuffled["candidates"]
+    assert kept["answer"]["trial"] == shuffled["answer"]["trial"]
+    assert kept["answer"]["test_accuracies"] != shuffled["answer"]["test_accuracies"]  # the test set was used, once
+
+
+def test_a_plateau_answer_replays_its_validation_drops_in_the_final_run(mnist_dir) -> None:
+    """A plateau decay in the 60k run, whose "validation" set is the test set, drops its LR where
+    its selection run did on the validation images: the test losses never steer it."""
+    from objectives import TrainConfig, train
+
+    selection, final_data = _small(mnist_dir)
+    config = TrainConfig(optimizer="sgd", lr=0.05, decay="plateau", plateau_patience=0, plateau_factor=0.5)
+    replayed = train(config, final_data, 4, plateau_losses=[1.0, 2.0, 3.0, 4.0])  # never improves: a drop each epoch
+    assert replayed.final_lrs["fc3"] == pytest.approx(0.05 * 0.5 ** 3)
+    improving = train(config, final_data, 4, plateau_losses=[4.0, 3.0, 2.0, 1.0])
+    assert improving.final_lrs["fc3"] == pytest.approx(0.05)
 
 
 @pytest.mark.slow
