@@ -26,7 +26,7 @@ import math
 import statistics
 import time
 from collections.abc import Callable, Iterator, Sequence
-from dataclasses import asdict
+from dataclasses import asdict, replace
 
 import optuna
 from optuna.trial import FrozenTrial, TrialState
@@ -53,6 +53,7 @@ def candidates(study: optuna.Study, rows: list[DecayRow], limit: int | None = No
     """``(trial, labels)`` to retrain, in order of value: the best of each decay strategy and the
     :data:`TOP_OVERALL` best trials, each once, at most ``limit`` (None: all of them)."""
     complete = sorted(study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,)), key=lambda t: t.value)
+    by_number = {t.number: t for t in complete}
     labels: dict[int, list[str]] = {}
     for rank, t in enumerate(complete[:TOP_OVERALL], 1):
         labels.setdefault(t.number, []).append("best" if rank == 1 else f"#{rank}")
@@ -61,9 +62,9 @@ def candidates(study: optuna.Study, rows: list[DecayRow], limit: int | None = No
             labels.setdefault(row.best.number, []).append(f"best {row.decay}")
     # the best of each strategy before the next best overall: they are near-duplicates of the best
     order = sorted(labels, key=lambda n: (not any(l == "best" or l.startswith("best ") for l in labels[n]),
-                                          study.trials[n].value))
+                                          by_number[n].value))
     chosen = order if limit is None else order[:limit]
-    return [(study.trials[n], labels[n]) for n in chosen]
+    return [(by_number[n], labels[n]) for n in chosen]
 
 
 def _run_all(jobs: Sequence[tuple], data: MnistData, epochs: int, *, fused: bool, precision: str, cuda_graphs: bool,
@@ -83,10 +84,11 @@ def _run_all(jobs: Sequence[tuple], data: MnistData, epochs: int, *, fused: bool
 
 
 def _mean_sd(values: Sequence[float]) -> tuple[float, float]:
-    finite = [v for v in values if math.isfinite(v)]
-    if not finite:
+    """Mean and sd; inf when any value is not finite (a recipe that diverged with one seed is not
+    one to recommend)."""
+    if not all(math.isfinite(v) for v in values):
         return math.inf, 0.0
-    return statistics.fmean(finite), statistics.stdev(finite) if len(finite) > 1 else 0.0
+    return statistics.fmean(values), statistics.stdev(values) if len(values) > 1 else 0.0
 
 
 def final_word(study: optuna.Study, rows: list[DecayRow], seeds: int, data: MnistData, final_data: MnistData, *,
@@ -146,9 +148,11 @@ def final_word(study: optuna.Study, rows: list[DecayRow], seeds: int, data: Mnis
 
     # 2. test, once: the answer (and the reference) with the same seeds on all 60k images
     plateau = [runs[answer_j * seeds + k].val_losses for k in range(seeds)] if answer.decay == "plateau" else None
+    if plateau and min(map(len, plateau)) < stop:  # a selection run that diverged has no losses to replay
+        plateau = None
     final_jobs: list[tuple] = [(answer, s, plateau[k]) if plateau else (answer, s) for k, s in enumerate(final_seeds)]
-    if reference:
-        final_jobs += [(REFERENCE, s) for s in final_seeds]
+    if reference:  # trained beside the answer: the study's batch size (train_stream needs one)
+        final_jobs += [(replace(REFERENCE, batch_size=batch_size), s) for s in final_seeds]
     stops = [stop] * seeds + [epochs] * (len(final_jobs) - seeds)
     say(f"final word, 2/2: testing once: the answer{' and the reference' if reference else ''} x {seeds} seeds = "
         f"{len(final_jobs)} runs on {final_data.train_x.shape[0]:,} images, {how}")
@@ -174,7 +178,8 @@ def final_word(study: optuna.Study, rows: list[DecayRow], seeds: int, data: Mnis
                    "val_sd": answer_row["val_sd"], **tested(answer, accuracy[:seeds], stop),
                    "pytorch": pytorch_snippet(answer, epochs, int(final_data.train_x.shape[0]), stop)},
         "candidates": rows_out,
-        "reference": ({"label": REFERENCE_LABEL, **tested(REFERENCE, accuracy[seeds:], epochs)} if reference else None),
+        "reference": ({"label": REFERENCE_LABEL, **tested(final_jobs[-1][0], accuracy[seeds:], epochs)}
+                      if reference else None),
         "seconds": time.perf_counter() - started,
     }
     return out

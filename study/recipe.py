@@ -11,7 +11,6 @@ two are written as a ``LambdaLR`` of the same formula; every other decay is torc
 
 from __future__ import annotations
 
-import math
 from dataclasses import fields
 
 from objectives import LAYERS, TrainConfig
