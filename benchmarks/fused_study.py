@@ -63,7 +63,7 @@ def main(argv: list[str] | None = None) -> int:
     print(f"device: {device_label(device)}; torch {torch.__version__}; {args.trials} trials x {args.epochs} epochs, "
           f"{args.train_samples or 'all'} training images, {args.repeats} repeats (seed = repeat)")
     print(f"{'K':>5} {'prec':>4} {'pruner':>9} {'seed':>4} {'wall s':>8} {'complete':>8} {'pruned':>6} {'trial-epochs':>12} "
-          f"{'best val_loss':>13}")
+          f"{'best value':>13}")
     rows: dict[tuple[str, str, str], tuple[list[float], list[float], list[float]]] = {}
     variants = [(k, prec, pruner) for k in args.ks.split(",") for prec in args.precisions.split(",")
                 for pruner in args.pruners.split(",")]
@@ -100,7 +100,7 @@ def main(argv: list[str] | None = None) -> int:
     first = next(iter(rows.values()))
     base, base_cost = statistics.fmean(first[0]), statistics.fmean(first[2])
     print(f"{'K':>5} {'prec':>4} {'pruner':>9} {'wall s (mean ± sd)':>20} {'speed-up':>8} {'trial-epochs (mean ± sd)':>25} "
-          f"{'ratio':>6} {'best val_loss (mean ± sd)':>26}")
+          f"{'ratio':>6} {'best value (mean ± sd)':>26}")
     for (k, prec, pruner), (walls, bests, costs) in rows.items():
         print(f"{k:>5} {prec:>4} {pruner:>9} {_mean_sd(walls, '.1f'):>20} {base / statistics.fmean(walls):>7.1f}x "
               f"{_mean_sd(costs, '.0f'):>25} {statistics.fmean(costs) / base_cost:>5.2f}x {_mean_sd(bests):>26}")

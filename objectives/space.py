@@ -2,12 +2,11 @@
 
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass, fields, replace
 
 import optuna
 
-from objectives.checks import check_int, check_pair, check_real
+from objectives.checks import check_int, check_pair
 from objectives.config import DECAYS, OPTIMIZERS, TrainConfig
 from objectives.model import LAYERS
 
@@ -41,7 +40,7 @@ class SearchSpace:
     lr_rmsprop: Range = (1e-5, 1e-1)  # initial LR with RMSprop, log-uniform
     lr_adagrad: Range = (1e-4, 1.0)  # initial LR with Adagrad, log-uniform
     sgd_momentum: Range = (0.9, 0.9)  # fixed at 0.9 by default; a range samples it (uniform)
-    adamw_weight_decay: float = 0.01  # torch's default for AdamW; not searched
+    adamw_weight_decay: Range = (1e-3, 0.3)  # AdamW's decoupled weight decay, log-uniform
     decays: tuple[str, ...] = DECAYS
     step_size: tuple[int, int] = (1, 8)  # step: epochs between drops, int (cut to the run: for_epochs)
     step_gamma: Range = (0.1, 0.9)  # step: factor at each drop, uniform
@@ -86,7 +85,7 @@ class SearchSpace:
         check_pair("plateau_factor", self.plateau_factor, low=0.0, high=1.0, low_open=True, high_open=True)
         check_pair("step_size", self.step_size, low=1, integer=True)
         check_pair("plateau_patience", self.plateau_patience, low=0, integer=True)
-        check_real(adamw_weight_decay=self.adamw_weight_decay, low=0.0, high=math.inf, high_open=True)
+        check_pair("adamw_weight_decay", self.adamw_weight_decay, low=0.0, low_open=True)
 
     def for_epochs(self, epochs: int) -> SearchSpace:
         """This space with its epoch-valued ranges cut to what can act within ``epochs`` epochs.
@@ -124,7 +123,8 @@ def suggest_config(
     """Sample a :class:`TrainConfig` from ``space`` through ``trial``.
 
     Parameter names (stable; conditional ones only when their condition holds):
-    ``optimizer``; ``lr_<optimizer>``; ``sgd_momentum`` (SGD only); ``decay``; ``step_size``,
+    ``optimizer``; ``lr_<optimizer>``; ``sgd_momentum`` (SGD only); ``adamw_weight_decay`` (AdamW
+    only); ``decay``; ``step_size``,
     ``step_gamma`` (step); ``exp_gamma`` (exponential); ``cosine_eta_min_ratio`` (cosine);
     ``plateau_patience``, ``plateau_factor`` (plateau); ``onecycle_pct_start``,
     ``onecycle_div_factor``, ``onecycle_final_div_factor`` (onecycle); ``restart_period``,
@@ -140,7 +140,7 @@ def suggest_config(
     if optimizer == "sgd":
         values["momentum"] = trial.suggest_float("sgd_momentum", *space.sgd_momentum)
     if optimizer == "adamw":
-        values["weight_decay"] = space.adamw_weight_decay
+        values["weight_decay"] = trial.suggest_float("adamw_weight_decay", *space.adamw_weight_decay, log=True)
 
     decay = trial.suggest_categorical("decay", list(space.decays))
     values["decay"] = decay

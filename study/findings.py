@@ -11,7 +11,7 @@ from optuna.trial import FrozenTrial, TrialState
 
 from objectives import DECAYS, TrainConfig, suggest_config
 
-__all__ = ["DecayRow", "WarmupRow", "decay_rows", "trial_config", "warmup_rows"]
+__all__ = ["LEGACY_PARAMS", "DecayRow", "WarmupRow", "decay_rows", "trial_config", "warmup_rows"]
 
 
 @dataclass(frozen=True)
@@ -41,12 +41,17 @@ def _best_and_counts(trials: list[FrozenTrial]) -> tuple[FrozenTrial | None, int
             sum(t.state == TrialState.PRUNED for t in trials))
 
 
+#: What a trial of a study made before a parameter was searched trained with: no warm-up, and
+#: AdamW's weight decay fixed at torch's default.
+LEGACY_PARAMS = {"warmup_epochs": 0, "adamw_weight_decay": 0.01}
+
+
 def trial_config(trial: FrozenTrial, batch_size: int = 128) -> TrainConfig:
-    """The configuration a trial trained, from its params. A trial of a study made before the
-    warm-up existed has no ``warmup_epochs``: it had none."""
+    """The configuration a trial trained, from its params (:data:`LEGACY_PARAMS` for the ones a
+    study made before they were searched does not have)."""
     with warnings.catch_warnings():  # an older study's values may lie outside today's ranges
         warnings.simplefilter("ignore")
-        return suggest_config(optuna.trial.FixedTrial({"warmup_epochs": 0, **trial.params}), batch_size=batch_size)
+        return suggest_config(optuna.trial.FixedTrial({**LEGACY_PARAMS, **trial.params}), batch_size=batch_size)
 
 
 @dataclass(frozen=True)

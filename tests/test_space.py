@@ -40,6 +40,8 @@ def test_names_ranges_and_conditional_params() -> None:
         expected = {"optimizer", f"lr_{opt}", "decay", "lr_mult_fc1", "lr_mult_fc2"} | DECAY_PARAMS[decay]
         if opt == "sgd":
             expected.add("sgd_momentum")
+        if opt == "adamw":
+            expected.add("adamw_weight_decay")
         if decay != "onecycle":  # one-cycle rises to its peak by itself
             expected.add("warmup_epochs")
             if params["warmup_epochs"]:
@@ -57,8 +59,11 @@ def test_names_ranges_and_conditional_params() -> None:
         assert 0.1 <= config.lr_mult_fc1 <= 10 and config.lr_mult_fc1 == params["lr_mult_fc1"]
         if opt == "sgd":
             assert config.momentum == 0.9  # fixed by default
-        if opt == "adamw":
-            assert config.weight_decay == 0.01
+        if opt == "adamw":  # searched, log-uniform
+            assert 1e-3 <= config.weight_decay == params["adamw_weight_decay"] <= 0.3
+            assert frozen.distributions["adamw_weight_decay"].log
+        else:
+            assert config.weight_decay == 0.0
         for name in DECAY_PARAMS[decay]:
             assert getattr(config, name) == params[name]
     assert seen_optimizers == set(space.optimizers) and seen_decays == set(space.decays)
@@ -164,3 +169,18 @@ def test_the_cut_keeps_exactly_the_values_whose_drop_happens_within_the_run(epoc
     top = space.plateau_patience[1]
     assert factors(TrainConfig(decay="plateau", plateau_patience=top))[-1] < 1
     assert factors(TrainConfig(decay="plateau", plateau_patience=top + 1))[-1] == 1
+
+
+def test_a_trial_of_an_older_study_is_retrained_as_it_trained() -> None:
+    """Studies made before the warm-up and AdamW's weight decay were searched have neither param:
+    their trials had no warm-up and torch's default weight decay, 0.01."""
+    from optuna.distributions import CategoricalDistribution, FloatDistribution
+
+    from study.findings import trial_config
+
+    params = {"optimizer": "adamw", "lr_adamw": 1e-3, "decay": "constant", "lr_mult_fc1": 2.0, "lr_mult_fc2": 0.5}
+    dists = {k: CategoricalDistribution([v]) if isinstance(v, str) else FloatDistribution(1e-5, 10.0, log=True)
+             for k, v in params.items()}
+    old = optuna.trial.create_trial(params=params, distributions=dists, value=0.1)
+    config = trial_config(old)
+    assert (config.weight_decay, config.warmup_epochs, config.lr_mult_fc1) == (0.01, 0, 2.0)
