@@ -56,10 +56,10 @@ class MnistMLPObjective:
             faster where the device multiplies bfloat16 natively (recent x86 CPUs, GPUs since
             Ampere), or ``tf32`` (CUDA: TF32 matrix products); a study should not mix them.
         cuda_graphs: on CUDA, train with CUDA graphs (:mod:`objectives.graphs`); False: eagerly.
-        metric: the trial's value, one of :data:`objectives.METRICS`: ``last_val_loss`` (default;
-            the validation loss of the model the whole schedule delivers), ``last_val_error``
-            (its validation error, 1 - accuracy) or ``min_val_loss`` (the lowest validation loss
-            of any epoch). The pruner always judges the per-epoch validation loss.
+        metric: the trial's value, one of :data:`objectives.METRICS`: ``last_val_error`` (default;
+            the validation error, 1 - accuracy, of the model the whole schedule delivers),
+            ``last_val_loss`` (its validation loss) or ``min_val_loss`` (the lowest validation
+            loss of any epoch). The pruner always judges the per-epoch validation loss.
     """
 
     def __init__(

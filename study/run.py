@@ -49,9 +49,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--sampler", choices=SAMPLERS, default="tpe",
                    help="Optuna sampler, seeded (cmaes, gp, qmc: the [samplers] extra)")
     p.add_argument("--metric", choices=METRICS, default=DEFAULT_METRIC,
-                   help="what a trial's value measures on the validation images: last_val_loss (the model the whole "
-                        "schedule delivers), last_val_error (its error rate) or min_val_loss (the lowest loss of any "
-                        "epoch, the model of that epoch); part of the experiment. Pruning always judges the per-epoch "
+                   help="what a trial's value measures on the validation images: last_val_error (the error rate of the "
+                        "model the whole schedule delivers), last_val_loss (its loss) or min_val_loss (the lowest loss of "
+                        "any epoch, the model of that epoch); part of the experiment. Pruning always judges the per-epoch "
                         "validation loss")
     p.add_argument("--pruner", choices=PRUNERS, default="median", help="Optuna pruner, on the per-epoch validation loss")
     p.add_argument("--seed", type=int_at_least(0, 2**32 - 1), default=0,

@@ -34,10 +34,10 @@ def test_run_records_trials_and_the_settings_that_reproduce_them(finished_study:
     cwd, url = finished_study
     assert (cwd / "studies" / "lr-study.db").is_file()  # the default storage, folder created
     study = load(url)
-    assert len(study.get_trials(states=FINISHED)) == 3 and study.metric_names == ["last_val_loss"]
+    assert len(study.get_trials(states=FINISHED)) == 3 and study.metric_names == ["last_val_error"]
     attrs = study.user_attrs
     assert attrs["epochs"] == 2 and attrs["batch_size"] == 128 and attrs["sampler"] == "tpe"
-    assert attrs["metric"] == attrs["fingerprint"]["metric"] == "last_val_loss"  # the default value
+    assert attrs["metric"] == attrs["fingerprint"]["metric"] == "last_val_error"  # the default value
     assert attrs["command"] == "python -m study.run --trials 3 " + " ".join(SMALL)
     assert attrs["data"]["train_samples"] == 2000 and attrs["device"].startswith("cpu")
     assert {"torch", "optuna", "python"} <= set(attrs["versions"])
@@ -434,6 +434,6 @@ def test_the_metric_is_part_of_the_experiment(tmp_path: Path, capsys) -> None:
     assert main(["--trials", "1", *SMALL, "--metric", "min_val_loss", "--storage", old]) == 0
     study = load(old)
     study.set_user_attr("fingerprint", {k: v for k, v in study.user_attrs["fingerprint"].items() if k != "metric"})
-    assert main(["--trials", "2", *SMALL, "--storage", old]) == 2  # the default, last_val_loss, is another experiment
+    assert main(["--trials", "2", *SMALL, "--storage", old]) == 2  # the default, last_val_error, is another experiment
     assert main(["--trials", "2", *SMALL, "--metric", "min_val_loss", "--storage", old]) == 0
     assert len(load(old).get_trials(states=FINISHED)) == 2

@@ -44,7 +44,7 @@ def test_dashboard_shows_trials_params_curves_and_user_attrs(tmp_path: Path, par
                 assert steps == [1, 2, 3]  # the learning curve, one point per epoch
                 assert "val_accuracy" in attrs
         assert detail["has_intermediate_values"] is True
-        assert detail.get("objective_names") == ["last_val_loss"]  # the metric name set by study.run
+        assert detail.get("objective_names") == ["last_val_error"]  # the metric name set by study.run
     finally:
         stop_dashboard(proc)
     assert proc.returncode is not None

@@ -53,7 +53,7 @@ def test_processes_started_together_on_a_new_study_all_join_it(tmp_path: Path, b
         assert p.returncode == 0, err
         assert "Traceback" not in err
     study = load(url)
-    assert "fingerprint" in study.user_attrs and study.metric_names == ["last_val_loss"]
+    assert "fingerprint" in study.user_attrs and study.metric_names == ["last_val_error"]
     finished = len(study.get_trials(states=FINISHED))
     assert 6 <= finished <= 6 + 3  # the budget holds across the four processes
     # they did start together: every one of them wrote its own start line
@@ -78,7 +78,7 @@ def test_a_creation_cut_short_is_finished_by_the_rerun(tmp_path: Path, left: str
     assert len(cut.get_trials(states=FINISHED)) == 2
     for key in ("fingerprint", "epochs", "batch_size", "precision", "metric", "data", "sampler", "seed", "command"):
         assert cut.user_attrs[key] == whole[key] or key == "command", key
-    assert cut.metric_names == ["last_val_loss"]
+    assert cut.metric_names == ["last_val_error"]
 
 
 def test_a_study_of_another_program_is_still_refused(tmp_path: Path) -> None:

@@ -80,8 +80,8 @@ def test_final_word_note_and_artifact_are_in_the_study(reported) -> None:
     assert len(final["candidates"]) == report_module.CPU_CANDIDATES  # on the CPU, by default
     assert 0.8 < answer["test_accuracy_mean"] <= 1.0  # 3 epochs on all 60k images
     assert final["train_images"] == 60_000 and final["selection_images"] == 50_000 and len(final["seeds"]) == 1
-    assert final["precision"] == "fp32" and final["metric"] == "last_val_loss"  # the study's
-    assert answer["epochs"] == 3  # last_val_loss measures the model after the whole schedule
+    assert final["precision"] == "fp32" and final["metric"] == "last_val_error"  # the study's
+    assert answer["epochs"] == 3  # last_val_error measures the model after the whole schedule
     assert final["reference"]["config"]["optimizer"] == "adamw" and len(final["reference"]["test_accuracies"]) == 1
     summary = (out / "summary.md").read_text()
     assert summary.index("## The answer") < summary.index("## Decay strategies")  # the summary opens with it
@@ -142,7 +142,7 @@ def test_chromium_renders_the_page_without_script_errors(reported, tmp_path: Pat
 
 @pytest.mark.slow
 def test_the_final_word_tests_the_model_the_metric_measured(reported, mnist_dir) -> None:
-    # last_val_loss measures the model after the whole schedule: the answer is trained on 60k for
+    # last_val_error measures the model after the whole schedule: the answer is trained on 60k for
     # all the study's epochs with the first final seed, and tested once
     from objectives import TrainConfig, evaluate, load_mnist, train
 
