@@ -15,7 +15,7 @@ from objectives.device import as_out_of_memory, resolve_device
 from objectives.precision import check_precision
 from objectives.space import SearchSpace, suggest_config
 from objectives.config import TrainConfig
-from objectives.result import DEFAULT_METRIC, METRICS, TrainResult, metric_value
+from objectives.result import DEFAULT_METRIC, TrainResult, check_metric, metric_value
 from objectives.train import train
 
 __all__ = ["MnistMLPObjective"]
@@ -77,8 +77,7 @@ class MnistMLPObjective:
         metric: str = DEFAULT_METRIC,
     ) -> None:
         check_int(epochs=epochs, batch_size=batch_size)
-        if metric not in METRICS:
-            raise ValueError(f"metric must be one of {METRICS}, but got {metric=}")
+        check_metric(metric)
         check_int(seed=seed, low=0)
         check_train_samples(train_samples)
         if space is not None and not isinstance(space, SearchSpace):

@@ -12,7 +12,8 @@ from dataclasses import dataclass, field
 
 from torch import nn
 
-__all__ = ["DEFAULT_METRIC", "DIVERGENCE_LOSS", "METRICS", "TrainResult", "diverged", "make_result", "metric_value"]
+__all__ = ["DEFAULT_METRIC", "DIVERGENCE_LOSS", "METRICS", "TrainResult", "check_metric", "diverged", "make_result",
+           "metric_value"]
 
 #: A mean loss above this (about 40x the loss of uniform guessing, ln 10 ≈ 2.3) counts as
 #: exploding: the run is infeasible, like one whose loss is NaN or infinite.
@@ -21,11 +22,10 @@ DIVERGENCE_LOSS = 100.0
 #: What a trial's value measures, all on the 10k validation images: the validation loss after the
 #: last epoch (the model the whole schedule delivers), the validation error (1 - accuracy) after
 #: the last epoch, or the lowest validation loss of any epoch (the model of that epoch: a recipe
-#: that stops early). The default is the one whose answers tested best (README, measured there):
-#: a low loss also rewards an under-confident, less accurate model. Cross-entropy keeps falling for a few epochs and then rises as the model
-#: grows confident while the error goes on falling, and the minimum over 20 noisy epochs is an
-#: optimistic pick, so the lowest loss favours recipes that test worse at the end of their
-#: schedule (README, "Which value the study minimises").
+#: that stops early). The default is the one whose answer tested best (README, "Which value the
+#: study minimises"): a low loss also rewards an under-confident, less accurate model; and
+#: cross-entropy bottoms out a few epochs in and then rises as the model grows confident while
+#: the error goes on falling, so the lowest loss favours recipes stopped early.
 METRICS = ("last_val_loss", "last_val_error", "min_val_loss")
 DEFAULT_METRIC = "last_val_error"
 
@@ -93,11 +93,16 @@ def make_result(
     )
 
 
+def check_metric(metric: str) -> None:
+    """A ValueError naming ``metric`` unless it is one of :data:`METRICS`."""
+    if metric not in METRICS:
+        raise ValueError(f"metric must be one of {METRICS}, but got {metric=}")
+
+
 def metric_value(result: TrainResult, metric: str) -> tuple[float, int | None]:
     """``(value, epoch)``: what ``metric`` (one of :data:`METRICS`) measures of ``result``, and the
     1-based epoch whose model it measures (None when no epoch finished with a finite loss)."""
-    if metric not in METRICS:
-        raise ValueError(f"metric must be one of {METRICS}, but got {metric=}")
+    check_metric(metric)
     if metric == "min_val_loss":
         return result.best_val_loss, result.best_epoch
     if result.diverged or not result.val_losses:

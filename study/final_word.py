@@ -61,7 +61,7 @@ def candidates(study: optuna.Study, rows: list[DecayRow], limit: int | None = No
         if row.best is not None:
             labels.setdefault(row.best.number, []).append(f"best {row.decay}")
     # the best of each strategy before the next best overall: they are near-duplicates of the best
-    order = sorted(labels, key=lambda n: (not any(l == "best" or l.startswith("best ") for l in labels[n]),
+    order = sorted(labels, key=lambda n: (not any(label.startswith("best") for label in labels[n]),
                                           by_number[n].value))
     chosen = order if limit is None else order[:limit]
     return [(by_number[n], labels[n]) for n in chosen]
