@@ -31,7 +31,7 @@ from dataclasses import asdict, replace
 import optuna
 from optuna.trial import FrozenTrial, TrialState
 
-from objectives import MnistData, TrainConfig, TrainResult, evaluate, metric_value, train, train_stream
+from objectives import LAYERS, MnistData, TrainConfig, TrainResult, evaluate, metric_value, train, train_stream
 from study.experiment import study_metric
 from study.findings import DecayRow, trial_config
 from study.recipe import config_line, pytorch_snippet, recipe_words
@@ -128,11 +128,9 @@ def final_word(study: optuna.Study, rows: list[DecayRow], seeds: int, data: Mnis
         best_epochs = [r.best_epoch for r in mine if r.best_epoch is not None]
         rows_out.append({
             "trial": trial.number, "labels": labels, "decay": config.decay, "optimizer": config.optimizer,
-            "lr": config.lr, "lr_mults": [config.lr_mult(layer) for layer in ("fc1", "fc2", "fc3")],
+            "lr": config.lr, "lr_mults": [config.lr_mult(layer) for layer in LAYERS],
             "warmup_epochs": config.warmup_epochs, "study_value": trial.value,
             "val_values": values, "val_mean": mean, "val_sd": sd,
-            "val_accuracy_mean": statistics.fmean(r.last_val_accuracy if metric != "min_val_loss" else
-                                                  r.best_val_accuracy for r in mine),
             # the epoch its model is taken at: the whole schedule, or the median best epoch
             "stop_epoch": (int(statistics.median_low(best_epochs)) if metric == "min_val_loss" and best_epochs
                            else epochs),

@@ -12,6 +12,7 @@ import optuna
 from optuna.trial import TrialState
 
 from study.findings import DecayRow, warmup_rows
+from study.progress import metric_name
 
 __all__ = ["answer_markdown", "decay_table_html", "final_html", "markdown_html", "summary_markdown", "write_page"]
 
@@ -57,7 +58,7 @@ def answer_markdown(final: dict) -> list[str]:
 def summary_markdown(study: optuna.Study, rows: list[DecayRow], final: dict | None, warnings_: list[str]) -> str:
     states = [t.state for t in study.get_trials(deepcopy=False)]
     best = study.best_trial
-    metric = study.metric_names[0] if study.metric_names else "val_loss"
+    metric = metric_name(study)
     lines = [f"# Study `{study.study_name}`", ""]
     if final:
         lines += [*answer_markdown(final), ""]

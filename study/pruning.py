@@ -31,6 +31,7 @@ from optuna.study import StudyDirection
 from optuna.trial import FrozenTrial, TrialState
 
 from objectives.checks import check_int
+from objectives import TrainConfig
 from storage.batch import TrialWrites, storage_of, trial_id
 
 __all__ = ["InFlightMedianPruner", "SameStrategyPruner", "judge_boundary", "lr_peak_epoch"]
@@ -92,7 +93,7 @@ def lr_peak_epoch(params: dict[str, Any], epochs: int) -> int:
     end of its linear warm-up, or of one-cycle's rise (``onecycle_pct_start`` of the run); 0 for a
     schedule that starts at its peak."""
     if params.get("decay") == "onecycle":
-        return math.ceil(float(params.get("onecycle_pct_start", 0.3)) * epochs)
+        return math.ceil(float(params.get("onecycle_pct_start", TrainConfig.onecycle_pct_start)) * epochs)
     return int(params.get("warmup_epochs", 0))
 
 
