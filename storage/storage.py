@@ -14,6 +14,8 @@ is ``grace_period`` seconds old, and is queued again once (``RetryHeartbeatStale
 from __future__ import annotations
 
 import random
+import shlex
+import re
 import sqlite3
 import textwrap
 import time
@@ -25,7 +27,8 @@ import sqlalchemy
 from optuna.storages import RDBStorage, RetryHeartbeatStaleTrialCallback
 from sqlalchemy.engine import URL, make_url
 
-__all__ = ["DEFAULT_STORAGE", "StorageError", "dashboard_command", "open_storage", "sqlite_path", "storage_failure"]
+__all__ = ["DEFAULT_STORAGE", "StorageError", "dashboard_command", "hide_password", "open_storage", "sqlite_path",
+           "storage_failure"]
 
 #: Where ``study.run`` keeps its studies unless told otherwise (relative to the working folder).
 DEFAULT_STORAGE = "sqlite:///studies/lr-study.db"
@@ -37,6 +40,17 @@ _EXAMPLES = "e.g. sqlite:///studies/lr-study.db or postgresql+psycopg://user:pas
 
 class StorageError(RuntimeError):
     """A storage URL that cannot be used; the message is one line naming it and why."""
+
+
+# the password of a URL (scheme://user:PASSWORD@host) and a password=... query parameter
+_PASSWORD = re.compile(r"(?P<head>://[^:/@\s'\"]*:)[^@\s'\"]*(?=@)|(?P<query>[?&]password=)[^&\s'\"]*")
+
+
+def hide_password(text: str) -> str:
+    """``text`` with the password of every database URL in it shown as ``***``, as SQLAlchemy's
+    ``render_as_string(hide_password=True)`` shows it: for anything printed or stored (a command
+    line, a message, a stored attr), so that a study's readers never see the database password."""
+    return _PASSWORD.sub(lambda m: (m["head"] or m["query"]) + "***", text)
 
 
 def _one_line(e: BaseException) -> str:
@@ -261,8 +275,9 @@ def storage_failure(e: BaseException) -> str | None:
 
 
 def dashboard_command(url: str) -> str:
-    """The ``optuna-dashboard`` command for ``url``, with SQLite paths made absolute."""
+    """The ``optuna-dashboard`` command for ``url``, with SQLite paths made absolute, shell-quoted,
+    and any password shown as ``***`` (give it through ``PGPASSWORD`` or ``~/.pgpass`` instead)."""
     path = sqlite_path(url)
     if path is not None:
         url = f"sqlite:///{path.resolve()}"
-    return f"optuna-dashboard {url}"
+    return f"optuna-dashboard {shlex.quote(hide_password(url))}"

@@ -4,16 +4,18 @@ help shows only meaningful defaults, argument types, and the device/data/threads
 from __future__ import annotations
 
 import argparse
+import hashlib
 import math
 import os
+import re
 from pathlib import Path
 
 import torch
 
 __all__ = ["EXIT_FAILED", "EXIT_INTERRUPTED", "EXIT_OK", "EXIT_STORAGE", "EXIT_USAGE", "WORKER_BYTES", "Parser",
            "add_cuda_graphs_argument", "add_device_arguments", "available_memory", "float_in", "int_at_least",
-           "int_or_auto", "max_workers", "positive_float", "set_threads", "study_name", "threads_per_process",
-           "usable_cores"]
+           "int_or_auto", "max_workers", "positive_float", "report_folder", "set_threads", "study_name",
+           "threads_per_process", "usable_cores"]
 
 EXIT_OK, EXIT_FAILED, EXIT_USAGE, EXIT_STORAGE, EXIT_INTERRUPTED = 0, 1, 2, 3, 130
 
@@ -190,3 +192,21 @@ def study_name(text: str) -> str:
     if not text.isprintable():
         raise argparse.ArgumentTypeError(f"must be printable characters, but got {text!r}")
     return text
+
+
+#: The files ``study.report`` writes into its folder; a folder holding only these (and the marker)
+#: is one a report made.
+REPORT_FILES = ("index.html", "summary.md", "trials.csv")
+#: The file by which ``study.report`` knows a folder it made (it holds the study's name).
+REPORT_MARKER = ".lr-study-report"
+
+
+def report_folder(name: str) -> Path:
+    """``reports/<folder>`` for study ``name``: the name itself where it is a plain file name
+    (letters, digits, ``.``, ``_``, ``-``, not starting with a dot), else those characters with
+    the rest as ``_`` and 8 hex digits of the name's SHA-1, so that no name (``/etc``,
+    ``../x``, ``a/b`` beside ``a_b``) leads outside ``reports/`` or onto another study's folder."""
+    safe = re.sub(r"[^A-Za-z0-9._-]", "_", name)[:80].lstrip(".") or "study"
+    if safe != name:
+        safe = f"{safe}-{hashlib.sha1(name.encode()).hexdigest()[:8]}"
+    return Path("reports") / safe

@@ -25,7 +25,7 @@ import torch
 from objectives import DEFAULT_METRIC, SearchSpace, check_mnist, load_mnist
 from objectives.data import SPLIT_SEED, TRAIN_SIZE, VAL_SIZE, describe_mnist
 from objectives.lr_range import lr_range_test
-from storage import open_storage
+from storage import hide_password, open_storage
 from study.choices import warmup_epochs
 from study.cli import usable_cores
 
@@ -185,7 +185,7 @@ def _record_settings(study: optuna.Study, attrs: dict[str, object]) -> None:
 def open_study(s: Settings, argv: list[str], device: torch.device) -> tuple[optuna.Study, Settings]:
     """Create the study, or load it after checking that it is the same experiment."""
     storage = study_storage(s)
-    command = "python -m study.run " + shlex.join(argv)
+    command = hide_password("python -m study.run " + shlex.join(argv))  # stored: readers of the study see it
     try:
         study = optuna.load_study(study_name=s.study_name, storage=storage)
     except KeyError:
@@ -220,7 +220,7 @@ def open_study(s: Settings, argv: list[str], device: torch.device) -> tuple[optu
             _record_settings(study, attrs)
             return study, s
     if study.direction != optuna.study.StudyDirection.MINIMIZE:
-        raise UsageError(f"study {s.study_name!r} in {s.storage} maximizes; this study minimizes {s.metric}: use another --study-name")
+        raise UsageError(f"study {s.study_name!r} in {hide_password(s.storage)} maximizes; this study minimizes {s.metric}: use another --study-name")
     if "fingerprint" not in study.user_attrs and _unfinished_creation(study, attrs):
         study = _await_creation(s, storage, study)
         if "fingerprint" not in study.user_attrs:  # its creator was interrupted: finish it
@@ -232,14 +232,24 @@ def open_study(s: Settings, argv: list[str], device: torch.device) -> tuple[optu
         stored = {**LEGACY_SETTINGS, **stored}  # studies made before --precision and --metric
     if stored != fingerprint_now:
         if stored is None:
-            raise UsageError(f"study {s.study_name!r} in {s.storage} was not created by study.run; use another --study-name")
+            raise UsageError(f"study {s.study_name!r} in {hide_password(s.storage)} was not created by study.run; use another --study-name")
         diff = ", ".join(_differences(stored, fingerprint_now))
-        raise UsageError(f"study {s.study_name!r} in {s.storage} is another experiment ({diff}); "
+        raise UsageError(f"study {s.study_name!r} in {hide_password(s.storage)} is another experiment ({diff}); "
                          "use the same settings to resume, or another --study-name")
     # the same experiment: settings a creation interrupted before this order existed never wrote
     _record_settings(study, {k: v for k, v in attrs.items() if k not in study.user_attrs})
+    hide_stored_password(study)
     study.set_user_attr("last_command", command)
     return study, s
+
+
+def hide_stored_password(study: optuna.Study) -> None:
+    """Studies made before passwords were hidden stored the command line with the database's
+    password in it, for every reader of the study to see: store it again with ``***``."""
+    for key in ("command", "last_command"):
+        value = study.user_attrs.get(key)
+        if isinstance(value, str) and hide_password(value) != value:
+            study.set_user_attr(key, hide_password(value))
 
 
 def _differences(stored: dict, now: dict, prefix: str = "") -> list[str]:

@@ -11,6 +11,7 @@ from pathlib import Path
 import optuna
 from optuna.trial import TrialState
 
+from storage import hide_password
 from study.findings import DecayRow, warmup_rows
 from study.progress import metric_name
 
@@ -65,7 +66,7 @@ def summary_markdown(study: optuna.Study, rows: list[DecayRow], final: dict | No
     lines += [
         f"{len(states)} trials: {states.count(TrialState.COMPLETE)} complete, {states.count(TrialState.PRUNED)} pruned, "
         f"{states.count(TrialState.FAIL)} failed; each trial's value is its {metric}. "
-        f"Command: `{study.user_attrs.get('command', '?')}`", "",
+        f"Command: `{hide_password(study.user_attrs.get('command', '?'))}`", "",  # old studies stored passwords
         f"**Best trial of the study**: trial {best.number}, {metric} {best.value:.4f}, validation accuracy "
         f"{100 * best.user_attrs.get('val_accuracy', math.nan):.2f} % (epoch "
         f"{best.user_attrs.get('value_epoch', best.user_attrs.get('best_epoch', '?'))})", "",

@@ -26,10 +26,9 @@ import threading
 import time
 
 import optuna
-import sqlalchemy
 from optuna.trial import TrialState
 
-from storage import storage_failure
+from storage import hide_password, storage_failure
 from storage import batch
 from study.experiment import Settings, study_storage
 
@@ -160,10 +159,7 @@ def settle_orphans(s: Settings) -> None:
 
 def _shown(url: str) -> str:
     """``url`` with any password hidden, for messages."""
-    try:
-        return sqlalchemy.engine.make_url(url).render_as_string(hide_password=True)
-    except Exception:  # noqa: BLE001 - it was parsed once already; never fail a message over it
-        return url
+    return hide_password(url)
 
 
 def storage_failed(s: Settings, e: Exception, who: str = "") -> bool:

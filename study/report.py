@@ -16,6 +16,7 @@ as a study artifact (``--artifact-dir``; open the dashboard with the same
 from __future__ import annotations
 
 import argparse
+import shlex
 import sys
 import tempfile
 import warnings
@@ -25,10 +26,10 @@ import optuna
 from optuna.trial import TrialState
 
 from objectives import MnistDataError, load_mnist, resolve_device
-from storage import DEFAULT_STORAGE, StorageError, open_storage, sqlite_path
-from study.cli import (EXIT_OK, EXIT_USAGE, Parser, add_cuda_graphs_argument, add_device_arguments, int_at_least,
-                       set_threads, study_name)
-from study.experiment import DEFAULT_STUDY_NAME
+from storage import DEFAULT_STORAGE, StorageError, dashboard_command, hide_password, open_storage, sqlite_path
+from study.cli import (EXIT_OK, EXIT_USAGE, REPORT_FILES, REPORT_MARKER, Parser, add_cuda_graphs_argument,
+                       add_device_arguments, int_at_least, report_folder, set_threads, study_name)
+from study.experiment import DEFAULT_STUDY_NAME, hide_stored_password
 from study.export import write_trials_csv
 from study.figures import report_figures
 from study.final_word import final_word
@@ -40,6 +41,23 @@ __all__ = ["CPU_CANDIDATES", "build_parser", "main"]
 
 #: On a CPU the final word's runs go one after another: its default candidates are fewer.
 CPU_CANDIDATES = 4
+
+
+def _check_out(folder: Path, name: str) -> str | None:
+    """A one-line ValueError if ``folder`` holds files a report did not write (the report never
+    overwrites those); a warning if it holds another study's report, which this one replaces."""
+    if not folder.is_dir():
+        return None
+    entries = {p.name for p in folder.iterdir()}
+    marker = folder / REPORT_MARKER
+    if marker.is_file():
+        made_for = marker.read_text(encoding="utf-8", errors="replace").strip()
+        return None if made_for == name else \
+            f"--out {folder} holds the report of study {made_for!r}: replaced by study {name!r}'s"
+    if entries - set(REPORT_FILES):
+        raise ValueError(f"--out {folder} holds files a report did not write ({', '.join(sorted(entries)[:3])}"
+                         f"{', …' if len(entries) > 3 else ''}); give a new or empty folder")
+    return None
 
 
 def _check_writable(folder: Path, flag: str) -> None:
@@ -58,7 +76,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--storage", default=DEFAULT_STORAGE, help="Optuna storage URL of the study, as given to study.run")
     p.add_argument("--study-name", type=study_name, default=DEFAULT_STUDY_NAME, help="study name in the storage")
     p.add_argument("--out", type=Path, default=None,
-                   help="folder for index.html and summary.md (default: reports/STUDY_NAME)")
+                   help="folder for index.html, summary.md and trials.csv (default: reports/STUDY_NAME, any character but "
+                        "letters, digits, '.', '_', '-' made '_'); a folder of other files is refused")
     p.add_argument("--final-seeds", type=int_at_least(0, 100), default=3,
                    help="new seeds for the final word: each candidate is retrained with them on the 50k/10k split to choose "
                         "the answer on validation, then the answer is trained on all 60k images and tested; 0 skips it")
@@ -77,7 +96,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    args.out = args.out or Path("reports") / args.study_name
+    args.out = args.out or report_folder(args.study_name)  # never outside reports/, whatever the name
     set_threads(1, args.threads)
     optuna.logging.set_verbosity(optuna.logging.ERROR)
     warnings.filterwarnings("ignore", category=optuna.exceptions.ExperimentalWarning)
@@ -86,7 +105,7 @@ def main(argv: list[str] | None = None) -> int:
         try:
             study = optuna.load_study(study_name=args.study_name, storage=storage)
         except KeyError:
-            raise ValueError(f"no study {args.study_name!r} in {args.storage}") from None
+            raise ValueError(f"no study {args.study_name!r} in {hide_password(args.storage)}") from None
         if not study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,)):
             raise ValueError(f"study {args.study_name!r} has no complete trial yet")
         device = resolve_device(args.device) if args.final_seeds else None
@@ -95,6 +114,7 @@ def main(argv: list[str] | None = None) -> int:
         if artifact_dir is None:
             db = sqlite_path(args.storage)
             artifact_dir = (db.parent if db is not None else Path(".")) / "artifacts"
+        replaced = _check_out(args.out, study.study_name)
         for folder, flag in ((args.out, "--out"), (artifact_dir, "--artifact-dir")):
             _check_writable(folder, flag)
     except (ValueError, StorageError) as e:
@@ -126,6 +146,9 @@ def main(argv: list[str] | None = None) -> int:
         if heading == "Decay-strategy comparison":
             body += decay_table_html(rows)
         sections.append((heading, body))
+    if replaced:
+        print(f"warning: {replaced}", file=sys.stderr)
+    (args.out / REPORT_MARKER).write_text(study.study_name + "\n", encoding="utf-8")  # this folder is a report's
     page = args.out / "index.html"
     write_page(page, f"lr-study report: {study.study_name}", sections)
     (args.out / "summary.md").write_text(md, encoding="utf-8")
@@ -140,6 +163,7 @@ def main(argv: list[str] | None = None) -> int:
                                   study_or_trial=study, mimetype="text/html")
     # the study's own records last, once every file is written
     save_note(study, md)
+    hide_stored_password(study)
     if final:
         study.set_user_attr("final_test", final)
     print(md)
@@ -151,7 +175,7 @@ def main(argv: list[str] | None = None) -> int:
     print(f"files:\n  report: {page.resolve()}\n  summary: {(args.out / 'summary.md').resolve()}\n"
           f"  trials (CSV, one row per trial): {(args.out / 'trials.csv').resolve()}\n"
           f"  artifact {artifact_id} in {artifact_dir.resolve()}\n"
-          f"inspect: optuna-dashboard {args.storage} --artifact-dir {artifact_dir}")
+          f"inspect: {dashboard_command(args.storage)} --artifact-dir {shlex.quote(str(artifact_dir.resolve()))}")
     return EXIT_OK
 
 

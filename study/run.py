@@ -12,6 +12,7 @@ nothing. Exit codes: 0 done, 2 bad input (one line on stderr, nothing stored is 
 from __future__ import annotations
 
 import argparse
+import shlex
 import signal
 import sys
 import time
@@ -24,10 +25,10 @@ from objectives import DEFAULT_METRIC, METRICS, MnistDataError, check_mnist, res
 from objectives.data import TRAIN_SIZE
 from objectives.memory import AUTO_SLOTS_MAX
 from objectives.precision import PRECISIONS, check_precision
-from storage import DEFAULT_STORAGE, StorageError, dashboard_command, sqlite_path, storage_failure
+from storage import DEFAULT_STORAGE, StorageError, dashboard_command, hide_password, sqlite_path, storage_failure
 from study.cli import (EXIT_CODES, EXIT_FAILED, EXIT_INTERRUPTED, EXIT_OK, EXIT_STORAGE, EXIT_USAGE, Parser,
                        add_cuda_graphs_argument, add_device_arguments, float_in, int_at_least, int_or_auto, max_workers,
-                       set_threads, study_name, threads_per_process, usable_cores)
+                       report_folder, set_threads, study_name, threads_per_process, usable_cores)
 from study.choices import PRUNERS, SAMPLERS, SamplerUnavailable, make_sampler
 from study.experiment import DEFAULT_STUDY_NAME, Settings, UsageError, device_name, open_study, study_storage
 from study.progress import ProgressBar, summary, trial_epochs
@@ -84,11 +85,11 @@ def build_parser() -> argparse.ArgumentParser:
 def _files(s: Settings) -> list[str]:
     """Where the study is, and where its report will go."""
     db = sqlite_path(s.storage)
-    where = f"{db.resolve()} (SQLite)" if db is not None else s.storage
+    where = f"{db.resolve()} (SQLite)" if db is not None else hide_password(s.storage)
     flags = "" if (s.storage, s.study_name) == (DEFAULT_STORAGE, DEFAULT_STUDY_NAME) else \
-        f" --storage {s.storage} --study-name {s.study_name}"
+        f" --storage {shlex.quote(hide_password(s.storage))} --study-name {shlex.quote(s.study_name)}"
     return [f"study: {where}",
-            f"report: python -m study.report{flags}  (writes reports/{s.study_name}/: index.html, summary.md, trials.csv)"]
+            f"report: python -m study.report{flags}  (writes {report_folder(s.study_name)}/: index.html, summary.md, trials.csv)"]
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -132,7 +133,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"study {s.study_name!r} already has {before} finished trials (target {s.trials}); nothing to do.")
         print(f"inspect: {dashboard}")
         return EXIT_OK
-    print(f"study {s.study_name!r} in {s.storage}: {before} of {s.trials} trials finished; "
+    print(f"study {s.study_name!r} in {hide_password(s.storage)}: {before} of {s.trials} trials finished; "
           f"{s.epochs} epochs each on {device_name(device)} in {s.precision}, value {s.metric}, sampler {s.sampler}, pruner {s.pruner}, "
           f"{s.workers} worker(s) of {threads_per_process(s.workers, s.threads)} thread(s), "
           f"{trials_in_flight(s, device, study)} trial(s) at once per worker", flush=True)
