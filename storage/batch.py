@@ -47,6 +47,8 @@ class TrialWrites:
     intermediate_values: list[tuple[int, int, float]] = field(default_factory=list)
     user_attrs: list[tuple[int, str, Any]] = field(default_factory=list)
     system_attrs: list[tuple[int, str, Any]] = field(default_factory=list)
+    #: filled by :func:`write_trials`: the trial ids whose writes were dropped, as already finished
+    finished_elsewhere: set[int] = field(default_factory=set)
 
     def __bool__(self) -> bool:
         return bool(self.intermediate_values or self.user_attrs or self.system_attrs)
@@ -66,6 +68,7 @@ def write_trials(storage: BaseStorage, writes: TrialWrites) -> int:
 
     A write to a trial that is already finished is dropped (as a ``UpdateFinishedTrialError``
     from Optuna's setter would drop it): it can only be a trial that another process failed.
+    Its id goes into ``writes.finished_elsewhere``.
     """
     if not writes:
         return 0
@@ -133,6 +136,6 @@ def _one_at_a_time(storage: BaseStorage, writes: TrialWrites) -> int:
         try:
             setter(*args)
         except optuna.exceptions.UpdateFinishedTrialError:
-            pass
+            writes.finished_elsewhere.add(args[0])
         n += 1
     return n

@@ -42,11 +42,16 @@ def optimize_fused(
     owner: str,
     callbacks: list[Callable[[optuna.Study, FrozenTrial], None]],
     stop: Callable[[], bool],
+    say: Callable[[str], None] = print,
 ) -> None:
     """Work on ``study`` with up to ``slots`` trials in flight until it has ``trials`` finished
     (COMPLETE + PRUNED) trials, counting the ones running anywhere; no new trial after
     ``timeout`` seconds or once ``stop()`` is true. ``callbacks`` run on each told trial, as
     ``study.optimize``'s do. A WAITING retry is always run, even past the budget.
+
+    A trial that another process finishes while it trains (the heartbeat check of a worker that
+    found this one silent, after a pause past the grace period; an operator) is dropped at the
+    next boundary with one line through ``say``; the others go on.
 
     Out of GPU memory, the trials in flight fail and the loop goes on with half the slots.
     Any other exception (Ctrl-C, SIGTERM) fails the trials in flight and propagates.
@@ -82,7 +87,13 @@ def optimize_fused(
 
     def tell(trial: optuna.Trial, **kwargs: object) -> None:
         heartbeats.discard(trial_id(trial))
-        frozen = study.tell(trial, **kwargs)
+        try:
+            frozen = study.tell(trial, **kwargs)
+        except ValueError as e:  # finished by another process since its last boundary
+            if not taken_away(e, trial):
+                raise
+            say(dropped_line(trial.number))
+            return
         for callback in callbacks:
             callback(study, frozen)
 
@@ -104,6 +115,11 @@ def optimize_fused(
         judge = {trial_id(in_flight[index]) for index, epoch, _ in reports if epoch < objective.epochs}
         pruned = judge_boundary(study, writes.intermediate_values, judge, writes)
         write_trials(storage, writes)
+        for id_ in writes.finished_elsewhere & set(ids):  # its writes were dropped: stop training it
+            trial = in_flight.pop(ids[id_])
+            heartbeats.discard(id_)
+            say(dropped_line(trial.number))
+            pruned.add(id_)
         return {ids[i] for i in pruned}
 
     with Heartbeats(storage) as heartbeats, warnings.catch_warnings():
@@ -115,6 +131,8 @@ def optimize_fused(
                                   cuda_graphs=objective.cuda_graphs)
             try:
                 for index, result in stream:
+                    if index not in in_flight:
+                        continue  # dropped at a boundary: finished by another process
                     trial = in_flight.pop(index)
                     write_user_attrs(storage, trial_id(trial), objective.result_attrs(result))
                     try:
@@ -138,6 +156,19 @@ def optimize_fused(
             except BaseException:
                 _fail_all(in_flight)
                 raise
+
+
+def taken_away(e: BaseException, trial: optuna.Trial) -> bool:
+    """Whether ``e`` is Optuna refusing to tell ``trial`` because another process finished it."""
+    if not str(e).startswith("Cannot tell a "):
+        return False
+    storage = storage_of(trial.study)
+    return storage.get_trial(trial_id(trial)).state.is_finished()
+
+
+def dropped_line(number: int) -> str:
+    return (f"trial {number} was finished by another process while this one trained it (a pause past the "
+            "heartbeat's grace period, or an operator): dropped, going on")
 
 
 def _drain(in_flight: dict[int, optuna.Trial]) -> list[optuna.Trial]:

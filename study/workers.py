@@ -13,6 +13,7 @@ import multiprocessing
 import os
 import signal
 import sys
+import time
 
 import numpy as np
 import optuna
@@ -24,7 +25,7 @@ from objectives.memory import auto_slots
 from study.choices import make_pruner, make_sampler
 from study.cli import EXIT_FAILED, EXIT_INTERRUPTED, EXIT_OK, EXIT_STORAGE, set_threads
 from study.experiment import Settings, study_storage
-from study.parallel import optimize_fused
+from study.parallel import dropped_line, optimize_fused, taken_away
 from study.progress import FINISHED, ProgressBar, TrialLog
 from study.recovery import owner, settle_orphans, storage_failed
 
@@ -124,26 +125,45 @@ def optimize(s: Settings, worker: int, n_existing: int, prefix: str = "", bar: P
     objective.data  # noqa: B018 - load once, before the first trial, so no trial pays for it
     me = owner()
 
+    current: list[optuna.Trial] = []  # the trial run_trial works on, for taken_away
+
     def run_trial(trial: optuna.Trial) -> float:
+        current[:] = [trial]
         trial.set_user_attr("worker", me)  # which process ran it: diagnosis, orphan detection
         trial.set_user_attr("threads", torch.get_num_threads())  # its CPU share: explains its seconds
         return objective(trial)
 
+    def say(line: str) -> None:
+        if bar is not None:
+            bar.write(f"{prefix}{line}")
+        else:
+            print(f"{prefix}{line}", file=sys.stderr, flush=True)
+
     guard = _StopAfterFailures()
     if slots > 1:
         optimize_fused(study, objective, trials=s.trials, slots=slots, timeout=s.timeout, owner=me,
-                       callbacks=[TrialLog(s.trials, prefix, bar), guard.record], stop=lambda: guard.tripped)
+                       callbacks=[TrialLog(s.trials, prefix, bar), guard.record], stop=lambda: guard.tripped,
+                       say=say)
     else:
-        study.optimize(
-            run_trial,
-            timeout=s.timeout,
-            catch=(torch.OutOfMemoryError,),  # one trial out of GPU memory: that trial fails, the study goes on
-            callbacks=[
-                optuna.study.MaxTrialsCallback(s.trials, states=FINISHED),  # counts pruned ones too
-                TrialLog(s.trials, prefix, bar),
-                guard,
-            ],
-        )
+        deadline = None if s.timeout is None else time.monotonic() + s.timeout
+        while True:
+            try:
+                study.optimize(
+                    run_trial,
+                    timeout=None if deadline is None else max(0.0, deadline - time.monotonic()),
+                    catch=(torch.OutOfMemoryError,),  # one trial out of GPU memory: that trial fails, the study goes on
+                    callbacks=[
+                        optuna.study.MaxTrialsCallback(s.trials, states=FINISHED),  # counts pruned ones too
+                        TrialLog(s.trials, prefix, bar),
+                        guard,
+                    ],
+                )
+                break
+            except ValueError as e:  # Optuna's "Cannot tell a FAIL trial.": see taken_away
+                if not current or not taken_away(e, current[0]):
+                    raise
+                say(dropped_line(current[0].number))
+                current.clear()
     if guard.tripped:
         raise WorkerError(f"{guard.in_a_row} trials in a row failed (last: {guard.last}); stopping this worker")
 

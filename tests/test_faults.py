@@ -12,7 +12,9 @@ from pathlib import Path
 import optuna
 import pytest
 
-from cli_helpers import SMALL, load, run_cli
+from optuna.trial import TrialState
+
+from cli_helpers import FINISHED, SMALL, load, run_cli, running_trials, start_cli, wait_until
 
 pytestmark = pytest.mark.slow
 
@@ -96,3 +98,23 @@ def test_a_study_name_never_makes_the_report_write_outside_reports(tmp_path: Pat
     replaced = run_cli("--storage", url, "--study-name", names[1], "--final-seeds", "0", "--out", str(folders[0]),
                        cwd=work, module="study.report")
     assert replaced.returncode == 0 and "replaced by study" in replaced.stderr, replaced.stderr
+
+
+@pytest.mark.parametrize("parallel", ["1", "2"])
+def test_a_trial_failed_by_another_process_is_dropped_and_the_worker_goes_on(tmp_path: Path, parallel: str) -> None:
+    """A worker whose trial another process failed (its heartbeat check after a pause past the
+    grace period, or an operator) exited 1 with Optuna's "Cannot tell a FAIL trial", one trial
+    at a time and fused, throwing away its other trials."""
+    url = f"sqlite:///{tmp_path / 'f.db'}"
+    proc = start_cli("--storage", url, "--trials", "4", "--parallel-trials", parallel, "--epochs", "6",
+                     "--train-samples", "2000", "--device", "cpu", "--pruner", "none", cwd=tmp_path)
+    first = wait_until(lambda: next((t for t in running_trials(url) if len(t.intermediate_values) >= 1), None),
+                       proc, what="a trial mid-training")
+    storage = optuna.storages.get_storage(url)
+    storage.set_trial_state_values(first._trial_id, TrialState.FAIL)  # as fail_stale_trials does
+    out, err = proc.communicate(timeout=240)
+    assert proc.returncode == 0, err
+    assert f"trial {first.number} was finished by another process" in err and "Traceback" not in err, err
+    trials = load(url).trials
+    assert trials[first.number].state == TrialState.FAIL
+    assert sum(t.state in FINISHED for t in trials) == 4
