@@ -20,6 +20,7 @@ import sqlite3
 import textwrap
 import time
 import warnings
+from collections.abc import Callable
 from pathlib import Path
 
 import optuna
@@ -180,6 +181,7 @@ def open_storage(
     max_retry: int = 1,
     lock_timeout: float = 60.0,
     create: bool = True,
+    on_heartbeat_error: Callable[[str], None] | None = None,
 ) -> RDBStorage:
     """An Optuna RDB storage for ``url`` with heartbeats and the settings described above.
 
@@ -192,6 +194,8 @@ def open_storage(
         lock_timeout: SQLite only: seconds a connection waits for a lock.
         create: False for a reader (``study.report``): a SQLite file that does not exist is an
             error, not a new empty database.
+        on_heartbeat_error: called with the database's one-line reason when a heartbeat could not
+            be recorded after its retries (see :class:`_SteadyHeartbeats`); default: nothing.
 
     Raises:
         StorageError: a malformed or unsupported URL, a folder that cannot be created, a file that
@@ -217,13 +221,14 @@ def open_storage(
                 with warnings.catch_warnings():
                     # heartbeats are marked experimental in Optuna; they are what makes crashes recoverable
                     warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
-                    storage = RDBStorage(
+                    storage = _SteadyHeartbeats(
                         url,
                         engine_kwargs=engine_kwargs,
                         heartbeat_interval=heartbeat_interval,
                         grace_period=grace_period or 2 * heartbeat_interval,
                         heartbeat_stale_trial_callback=RetryHeartbeatStaleTrialCallback(max_retry=max_retry),
                     )
+                storage.on_heartbeat_error = on_heartbeat_error
                 break
             except (sqlalchemy.exc.IntegrityError, sqlalchemy.exc.ProgrammingError,
                     sqlalchemy.exc.OperationalError) as e:
@@ -246,6 +251,41 @@ def open_storage(
 
 
 _SCHEMA_TRIES = 5
+
+
+class _SteadyHeartbeats(RDBStorage):
+    """An RDBStorage whose ``record_heartbeat`` never raises. Optuna's heartbeat thread (one trial
+    at a time) and ``study.recovery.Heartbeats`` (the fused engine) both stop for good on their
+    first exception, printing a thread traceback: one transient error (a lock held too long, a
+    full disk, a server restarting) then leaves every trial in flight to be failed as dead. Here
+    a failed heartbeat is retried after 0.5, 1, 2, … s (within a quarter of the interval), then
+    given up until the next beat, and ``on_heartbeat_error`` hears the reason."""
+
+    on_heartbeat_error: Callable[[str], None] | None = None
+
+    def __getstate__(self) -> dict:
+        state = super().__getstate__()
+        state.pop("on_heartbeat_error", None)  # a process's own way of saying it; often not picklable
+        return state
+
+    def record_heartbeat(self, trial_id: int) -> None:
+        budget = max(0.5, (self.heartbeat_interval or 1) / 4)
+        delay, waited = 0.5, 0.0
+        while True:
+            try:
+                super().record_heartbeat(trial_id)
+                return
+            except Exception as e:  # noqa: BLE001 - the database's failures come in many types
+                reason = storage_failure(e)
+                if reason is None:
+                    raise  # not the database: a bug
+                if waited + delay > budget:
+                    if self.on_heartbeat_error is not None:
+                        self.on_heartbeat_error(reason)
+                    return
+                time.sleep(delay)
+                waited += delay
+                delay *= 2
 
 
 def _lost_schema_race(e: sqlalchemy.exc.SQLAlchemyError) -> bool:

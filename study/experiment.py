@@ -113,7 +113,16 @@ def device_name(device: torch.device) -> str:
 
 @functools.cache
 def storage_at(url: str, heartbeat_interval: int) -> optuna.storages.RDBStorage:
-    return open_storage(url, heartbeat_interval=heartbeat_interval)
+    said = []
+
+    def heartbeat_error(reason: str) -> None:  # once per process: the heartbeats go on retrying
+        if not said:
+            said.append(reason)
+            print(f"warning: a heartbeat could not be recorded in {hide_password(url)} ({reason}); retrying at every "
+                  f"beat (this is said once): a trial silent for {2 * heartbeat_interval} s is failed and queued again",
+                  file=sys.stderr, flush=True)
+
+    return open_storage(url, heartbeat_interval=heartbeat_interval, on_heartbeat_error=heartbeat_error)
 
 
 def study_storage(s: Settings) -> optuna.storages.RDBStorage:

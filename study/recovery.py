@@ -70,7 +70,10 @@ class Heartbeats:
             with self._lock:
                 ids = sorted(self._ids)
             for trial_id in ids:
-                self._storage.record_heartbeat(trial_id)
+                try:  # open_storage's never raises; any other storage's error must not end the thread
+                    self._storage.record_heartbeat(trial_id)
+                except Exception:  # noqa: BLE001 - the next beat tries again
+                    pass
 
     def __enter__(self) -> Heartbeats:
         if self._interval is not None:

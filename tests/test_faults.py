@@ -118,3 +118,49 @@ def test_a_trial_failed_by_another_process_is_dropped_and_the_worker_goes_on(tmp
     trials = load(url).trials
     assert trials[first.number].state == TrialState.FAIL
     assert sum(t.state in FINISHED for t in trials) == 4
+
+
+def test_heartbeats_outlive_a_transient_storage_error(tmp_path: Path) -> None:
+    """The fused engine's heartbeat thread (and Optuna's, one trial at a time) died on its first
+    error with a thread traceback, and no trial in flight had a heartbeat again."""
+    import sqlite3
+    import threading
+    import time
+
+    from optuna.storages._heartbeat import get_heartbeat_thread
+
+    from storage import open_storage
+    from study.recovery import Heartbeats
+
+    path = tmp_path / "h.db"
+    said: list[str] = []
+    storage = open_storage(f"sqlite:///{path}", heartbeat_interval=1, lock_timeout=0.2, on_heartbeat_error=said.append)
+    study = optuna.create_study(storage=storage)
+    fused, alone = study.ask(), study.ask()
+    errors: list[threading.ExceptHookArgs] = []
+    threading.excepthook = errors.append
+    try:
+        with Heartbeats(storage) as beats:
+            beats.add(fused._trial_id)
+            optuna_thread = get_heartbeat_thread(alone._trial_id, storage)
+            optuna_thread.start()
+            locker = sqlite3.connect(path, isolation_level=None)
+            locker.execute("BEGIN EXCLUSIVE")  # every write waits 0.2 s, then fails: "database is locked"
+            time.sleep(3.0)
+            locker.execute("ROLLBACK")
+            locker.close()
+            released = time.time()
+            time.sleep(2.5)
+            beat_thread = beats._thread
+            assert beat_thread.is_alive() and optuna_thread._thread.is_alive()
+            optuna_thread.join()
+    finally:
+        threading.excepthook = threading.__excepthook__
+    assert not errors, errors[0].exc_value
+    assert said and all("locked" in line for line in said), said
+    with sqlite3.connect(path) as db:
+        beats_at = dict(db.execute("SELECT trial_id, heartbeat FROM trial_heartbeats"))
+    from datetime import datetime, timezone
+    for trial in (fused, alone):  # beating again after the lock went away
+        at = datetime.fromisoformat(beats_at[trial._trial_id]).replace(tzinfo=timezone.utc).timestamp()
+        assert at > released - 0.5, (trial.number, at, released)
