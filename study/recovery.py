@@ -117,10 +117,14 @@ def _unclaimed(study: optuna.Study) -> set[int]:
 
 def fail_and_retry(storage: optuna.storages.RDBStorage, study: optuna.Study,
                    trials: list[optuna.trial.FrozenTrial]) -> None:
-    """Mark ``trials`` FAIL and queue each again once, as Optuna's ``fail_stale_trials`` does for a
-    stale heartbeat (the same callback, so a retry is linked to its trial the same way)."""
+    """Mark ``trials`` FAIL (those not already) and queue each again once, as Optuna's
+    ``fail_stale_trials`` does for a stale heartbeat (the same callback, so a retry is linked to
+    its trial the same way)."""
     failed = []
     for trial in trials:
+        if trial.state == TrialState.FAIL:
+            failed.append(batch.trial_id(trial))
+            continue
         try:
             if storage.set_trial_state_values(batch.trial_id(trial), TrialState.FAIL):
                 failed.append(batch.trial_id(trial))
@@ -165,6 +169,16 @@ def _shown(url: str) -> str:
     return hide_password(url)
 
 
+def interrupted_by_storage(study: optuna.Study, me: str) -> list[optuna.trial.FrozenTrial]:
+    """The trials process ``me`` had in flight when its storage failed: still RUNNING, or already
+    told FAIL on the way out (Optuna's ``_run_trial`` does, and so does the fused loop), with no
+    reason recorded (an out-of-memory failure has one) and no retry queued yet."""
+    trials = study.get_trials(deepcopy=False)
+    retried = {t.system_attrs.get("failed_trial") for t in trials}
+    return [t for t in trials if t.user_attrs.get("worker") == me and t.number not in retried and (
+        t.state == TrialState.RUNNING or (t.state == TrialState.FAIL and "error" not in t.user_attrs))]
+
+
 def storage_failed(s: Settings, e: Exception, who: str = "") -> bool:
     """Whether ``e`` is the storage failing mid-run. If it is: one line naming the storage and the
     database's reason (``who``: which process), and the trials this process left RUNNING are
@@ -177,7 +191,7 @@ def storage_failed(s: Settings, e: Exception, who: str = "") -> bool:
     try:
         storage = study_storage(s)
         study = optuna.load_study(study_name=s.study_name, storage=storage)
-        fail_and_retry(storage, study, [t for t in running(study) if t.user_attrs.get("worker") == owner()])
+        fail_and_retry(storage, study, interrupted_by_storage(study, owner()))
     except Exception:  # noqa: BLE001 - the storage is what failed; this is best effort
         pass
     return True

@@ -164,3 +164,46 @@ def test_heartbeats_outlive_a_transient_storage_error(tmp_path: Path) -> None:
     for trial in (fused, alone):  # beating again after the lock went away
         at = datetime.fromisoformat(beats_at[trial._trial_id]).replace(tzinfo=timezone.utc).timestamp()
         assert at > released - 0.5, (trial.number, at, released)
+
+
+@pytest.mark.parametrize("parallel", ["1", "2"])
+def test_a_transient_storage_error_fails_the_trials_in_flight_and_queues_them_again(
+        tmp_path: Path, monkeypatch, capsys, parallel: str) -> None:
+    """The trials in flight were told FAIL on the way out (Optuna's _run_trial; the fused loop's
+    _fail_all), then only RUNNING trials were queued again: none were. The fault is injected
+    once, at the second write of an epoch's values, as a disk I/O error from SQLite."""
+    import sqlite3
+
+    import sqlalchemy
+
+    import study.parallel as parallel_module
+    from study.run import main
+
+    calls = []
+
+    def once(real):
+        def failing(*args, **kwargs):
+            calls.append(1)
+            if len(calls) == 2:
+                raise sqlalchemy.exc.OperationalError("INSERT", {}, sqlite3.OperationalError("disk I/O error"))
+            return real(*args, **kwargs)
+        return failing
+
+    if parallel == "1":
+        monkeypatch.setattr(optuna.storages.RDBStorage, "set_trial_intermediate_value",
+                            once(optuna.storages.RDBStorage.set_trial_intermediate_value))
+    else:
+        monkeypatch.setattr(parallel_module, "write_trials", once(parallel_module.write_trials))
+    url = f"sqlite:///{tmp_path / 't.db'}"
+    args = ["--trials", "3", "--parallel-trials", parallel, "--storage", url, "--pruner", "none",
+            "--epochs", "3", "--train-samples", "2000", "--device", "cpu"]
+    assert main(args) == 3
+    assert "disk I/O error" in capsys.readouterr().err
+    trials = load(url).trials
+    hit = [t for t in trials if t.state == TrialState.FAIL]
+    retries = [t for t in trials if t.state == TrialState.WAITING]
+    assert len(hit) == int(parallel) and sorted(t.system_attrs["failed_trial"] for t in retries) == [t.number for t in hit]
+    assert main(args) == 0  # the retries run, and the study reaches its target
+    trials = load(url).trials
+    assert all(t.state in FINISHED for t in trials if t.system_attrs.get("failed_trial") is not None)
+    assert sum(t.state in FINISHED for t in trials) >= 3
