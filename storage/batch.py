@@ -10,9 +10,10 @@ intermediate values are read and written with two queries for all trials (as tha
 per value, on Optuna's models). This module is the one place that reaches into Optuna's
 private storage internals.
 
-Any other storage (in-memory, journal), and a batch in which some trial has meanwhile been
-finished by another process (a stale heartbeat), falls back to Optuna's one-at-a-time setters,
-which skip nothing that can still be written.
+Any other storage (in-memory, journal), a batch in which some trial has meanwhile been finished
+by another process (a stale heartbeat), and a batch that meets a unique-key error (another
+process wrote one of its rows first), fall back to Optuna's one-at-a-time setters, which skip
+nothing that can still be written.
 """
 
 from __future__ import annotations
@@ -22,6 +23,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import optuna
+import sqlalchemy
 from optuna.storages import BaseStorage, RDBStorage
 
 __all__ = ["TrialWrites", "rdb_backend", "storage_of", "trial_id", "write_trials", "write_user_attrs"]
@@ -78,14 +80,17 @@ def write_trials(storage: BaseStorage, writes: TrialWrites) -> int:
         from optuna.storages._rdb.storage import _create_scoped_session
 
         try:
-            with _create_scoped_session(backend.scoped_session, True) as session:
+            # not Optuna's ignore_integrity_error=True: with it, a unique-key error (another process
+            # writing the same row) rolled the whole batch back and reported success: the K values
+            # and the rung records vanished
+            with _create_scoped_session(backend.scoped_session, False) as session:
                 _intermediate_values(backend, session, models, writes.intermediate_values)
                 for model, items in ((models.TrialUserAttributeModel, writes.user_attrs),
                                      (models.TrialSystemAttributeModel, writes.system_attrs)):
                     for trial_id, key, value in items:
                         backend._set_trial_attr_without_commit(session, model, trial_id, key, value)
             return 1
-        except optuna.exceptions.UpdateFinishedTrialError:
+        except (optuna.exceptions.UpdateFinishedTrialError, sqlalchemy.exc.IntegrityError):
             pass  # rolled back whole: write what can still be written, one at a time
     return _one_at_a_time(storage, writes)
 

@@ -207,3 +207,37 @@ def test_a_transient_storage_error_fails_the_trials_in_flight_and_queues_them_ag
     trials = load(url).trials
     assert all(t.state in FINISHED for t in trials if t.system_attrs.get("failed_trial") is not None)
     assert sum(t.state in FINISHED for t in trials) >= 3
+
+
+def test_a_unique_key_error_in_a_boundary_write_loses_nothing(tmp_path: Path, monkeypatch) -> None:
+    """write_trials ran in Optuna's scoped session with ignore_integrity_error=True: a unique-key
+    error (another process writing the same row first) rolled back the K values and the rung
+    records of a boundary while it reported success. The error is injected once, in the
+    transaction, where a racing writer's row would raise it."""
+    import sqlalchemy
+
+    from storage import open_storage
+    from storage.batch import TrialWrites, rdb_backend, write_trials
+
+    storage = open_storage(f"sqlite:///{tmp_path / 'w.db'}")
+    study = optuna.create_study(storage=storage)
+    trials = [study.ask() for _ in range(3)]
+    backend = rdb_backend(storage)
+    real, raised = backend._set_trial_attr_without_commit, []
+
+    def racing(session, model, trial_id, key, value):
+        if not raised:
+            raised.append(key)
+            raise sqlalchemy.exc.IntegrityError("INSERT", {}, Exception("UNIQUE constraint failed"))
+        return real(session, model, trial_id, key, value)
+
+    monkeypatch.setattr(backend, "_set_trial_attr_without_commit", racing)
+    writes = TrialWrites(intermediate_values=[(t._trial_id, 1, 0.5 + i) for i, t in enumerate(trials)],
+                         system_attrs=[(trials[0]._trial_id, "completed_rung_0", 0.5)])
+    writes.add_user_attrs(trials[1]._trial_id, {"lr": 0.1})
+    write_trials(storage, writes)
+    assert raised
+    stored = {t.number: t for t in optuna.load_study(study_name=study.study_name, storage=storage.url).trials}
+    assert [stored[t.number].intermediate_values for t in trials] == [{1: 0.5}, {1: 1.5}, {1: 2.5}]
+    assert stored[trials[0].number].system_attrs["completed_rung_0"] == 0.5
+    assert stored[trials[1].number].user_attrs["lr"] == 0.1
