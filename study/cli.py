@@ -12,12 +12,14 @@ from pathlib import Path
 
 import torch
 
+from study.interrupt import EXIT_INTERRUPTED
+
 __all__ = ["EXIT_FAILED", "EXIT_INTERRUPTED", "EXIT_OK", "EXIT_STORAGE", "EXIT_USAGE", "WORKER_BYTES", "Parser",
            "add_cuda_graphs_argument", "add_device_arguments", "available_memory", "float_in", "int_at_least",
            "int_or_auto", "max_workers", "positive_float", "report_folder", "set_threads", "study_name",
            "threads_per_process", "usable_cores"]
 
-EXIT_OK, EXIT_FAILED, EXIT_USAGE, EXIT_STORAGE, EXIT_INTERRUPTED = 0, 1, 2, 3, 130
+EXIT_OK, EXIT_FAILED, EXIT_USAGE, EXIT_STORAGE = 0, 1, 2, 3  # and EXIT_INTERRUPTED (130), from study.interrupt
 
 EXIT_CODES = ("exit codes: 0 done, 1 a worker failed, 2 bad input (one line on stderr, nothing stored is changed), "
               "3 the storage failed during the run (one line; what was stored stays), 130 interrupted")

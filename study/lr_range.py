@@ -19,7 +19,8 @@ from objectives import OPTIMIZERS, MnistDataError, load_mnist, resolve_device
 from objectives.data import TRAIN_SIZE
 from objectives.lr_range import DIVERGE_FACTOR, LRRangeResult, lr_range_test
 from objectives.precision import PRECISIONS
-from study.cli import EXIT_OK, EXIT_USAGE, Parser, add_device_arguments, float_in, int_at_least, set_threads
+from study.cli import EXIT_INTERRUPTED, EXIT_OK, EXIT_USAGE, Parser, add_device_arguments, float_in, int_at_least, set_threads
+from study.interrupt import raise_on_interrupt, run_main
 
 
 def range_figure(result: LRRangeResult):
@@ -65,6 +66,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    raise_on_interrupt()
     set_threads(1, args.threads)
     out = args.out or Path(f"lr_range_{args.optimizer}.html")
     try:
@@ -80,6 +82,9 @@ def main(argv: list[str] | None = None) -> int:
     except (ValueError, MnistDataError, OSError) as e:
         print(f"error: {e}", file=sys.stderr)
         return EXIT_USAGE
+    except KeyboardInterrupt:
+        print("interrupted: the range test stopped; nothing was written", file=sys.stderr)
+        return EXIT_INTERRUPTED
     # stopping where the loss blows up is the test working as meant, not a failure
     ended = (f"stopped there as planned: the smoothed loss rose above {DIVERGE_FACTOR:g}x its lowest, so larger LRs "
              "only diverge" if result.diverged else
@@ -94,4 +99,4 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(run_main(main, "study.lr_range"))

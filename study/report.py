@@ -27,9 +27,10 @@ from optuna.trial import TrialState
 
 from objectives import MnistDataError, load_mnist, resolve_device
 from storage import DEFAULT_STORAGE, StorageError, dashboard_command, hide_password, open_storage, sqlite_path
-from study.cli import (EXIT_OK, EXIT_USAGE, REPORT_FILES, REPORT_MARKER, Parser, add_cuda_graphs_argument,
+from study.cli import (EXIT_INTERRUPTED, EXIT_OK, EXIT_USAGE, REPORT_FILES, REPORT_MARKER, Parser, add_cuda_graphs_argument,
                        add_device_arguments, int_at_least, report_folder, set_threads, study_name)
 from study.experiment import DEFAULT_STUDY_NAME, hide_stored_password
+from study.interrupt import raise_on_interrupt, run_main
 from study.export import write_trials_csv
 from study.figures import report_figures
 from study.final_word import final_word
@@ -96,6 +97,16 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    raise_on_interrupt()
+    try:
+        return _report(args)
+    except KeyboardInterrupt:
+        print("interrupted: the report was not finished; run the same command again (the study itself is "
+              "unchanged unless the report got to its last step)", file=sys.stderr)
+        return EXIT_INTERRUPTED
+
+
+def _report(args: argparse.Namespace) -> int:
     args.out = args.out or report_folder(args.study_name)  # never outside reports/, whatever the name
     set_threads(1, args.threads)
     optuna.logging.set_verbosity(optuna.logging.ERROR)
@@ -180,4 +191,4 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(run_main(main, "study.report"))

@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import argparse
 import shlex
-import signal
 import sys
 import time
 import warnings
@@ -33,7 +32,8 @@ from study.choices import PRUNERS, SAMPLERS, SamplerUnavailable, make_sampler
 from study.experiment import DEFAULT_STUDY_NAME, Settings, UsageError, device_name, open_study, study_storage
 from study.progress import ProgressBar, summary, trial_epochs
 from study.recovery import settle_orphans, storage_failed
-from study.workers import WorkerError, finished, optimize, raise_interrupt, run_workers, trials_in_flight
+from study.interrupt import raise_on_interrupt, run_main
+from study.workers import WorkerError, finished, optimize, run_workers, trials_in_flight
 
 __all__ = ["build_parser", "main"]
 
@@ -105,8 +105,7 @@ def main(argv: list[str] | None = None) -> int:
     optuna.logging.set_verbosity(optuna.logging.ERROR)  # our own line per trial instead
     warnings.filterwarnings("ignore", category=optuna.exceptions.ExperimentalWarning)
     # SIGINT too: a shell that starts us in the background leaves it ignored, and Python keeps that
-    signal.signal(signal.SIGINT, signal.default_int_handler)
-    signal.signal(signal.SIGTERM, raise_interrupt)
+    raise_on_interrupt()
     started = time.perf_counter()
     # this process's own training (one worker, the LR range test) has the cores to itself; the
     # --workers processes share them (each sets its share in _worker_main)
@@ -186,4 +185,4 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(run_main(main, "study.run"))

@@ -27,6 +27,7 @@ from study.cli import EXIT_FAILED, EXIT_INTERRUPTED, EXIT_OK, EXIT_STORAGE, set_
 from study.experiment import Settings, study_storage
 from study.parallel import dropped_line, optimize_fused, taken_away
 from study.progress import FINISHED, ProgressBar, TrialLog
+from study.interrupt import raise_interrupt
 from study.recovery import owner, settle_orphans, storage_failed
 
 __all__ = ["AUTO_SHARE_OF_TRIALS", "WorkerError", "finished", "optimize", "raise_interrupt", "run_workers",
@@ -48,10 +49,6 @@ def _sampler_seed(seed: int, n_existing: int, worker: int) -> int:
 
 def finished(study: optuna.Study) -> int:
     return len(study.get_trials(deepcopy=False, states=FINISHED))
-
-
-def raise_interrupt(signum: int, frame: object) -> None:
-    raise KeyboardInterrupt  # SIGTERM ends a trial like Ctrl-C: marked FAIL, never left RUNNING
 
 
 class WorkerError(RuntimeError):

@@ -241,3 +241,57 @@ def test_a_unique_key_error_in_a_boundary_write_loses_nothing(tmp_path: Path, mo
     assert [stored[t.number].intermediate_values for t in trials] == [{1: 0.5}, {1: 1.5}, {1: 2.5}]
     assert stored[trials[0].number].system_attrs["completed_rung_0"] == 0.5
     assert stored[trials[1].number].user_attrs["lr"] == 0.1
+
+
+def _interrupted(proc, sig) -> tuple[int, str]:
+    proc.send_signal(sig)
+    out, err = proc.communicate(timeout=120)
+    return proc.returncode, err
+
+
+@pytest.mark.parametrize("module", ["study.run", "study.report", "study.lr_range"])
+def test_ctrl_c_during_the_imports_is_one_line_and_130(tmp_path: Path, module: str) -> None:
+    """Ctrl-C while torch was being imported (the first seconds of every command) printed a
+    KeyboardInterrupt traceback and exited 1."""
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    from cli_helpers import ENV
+
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        proc = subprocess.Popen([sys.executable, "-m", module, "--device", "cpu"], cwd=tmp_path, env=ENV, text=True,
+                                stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+        time.sleep(0.5)  # inside `import torch`, which takes seconds
+        code, err = _interrupted(proc, sig)
+        assert code == 130 and err.strip() == "interrupted while starting: nothing was read or written", (sig, code, err)
+
+
+def test_ctrl_c_in_the_report_and_the_range_test_is_one_line_and_130(tmp_path: Path) -> None:
+    """study.report and study.lr_range had no handler: a traceback, exit 1 (SIGTERM: killed)."""
+    import signal
+    import time
+
+    from cli_helpers import ENV
+
+    url = f"sqlite:///{tmp_path / 'c.db'}"
+    assert run_cli("--storage", url, "--trials", "1", *SMALL, cwd=tmp_path).returncode == 0
+    import subprocess
+    import sys
+
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        proc = subprocess.Popen([sys.executable, "-m", "study.report", "--storage", url, "--final-seeds", "2",
+                                 "--device", "cpu", "--out", str(tmp_path / "r")], cwd=tmp_path, env=ENV, text=True,
+                                stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+        assert "final word" in proc.stdout.readline()  # retraining the candidates
+        code, err = _interrupted(proc, sig)
+        assert code == 130 and len(err.strip().splitlines()) == 1 and "the report was not finished" in err, (code, err)
+        assert "final_test" not in load(url).user_attrs
+        proc = subprocess.Popen([sys.executable, "-m", "study.lr_range", "--start-lr", "1e-7", "--end-lr", "2e-7",
+                                 "--steps", "100000", "--device", "cpu", "--out", str(tmp_path / "lr.html")],
+                                cwd=tmp_path, env=ENV, text=True, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+        time.sleep(8)  # past the imports and the data: in the middle of 100,000 steps
+        code, err = _interrupted(proc, sig)
+        assert code == 130 and err.strip() == "interrupted: the range test stopped; nothing was written", (code, err)
+        assert not (tmp_path / "lr.html").exists()

@@ -1,0 +1,56 @@
+"""Ctrl-C and SIGTERM end every command with one line on stderr and exit code 130, never a
+traceback, wherever they land: during the imports (seconds of torch), in the middle of a
+command's work, or in its last lines.
+
+``python -m study.<command>`` imports the ``study`` package first, which calls
+:func:`exit_while_starting` (only then: ``sys.argv[0]`` is ``-m`` while the package is found),
+so a signal during the imports ends the process at once: nothing has been read or written yet.
+Each command's ``main`` then calls :func:`raise_on_interrupt`, so that the signal becomes a
+``KeyboardInterrupt`` that its code turns into a clean stop (a trial marked FAIL, never left
+RUNNING), and its ``__main__`` block runs it through :func:`run_main`, which turns one that
+escapes into the same one line. Standard library only: it must be cheap to import.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import sys
+from collections.abc import Callable
+
+__all__ = ["EXIT_INTERRUPTED", "exit_while_starting", "raise_interrupt", "raise_on_interrupt", "run_main"]
+
+EXIT_INTERRUPTED = 130
+
+
+def _exit_now(signum: int, frame: object) -> None:
+    os.write(2, b"interrupted while starting: nothing was read or written\n")
+    os._exit(EXIT_INTERRUPTED)
+
+
+def exit_while_starting() -> None:
+    """Until the command's own handlers are in place, Ctrl-C or SIGTERM ends the process at once."""
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(sig, _exit_now)
+
+
+def raise_interrupt(signum: int, frame: object) -> None:
+    raise KeyboardInterrupt  # SIGTERM ends a trial like Ctrl-C: marked FAIL, never left RUNNING
+
+
+def raise_on_interrupt() -> None:
+    """Ctrl-C and SIGTERM raise KeyboardInterrupt (SIGINT too: a shell that starts a process in
+    the background leaves SIGINT ignored, and Python keeps that)."""
+    signal.signal(signal.SIGINT, signal.default_int_handler)
+    signal.signal(signal.SIGTERM, raise_interrupt)
+
+
+def run_main(main: Callable[[], int], what: str) -> int:
+    """``main()``'s exit code; a KeyboardInterrupt it lets out is one line and 130. ``what``: the
+    command, for the line."""
+    try:
+        return main()
+    except KeyboardInterrupt:
+        signal.signal(signal.SIGINT, signal.SIG_IGN)  # a second Ctrl-C must not interrupt the exit
+        print(f"interrupted: {what} stopped", file=sys.stderr, flush=True)
+        return EXIT_INTERRUPTED
