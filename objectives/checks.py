@@ -7,19 +7,20 @@ takes its values as keywords so that the message names them.
 from __future__ import annotations
 
 import math
+import numbers
 
 __all__ = ["check_int", "check_pair", "check_positive", "check_real", "is_real"]
 
 
 def is_real(value: object) -> bool:
-    """A real number (an int or a float, not a bool) that is not NaN."""
-    return isinstance(value, (int, float)) and not isinstance(value, bool) and not math.isnan(value)
+    """A real number (an int, a float, a NumPy scalar: not a bool) that is not NaN."""
+    return isinstance(value, numbers.Real) and not isinstance(value, bool) and not math.isnan(value)
 
 
 def check_int(*, low: int = 1, high: int | None = None, **values: object) -> None:
     """Each value is an int (not a bool) in ``[low, high]`` (``high`` None: no upper end)."""
     for name, value in values.items():
-        if isinstance(value, bool) or not isinstance(value, int) or value < low or (high is not None and value > high):
+        if isinstance(value, bool) or not isinstance(value, numbers.Integral) or value < low or (high is not None and value > high):
             bounds = f">= {low}" if high is None else f"in [{low}, {high}]"
             raise ValueError(f"{name} must be an int {bounds}, but got {name}={value!r}")
 

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import dataclasses
 import math
+import numbers
 from dataclasses import dataclass
 
 from objectives.checks import check_int, check_positive, check_real
@@ -11,6 +13,8 @@ from objectives.model import LAYERS
 __all__ = ["DECAYS", "OPTIMIZERS", "TrainConfig"]
 
 OPTIMIZERS = ("sgd", "adam", "adamw", "rmsprop", "adagrad")
+#: The largest float32 (torch.finfo(torch.float32).max).
+FLOAT32_MAX = 3.4028234663852886e38
 DECAYS = ("constant", "step", "exponential", "cosine", "plateau", "onecycle", "cosine_restarts")
 
 
@@ -49,6 +53,14 @@ class TrainConfig:
     batch_size: int = 128  # examples per step
 
     def __post_init__(self) -> None:
+        # NumPy scalars (a value from an array, a sampler's np.float64) are numbers like the others:
+        # stored as Python's, so that a config compares, prints and serialises the same
+        for f in dataclasses.fields(self):
+            value = getattr(self, f.name)
+            if f.type == "float" and isinstance(value, numbers.Real) and not isinstance(value, bool):
+                object.__setattr__(self, f.name, float(value))
+            elif f.type == "int" and isinstance(value, numbers.Integral) and not isinstance(value, bool):
+                object.__setattr__(self, f.name, int(value))
         if self.optimizer not in OPTIMIZERS:
             raise ValueError(f"optimizer must be one of {OPTIMIZERS}, but got optimizer={self.optimizer!r}")
         if self.decay not in DECAYS:
@@ -70,6 +82,13 @@ class TrainConfig:
                   low=1.0, high=math.inf, high_open=True)
         check_real(restart_eta_min_ratio=self.restart_eta_min_ratio, low=0.0, high=1.0)
         check_real(warmup_start_ratio=self.warmup_start_ratio, low=0.0, high=1.0, low_open=True)
+        largest = FLOAT32_MAX  # the weights' type (bf16's range is the same): torch cannot step with more
+        for layer in LAYERS:
+            if self.lr * self.lr_mult(layer) > largest:
+                raise ValueError(f"lr x lr_mult_{layer} must fit in float32 (<= {largest:.3g}), but got "
+                                 f"lr={self.lr!r}, lr_mult_{layer}={self.lr_mult(layer)!r}")
+        if self.weight_decay > largest:
+            raise ValueError(f"weight_decay must fit in float32 (<= {largest:.3g}), but got weight_decay={self.weight_decay!r}")
         if self.decay == "onecycle" and self.warmup_epochs:
             raise ValueError("onecycle rises to its peak by itself (onecycle_pct_start): it takes no warm-up, "
                              f"but got warmup_epochs={self.warmup_epochs!r}")

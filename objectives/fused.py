@@ -219,7 +219,8 @@ def train_many(
     if len(shuffles) != len(configs):
         raise ValueError(f"need one shuffle seed per config, but got {len(shuffles)} for {len(configs)} configs")
     results: list[TrainResult | None] = [None] * len(configs)
-    stream = train_stream(zip(configs, seeds, shuffles), data, epochs, slots=slots or len(configs), report=report,
+    stream = train_stream(zip(configs, seeds, shuffles), data, epochs, slots=max(1, len(configs)) if slots is None else slots,
+                          report=report,
                           precision=precision, cuda_graphs=cuda_graphs)
     for index, result in stream:
         results[index] = result

@@ -30,7 +30,7 @@ from objectives.model import build_model
 from objectives.precision import autocast, check_precision, precision_context
 from objectives.schedules import build_optimizer
 
-__all__ = ["DIVERGE_FACTOR", "LRRangeResult", "lr_range_test", "valley"]
+__all__ = ["DIVERGE_FACTOR", "MIN_LR", "LRRangeResult", "lr_range_test", "valley"]
 
 
 @dataclass(frozen=True)
@@ -67,6 +67,9 @@ class LRRangeResult:
 
 
 DIVERGE_FACTOR = 4.0  # the test stops once the smoothed loss exceeds this many times its lowest
+#: The smallest start LR: a float32 weight moves by less than its own rounding below it, and the
+#: suggestions computed from such a start overflow (1e-320 suggested inf).
+MIN_LR = 1e-12
 MIN_FALL = 0.05  # a curve whose smoothed loss never falls this fraction below its start has no valley
 
 
@@ -110,8 +113,8 @@ def lr_range_test(
     host reads cost nothing next to a study. ``precision`` is the arithmetic of the runs that
     will use the range (``fp32``, ``bf16`` or ``tf32``, as in ``train``).
     """
-    if not (0 < start_lr < end_lr) or not math.isfinite(end_lr):
-        raise ValueError(f"need 0 < start_lr < end_lr, but got {start_lr=}, {end_lr=}")
+    if not (MIN_LR <= start_lr < end_lr) or not math.isfinite(end_lr):
+        raise ValueError(f"need {MIN_LR:g} <= start_lr < end_lr (finite), but got {start_lr=}, {end_lr=}")
     check_int(steps=steps, low=10)
     if not 0 <= beta < 1 or not diverge_factor > 1:
         raise ValueError(f"need 0 <= beta < 1 and diverge_factor > 1, but got {beta=}, {diverge_factor=}")

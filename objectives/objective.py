@@ -78,7 +78,7 @@ class MnistMLPObjective:
     ) -> None:
         check_int(epochs=epochs, batch_size=batch_size)
         check_metric(metric)
-        check_int(seed=seed, low=0)
+        check_int(seed=seed, low=0, high=2**32 - 1)  # trial n seeds torch with seed + n: far from its 2**64
         check_train_samples(train_samples)
         if space is not None and not isinstance(space, SearchSpace):
             raise ValueError(f"space must be a SearchSpace or None, but got {space=}")

@@ -70,8 +70,13 @@ class LRSchedule:
         elif config.decay == "cosine":
             decay = sched.CosineAnnealingLR(self._optimizer, T_max=total, eta_min=config.cosine_eta_min_ratio)
         elif config.decay == "onecycle":
+            pct_start = config.onecycle_pct_start
+            if pct_start * (total + 1) <= 1:
+                # a rise that rounds to no step at all: torch divides by zero where it is exactly
+                # one step long and starts at the peak where it is shorter; here it is always the latter
+                pct_start = 0.5 / (total + 1)
             decay = sched.OneCycleLR(self._optimizer, max_lr=1.0, total_steps=total + 1,
-                                     pct_start=config.onecycle_pct_start, div_factor=config.onecycle_div_factor,
+                                     pct_start=pct_start, div_factor=config.onecycle_div_factor,
                                      final_div_factor=config.onecycle_final_div_factor, anneal_strategy="cos",
                                      cycle_momentum=False)
         elif config.decay == "cosine_restarts":

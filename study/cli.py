@@ -164,21 +164,21 @@ def int_or_auto(low: int, high: int | None = None):
     return parse
 
 
-def positive_float(text: str, high: float = math.inf) -> float:
-    """A finite number > 0 (and <= ``high``)."""
+def positive_float(text: str, high: float = math.inf, low: float = 0.0) -> float:
+    """A finite number > 0 (and <= ``high``, and >= ``low`` where that is above 0)."""
     try:
         value = float(text)
     except ValueError:
         raise argparse.ArgumentTypeError(f"expected a number, but got {text!r}") from None
-    if not 0 < value <= high or not math.isfinite(value):
-        bound = "> 0" if high == math.inf else f"in (0, {high:.10g}]"
+    if not 0 < value <= high or value < low or not math.isfinite(value):
+        bound = ("> 0" if high == math.inf else f"in (0, {high:.10g}]") if low <= 0 else f"in [{low:g}, {high:.10g}]"
         raise argparse.ArgumentTypeError(f"must be {bound}, but got {text!r}")
     return value
 
 
-def float_in(high: float):
-    """A number in ``(0, high]``."""
-    return lambda text: positive_float(text, high)
+def float_in(high: float, low: float = 0.0):
+    """A number in ``(0, high]`` (``[low, high]`` with ``low`` > 0)."""
+    return lambda text: positive_float(text, high, low)
 
 
 #: Optuna's RDB storage keeps a study name in a column of 512 characters.

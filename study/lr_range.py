@@ -17,7 +17,7 @@ from pathlib import Path
 
 from objectives import OPTIMIZERS, MnistDataError, load_mnist, resolve_device
 from objectives.data import TRAIN_SIZE
-from objectives.lr_range import DIVERGE_FACTOR, LRRangeResult, lr_range_test
+from objectives.lr_range import DIVERGE_FACTOR, MIN_LR, LRRangeResult, lr_range_test
 from objectives.precision import PRECISIONS
 from study.cli import EXIT_INTERRUPTED, EXIT_OK, EXIT_USAGE, Parser, add_device_arguments, float_in, int_at_least, set_threads
 from study.interrupt import raise_on_interrupt, run_main
@@ -52,8 +52,8 @@ def build_parser() -> argparse.ArgumentParser:
     p = Parser(prog="python -m study.lr_range", description="Learning-rate range test for one optimizer.",
                epilog="exit codes: 0 done, 2 bad input (one line on stderr)")
     p.add_argument("--optimizer", choices=OPTIMIZERS, default="sgd", help="the optimizer to test")
-    p.add_argument("--start-lr", type=float_in(1e3), default=1e-7, help="LR of the first step, in (0, 1000]")
-    p.add_argument("--end-lr", type=float_in(1e3), default=10.0, help="LR of the last step, in (0, 1000]")
+    p.add_argument("--start-lr", type=float_in(1e3, MIN_LR), default=1e-7, help=f"LR of the first step, in [{MIN_LR:g}, 1000]")
+    p.add_argument("--end-lr", type=float_in(1e3, MIN_LR), default=10.0, help=f"LR of the last step, in [{MIN_LR:g}, 1000]")
     p.add_argument("--steps", type=int_at_least(10, 100_000), default=200, help="steps from start to end LR")
     p.add_argument("--out", type=Path, default=None, help="HTML figure (default: lr_range_<optimizer>.html)")
     add_device_arguments(p)

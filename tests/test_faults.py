@@ -295,3 +295,32 @@ def test_ctrl_c_in_the_report_and_the_range_test_is_one_line_and_130(tmp_path: P
         code, err = _interrupted(proc, sig)
         assert code == 130 and err.strip() == "interrupted: the range test stopped; nothing was written", (code, err)
         assert not (tmp_path / "lr.html").exists()
+
+
+def test_degenerate_configs_are_refused_or_trained_the_same_by_both_engines(mnist_2k) -> None:
+    """Found by the probe: train_many(slots=0) was accepted; a NumPy float32 LR was refused; an
+    LR past float32 raised an overflow deep in train where train_many reported divergence; a
+    one-cycle whose rise is exactly one step long divided by zero; seed=2**64-1 overflowed only
+    in trial 1, without naming the seed; the LR range test from 1e-320 suggested inf."""
+    import math
+
+    import numpy as np
+
+    from objectives import MnistMLPObjective, TrainConfig, train, train_many
+    from objectives.lr_range import lr_range_test
+
+    config = TrainConfig(lr=np.float32(0.1), lr_mult_fc1=np.float64(2.0), step_size=np.int64(3))
+    assert type(config.lr) is float and type(config.step_size) is int and config.lr == pytest.approx(0.1)
+    with pytest.raises(ValueError, match="slots must be an int >= 1, but got slots=0"):
+        train_many([TrainConfig()], mnist_2k, 1, slots=0)
+    for bad in (dict(lr=1e39), dict(lr=1e38, lr_mult_fc2=10.0), dict(weight_decay=1e39)):
+        with pytest.raises(ValueError, match="must fit in float32"):
+            TrainConfig(**bad)
+    with pytest.raises(ValueError, match=r"seed must be an int in \[0, 4294967295\], but got seed=18446744073709551615"):
+        MnistMLPObjective(1, seed=2**64 - 1, device="cpu")
+    with pytest.raises(ValueError, match="start_lr"):
+        lr_range_test("sgd", mnist_2k, start_lr=1e-320)
+    # one-cycle over 2 steps with pct_start 0.5: a rise of exactly one step (torch divides by zero)
+    onecycle = TrainConfig(lr=0.1, decay="onecycle", onecycle_pct_start=0.5, batch_size=2000)
+    alone, fused = train(onecycle, mnist_2k, 1), train_many([onecycle], mnist_2k, 1)[0]
+    assert math.isfinite(alone.val_losses[0]) and alone.val_losses == pytest.approx(fused.val_losses, rel=1e-4)
