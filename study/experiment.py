@@ -26,6 +26,7 @@ from objectives import DEFAULT_METRIC, SearchSpace, check_mnist, load_mnist
 from objectives.data import SPLIT_SEED, TRAIN_SIZE, VAL_SIZE, describe_mnist
 from objectives.lr_range import lr_range_test
 from storage import hide_password, open_storage
+from storage.batch import storage_of
 from study.choices import warmup_epochs
 from study.cli import usable_cores
 
@@ -81,6 +82,8 @@ def fingerprint(s: Settings) -> dict[str, object]:
         "precision": s.precision,
         # trials whose values measure different things cannot be ranked together
         "metric": s.metric,
+        # the minibatch order of every trial (and trial n's initial weights: seed + n)
+        "seed": s.seed,
     }
 
 
@@ -172,20 +175,37 @@ def _await_creation(s: Settings, storage: optuna.storages.BaseStorage, study: op
     return study
 
 
+#: The recorded settings that decide what a trial measures: a process that finds one of them
+#: recorded with another value is another experiment. The others (the command, the device, the
+#: versions, the sampler, …) describe whoever recorded them first and are never overwritten.
+MUST_MATCH = ("epochs", "batch_size", "precision", "metric", "seed", "lr_range", "fingerprint")
+
+
 def _record_settings(study: optuna.Study, attrs: dict[str, object]) -> None:
-    """Record the study's metric name and settings, the fingerprint last. Processes racing to do
-    it write the same values; one that loses a race on a key (a unique-key error on PostgreSQL)
-    writes it again."""
+    """Record the study's metric name and settings, the fingerprint last, never overwriting one
+    that another process recorded: processes racing to do it (one that stalled past
+    :data:`CREATION_WAIT` while another finished its creation) either agree on every setting of
+    :data:`MUST_MATCH` or the later one is refused (UsageError), so the stored settings always
+    describe one experiment. One that loses a race on a key (a unique-key error on PostgreSQL)
+    reads the winner's value and compares it."""
+    storage = storage_of(study)
+    study_id = storage.get_study_id_from_name(study.study_name)
     if study.metric_names is None:
         study.set_metric_names([str(attrs["metric"])])
     for key, value in attrs.items():
-        if study.user_attrs.get(key, object()) == value:
-            continue
         for attempt in range(3):
+            stored = storage.get_study_user_attrs(study_id)  # fresh: not this process's view of a moment ago
+            if key in stored:
+                if key in MUST_MATCH and stored[key] != value:
+                    raise UsageError(
+                        f"study {study.study_name!r} got other settings from another process while this one was "
+                        f"recording its own ({key}: stored {stored[key]!r}, this run {value!r}); use the same "
+                        "settings to join it, or another --study-name")
+                break
             try:
                 study.set_user_attr(key, value)
                 break
-            except sqlalchemy.exc.IntegrityError:
+            except sqlalchemy.exc.IntegrityError:  # written by another process a moment ago: compare
                 if attempt == 2:
                     raise
                 time.sleep(0.1 * (attempt + 1))
@@ -228,6 +248,9 @@ def open_study(s: Settings, argv: list[str], device: torch.device) -> tuple[optu
         else:
             _record_settings(study, attrs)
             return study, s
+    if len(study.directions) != 1:
+        raise UsageError(f"study {s.study_name!r} in {hide_password(s.storage)} has {len(study.directions)} objectives; "
+                         f"this study minimizes one, {s.metric}: use another --study-name")
     if study.direction != optuna.study.StudyDirection.MINIMIZE:
         raise UsageError(f"study {s.study_name!r} in {hide_password(s.storage)} maximizes; this study minimizes {s.metric}: use another --study-name")
     if "fingerprint" not in study.user_attrs and _unfinished_creation(study, attrs):
@@ -237,8 +260,8 @@ def open_study(s: Settings, argv: list[str], device: torch.device) -> tuple[optu
                   "recording them now", flush=True)
             _record_settings(study, attrs)
     stored = study.user_attrs.get("fingerprint")
-    if stored is not None:
-        stored = {**LEGACY_SETTINGS, **stored}  # studies made before --precision and --metric
+    if stored is not None:  # studies made before --precision, --metric and the seed in the fingerprint
+        stored = {**LEGACY_SETTINGS, "seed": study.user_attrs.get("seed", s.seed), **stored}
     if stored != fingerprint_now:
         if stored is None:
             raise UsageError(f"study {s.study_name!r} in {hide_password(s.storage)} was not created by study.run; use another --study-name")
@@ -247,9 +270,22 @@ def open_study(s: Settings, argv: list[str], device: torch.device) -> tuple[optu
                          "use the same settings to resume, or another --study-name")
     # the same experiment: settings a creation interrupted before this order existed never wrote
     _record_settings(study, {k: v for k, v in attrs.items() if k not in study.user_attrs})
+    _record_strategy_change(study, s)
     hide_stored_password(study)
     study.set_user_attr("last_command", command)
     return study, s
+
+
+def _record_strategy_change(study: optuna.Study, s: Settings) -> None:
+    """A resume may sample or prune otherwise (e.g. random trials first, then TPE): the trials stay
+    comparable, since each is trained and measured the same. It is said, each trial records the
+    sampler and pruner that made it, and the study lists every one used (``samplers``, ``pruners``)."""
+    for key, now in (("sampler", s.sampler), ("pruner", s.pruner)):
+        used = list(study.user_attrs.get(f"{key}s", [study.user_attrs.get(key, now)]))
+        if now not in used:
+            print(f"note: this run's --{key} is {now}; the study began with {used[0]} (each trial records its own {key}; "
+                  "the trials stay comparable)", flush=True)
+            study.set_user_attr(f"{key}s", [*used, now])
 
 
 def hide_stored_password(study: optuna.Study) -> None:

@@ -40,6 +40,7 @@ def optimize_fused(
     slots: int,
     timeout: float | None,
     owner: str,
+    attrs: dict[str, object] | None = None,
     callbacks: list[Callable[[optuna.Study, FrozenTrial], None]],
     stop: Callable[[], bool],
     say: Callable[[str], None] = print,
@@ -47,7 +48,8 @@ def optimize_fused(
     """Work on ``study`` with up to ``slots`` trials in flight until it has ``trials`` finished
     (COMPLETE + PRUNED) trials, counting the ones running anywhere; no new trial after
     ``timeout`` seconds or once ``stop()`` is true. ``callbacks`` run on each told trial, as
-    ``study.optimize``'s do. A WAITING retry is always run, even past the budget.
+    ``study.optimize``'s do. A WAITING retry is always run, even past the budget. ``attrs``:
+    user attrs every trial records besides its own (the sampler and pruner that made it).
 
     A trial that another process finishes while it trains (the heartbeat check of a worker that
     found this one silent, after a pause past the grace period; an operator) is dropped at the
@@ -78,11 +80,11 @@ def optimize_fused(
             trial = study.ask()
             in_flight[next(counter)] = trial
             heartbeats.add(trial_id(trial))
-            config, seed, attrs = objective.prepare_trial(trial)
+            config, seed, trial_attrs = objective.prepare_trial(trial)
             # which process ran it (diagnosis, orphan detection), its CPU share, and how many trials
             # shared its fused epochs (its seconds_per_epoch is the wall time of one): one write
             write_user_attrs(storage, trial_id(trial), {"worker": owner, "threads": torch.get_num_threads(),
-                                                                "parallel_trials": slots, **attrs})
+                                                        "parallel_trials": slots, **(attrs or {}), **trial_attrs})
             yield config, seed
 
     def tell(trial: optuna.Trial, **kwargs: object) -> None:

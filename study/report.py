@@ -117,6 +117,12 @@ def _report(args: argparse.Namespace) -> int:
             study = optuna.load_study(study_name=args.study_name, storage=storage)
         except KeyError:
             raise ValueError(f"no study {args.study_name!r} in {hide_password(args.storage)}") from None
+        if len(study.directions) != 1:
+            raise ValueError(f"study {args.study_name!r} has {len(study.directions)} objectives; study.report reports "
+                             "the single-objective studies of study.run")
+        if "fingerprint" not in study.user_attrs:
+            raise ValueError(f"study {args.study_name!r} was not created by study.run (it has no recorded settings: "
+                             "epochs, metric, search space); study.report reports study.run's studies")
         if not study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,)):
             raise ValueError(f"study {args.study_name!r} has no complete trial yet")
         device = resolve_device(args.device) if args.final_seeds else None

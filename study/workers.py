@@ -27,6 +27,7 @@ from study.cli import EXIT_FAILED, EXIT_INTERRUPTED, EXIT_OK, EXIT_STORAGE, set_
 from study.experiment import Settings, study_storage
 from study.parallel import dropped_line, optimize_fused, taken_away
 from study.progress import FINISHED, ProgressBar, TrialLog
+from storage.batch import trial_id, write_user_attrs
 from study.interrupt import raise_interrupt
 from study.recovery import owner, settle_orphans, storage_failed
 
@@ -126,8 +127,9 @@ def optimize(s: Settings, worker: int, n_existing: int, prefix: str = "", bar: P
 
     def run_trial(trial: optuna.Trial) -> float:
         current[:] = [trial]
-        trial.set_user_attr("worker", me)  # which process ran it: diagnosis, orphan detection
-        trial.set_user_attr("threads", torch.get_num_threads())  # its CPU share: explains its seconds
+        # which process ran it (diagnosis, orphan detection), its CPU share (explains its seconds),
+        # what sampled and judged it: one write
+        write_user_attrs(storage, trial_id(trial), {"worker": me, "threads": torch.get_num_threads(), **made_by})
         return objective(trial)
 
     def say(line: str) -> None:
@@ -137,8 +139,9 @@ def optimize(s: Settings, worker: int, n_existing: int, prefix: str = "", bar: P
             print(f"{prefix}{line}", file=sys.stderr, flush=True)
 
     guard = _StopAfterFailures()
+    made_by = {"sampler": s.sampler, "pruner": s.pruner}
     if slots > 1:
-        optimize_fused(study, objective, trials=s.trials, slots=slots, timeout=s.timeout, owner=me,
+        optimize_fused(study, objective, trials=s.trials, slots=slots, timeout=s.timeout, owner=me, attrs=made_by,
                        callbacks=[TrialLog(s.trials, prefix, bar), guard.record], stop=lambda: guard.tripped,
                        say=say)
     else:

@@ -324,3 +324,46 @@ def test_degenerate_configs_are_refused_or_trained_the_same_by_both_engines(mnis
     onecycle = TrainConfig(lr=0.1, decay="onecycle", onecycle_pct_start=0.5, batch_size=2000)
     alone, fused = train(onecycle, mnist_2k, 1), train_many([onecycle], mnist_2k, 1)[0]
     assert math.isfinite(alone.val_losses[0]) and alone.val_losses == pytest.approx(fused.val_losses, rel=1e-4)
+
+
+def test_resumes_and_joins_that_would_mix_experiments_are_refused(tmp_path: Path, monkeypatch, capsys) -> None:
+    """A resume with another --seed was accepted (the minibatch order changed mid-study); another
+    --sampler or --pruner was accepted silently; a creator that stalled past the creation wait
+    overwrote the settings a joiner had recorded; study.report on a plain Optuna or a
+    multi-objective study, and study.run on a multi-objective one, were tracebacks."""
+    from study.experiment import UsageError, _record_settings
+    from study.report import main as report_main
+    from study.run import main
+
+    url = f"sqlite:///{tmp_path / 'r.db'}"
+    args = ["--storage", url, "--trials", "1", *SMALL]
+    assert main(args) == 0
+    capsys.readouterr()
+    before = load(url).user_attrs
+    assert main([*args, "--seed", "1", "--trials", "2"]) == 2
+    assert "seed: stored 0, now 1" in capsys.readouterr().err
+    assert main([*args, "--trials", "2", "--sampler", "random", "--pruner", "none"]) == 0
+    out = capsys.readouterr().out
+    assert "this run's --sampler is random; the study began with tpe" in out and "--pruner is none" in out
+    study = load(url)
+    assert study.user_attrs["samplers"] == ["tpe", "random"] and study.user_attrs["pruners"] == ["median", "none"]
+    assert [(t.user_attrs["sampler"], t.user_attrs["pruner"]) for t in study.trials] == [("tpe", "median"), ("random", "none")]
+    unchanged = set(before) - {"last_command", "trial_epochs"}  # the settings: as the first run recorded them
+    assert {k: study.user_attrs[k] for k in unchanged} == {k: before[k] for k in unchanged}
+    # a creator that stalled while a joiner with other settings recorded them: refused, nothing overwritten
+    joiner = optuna.create_study(storage=url, study_name="raced")
+    _record_settings(joiner, {"epochs": 2, "metric": "last_val_error", "fingerprint": {"epochs": 2}})
+    with pytest.raises(UsageError, match=r"another process .* \(epochs: stored 2, this run 5\)"):
+        _record_settings(optuna.load_study(study_name="raced", storage=url),
+                         {"epochs": 5, "metric": "last_val_error", "fingerprint": {"epochs": 5}})
+    assert load(url, "raced").user_attrs == {"epochs": 2, "metric": "last_val_error", "fingerprint": {"epochs": 2}}
+    # other programs' studies
+    optuna.create_study(storage=url, study_name="plain").optimize(lambda t: t.suggest_float("x", 0, 1), n_trials=1)
+    multi = optuna.create_study(storage=url, study_name="multi", directions=["minimize", "minimize"])
+    multi.optimize(lambda t: (t.suggest_float("x", 0, 1), 1.0), n_trials=1)
+    capsys.readouterr()
+    for name, says in (("plain", "was not created by study.run"), ("multi", "has 2 objectives")):
+        assert report_main(["--storage", url, "--study-name", name, "--final-seeds", "0",
+                            "--out", str(tmp_path / name)]) == 2
+        assert says in capsys.readouterr().err
+    assert main([*args, "--study-name", "multi"]) == 2 and "has 2 objectives" in capsys.readouterr().err
