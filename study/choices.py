@@ -6,11 +6,13 @@ import importlib
 import math
 import warnings
 
+import numpy as np
 import optuna
 
 from study.pruning import InFlightMedianPruner, SameStrategyPruner
 
-__all__ = ["MEDIAN_STARTUP_TRIALS", "PRUNERS", "SAMPLERS", "SamplerUnavailable", "make_pruner", "make_sampler", "warmup_epochs"]
+__all__ = ["MEDIAN_STARTUP_TRIALS", "PRUNERS", "SAMPLERS", "SamplerUnavailable", "TrialSeededSampler", "make_pruner",
+           "make_sampler", "warmup_epochs"]
 
 SAMPLERS = ("tpe", "random", "cmaes", "gp", "qmc")
 PRUNERS = ("median", "hyperband", "sha", "patient", "none")
@@ -26,7 +28,56 @@ class SamplerUnavailable(RuntimeError):
 def make_sampler(name: str, seed: int) -> optuna.samplers.BaseSampler:
     """A seeded sampler. TPE models the conditional space by groups (``group=True``), so each
     optimizer's LR and each decay's parameters are learned from the trials that have them;
-    the others fall back to random sampling for the conditional parameters they cannot model."""
+    the others fall back to random sampling for the conditional parameters they cannot model.
+
+    Every sampler but QMC draws trial ``n`` from a stream of its own, seeded by ``(seed, n)``
+    (:class:`TrialSeededSampler`): processes started with the same command on the same study
+    (many machines, one ``--seed``) then never draw the same configurations, while one process
+    alone gives the same trials on the same history. QMC's points are already distinct: its
+    sequence index is kept in the study, and its scrambling must be one for the whole study."""
+    _check_sampler(name)
+    return _build(name, seed) if name == "qmc" else TrialSeededSampler(name, seed)
+
+
+class TrialSeededSampler(optuna.samplers.BaseSampler):
+    """Samples trial ``n`` with sampler ``name`` seeded by ``(seed, n)``. The samplers wrapped
+    keep nothing between trials that matters (TPE, GP and CMA-ES rebuild their model from the
+    study's trials; CMA-ES keeps its state in them), so one per trial in flight costs nothing
+    but its construction. Optuna's samplers hold one random stream per instance and offer no
+    way to seed it per trial: hence this wrapper."""
+
+    def __init__(self, name: str, seed: int) -> None:
+        self._name, self._seed = name, seed
+        self._in_flight: dict[int, optuna.samplers.BaseSampler] = {}
+
+    def _of(self, trial: optuna.trial.FrozenTrial) -> optuna.samplers.BaseSampler:
+        sampler = self._in_flight.get(trial.number)
+        if sampler is None:
+            seed = int(np.random.SeedSequence([self._seed, trial.number]).generate_state(1)[0])
+            sampler = self._in_flight[trial.number] = _build(self._name, seed)
+        return sampler
+
+    def before_trial(self, study: optuna.Study, trial: optuna.trial.FrozenTrial) -> None:
+        self._of(trial).before_trial(study, trial)
+
+    def infer_relative_search_space(self, study, trial):  # noqa: ANN001, ANN201 - BaseSampler's signature
+        return self._of(trial).infer_relative_search_space(study, trial)
+
+    def sample_relative(self, study, trial, search_space):  # noqa: ANN001, ANN201
+        return self._of(trial).sample_relative(study, trial, search_space)
+
+    def sample_independent(self, study, trial, param_name, param_distribution):  # noqa: ANN001, ANN201
+        return self._of(trial).sample_independent(study, trial, param_name, param_distribution)
+
+    def after_trial(self, study, trial, state, values) -> None:  # noqa: ANN001
+        self._of(trial).after_trial(study, trial, state, values)
+        self._in_flight.pop(trial.number, None)
+
+    def reseed_rng(self) -> None:
+        pass  # each trial's stream is fixed by (seed, trial number)
+
+
+def _check_sampler(name: str) -> None:
     if name not in SAMPLERS:
         raise ValueError(f"sampler must be one of {SAMPLERS}, but got {name=}")
     for module in _NEEDS.get(name, ()):
@@ -37,6 +88,9 @@ def make_sampler(name: str, seed: int) -> optuna.samplers.BaseSampler:
                 f"--sampler {name} needs the package {module!r}, which is not installed: "
                 "pip install 'lr-study[samplers]'"
             ) from None
+
+
+def _build(name: str, seed: int) -> optuna.samplers.BaseSampler:
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
         if name == "tpe":

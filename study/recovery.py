@@ -35,9 +35,19 @@ from study.experiment import Settings, study_storage
 __all__ = ["Heartbeats", "fail_and_retry", "owner", "running", "settle_orphans", "storage_failed"]
 
 
+def _machine() -> str:
+    """This host and, on Linux, its PID namespace: two containers with host networking share the
+    hostname, but a PID of one means nothing in the other (``host/pidns-INODE``)."""
+    try:
+        return f"{socket.gethostname()}/pidns-{os.stat('/proc/self/ns/pid').st_ino}"
+    except OSError:  # no /proc (macOS): the hostname alone
+        return socket.gethostname()
+
+
 def owner() -> str:
-    """This process, as a trial's ``worker`` attr names it: ``host:pid`` (how orphans are found)."""
-    return f"{socket.gethostname()}:{os.getpid()}"
+    """This process, as a trial's ``worker`` attr names it: ``host/pidns-INODE:pid`` (how orphans
+    are found: only a process of the same host and PID namespace can tell that it is gone)."""
+    return f"{_machine()}:{os.getpid()}"
 
 
 class Heartbeats:
@@ -90,12 +100,14 @@ def running(study: optuna.Study) -> list[optuna.trial.FrozenTrial]:
     return study.get_trials(deepcopy=False, states=(TrialState.RUNNING,))
 
 
-def _orphans(study: optuna.Study, host: str) -> list[optuna.trial.FrozenTrial]:
-    """RUNNING trials started by a process of this host that no longer exists."""
+def _orphans(study: optuna.Study) -> list[optuna.trial.FrozenTrial]:
+    """RUNNING trials started by a process of this host and PID namespace that no longer exists
+    (a ``worker`` of the plain hostname was written before namespaces were told apart: as then)."""
+    here = {_machine(), socket.gethostname()}
     out = []
     for trial in running(study):
         worker_host, _, pid = str(trial.user_attrs.get("worker", "")).rpartition(":")
-        if worker_host == host and pid.isdigit() and not _alive(int(pid)):
+        if worker_host in here and pid.isdigit() and not _alive(int(pid)):
             out.append(trial)
     return out
 
@@ -157,7 +169,7 @@ def settle_orphans(s: Settings) -> None:
         while unclaimed and time.monotonic() < deadline:
             time.sleep(min(1.0, grace / 2))
             unclaimed &= _unclaimed(study)
-    dead = _orphans(study, socket.gethostname()) + [t for t in running(study) if t.number in unclaimed]
+    dead = _orphans(study) + [t for t in running(study) if t.number in unclaimed]
     if dead:
         print(f"trial(s) {', '.join(str(t.number) for t in dead)} were left RUNNING by a dead process: "
               "marked FAIL and queued again once", flush=True)

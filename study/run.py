@@ -146,9 +146,9 @@ def main(argv: list[str] | None = None) -> int:
     try:
         settle_orphans(s)  # a previous run on this machine died with trials RUNNING
         if s.workers == 1:
-            optimize(s, 0, n_existing, bar=bar)
+            optimize(s, 0, bar=bar)
         else:
-            code = run_workers(s, n_existing)
+            code = run_workers(s)
     except KeyboardInterrupt:
         code = EXIT_INTERRUPTED
     except WorkerError as e:

@@ -15,7 +15,6 @@ import signal
 import sys
 import time
 
-import numpy as np
 import optuna
 import torch
 from optuna.trial import TrialState
@@ -40,12 +39,6 @@ def worker_device(s: Settings, worker: int) -> str:
     if s.device in ("auto", "cuda") and torch.cuda.is_available() and torch.cuda.device_count() > 1:
         return f"cuda:{worker % torch.cuda.device_count()}"
     return s.device
-
-
-def _sampler_seed(seed: int, n_existing: int, worker: int) -> int:
-    # A resumed run or another worker must not replay the first run's random draws (that would
-    # repeat configs), yet the same command on the same history must draw the same.
-    return int(np.random.SeedSequence([seed, n_existing, worker]).generate_state(1)[0])
 
 
 def finished(study: optuna.Study) -> int:
@@ -101,7 +94,7 @@ def trials_in_flight(s: Settings, device: torch.device, study: optuna.Study) -> 
     return max(1, min(memory, int(left * AUTO_SHARE_OF_TRIALS) // s.workers))
 
 
-def optimize(s: Settings, worker: int, n_existing: int, prefix: str = "", bar: ProgressBar | None = None) -> None:
+def optimize(s: Settings, worker: int, prefix: str = "", bar: ProgressBar | None = None) -> None:
     """Work on the study until it has ``s.trials`` finished trials (or the timeout passes).
 
     Retries queued for dead workers' trials (WAITING) are run first, even when the budget is
@@ -115,7 +108,7 @@ def optimize(s: Settings, worker: int, n_existing: int, prefix: str = "", bar: P
     )
     study = optuna.load_study(study_name=s.study_name, storage=storage)
     slots = trials_in_flight(s, objective.device, study)
-    study.sampler = make_sampler(s.sampler, _sampler_seed(s.seed, n_existing, worker))
+    study.sampler = make_sampler(s.sampler, s.seed)  # trial n draws from (seed, n): see make_sampler
     study.pruner = make_pruner(s.pruner, s.epochs, in_flight=slots > 1)
     waiting = study.get_trials(deepcopy=False, states=(TrialState.WAITING,))
     if finished(study) >= s.trials and not waiting:
@@ -168,7 +161,7 @@ def optimize(s: Settings, worker: int, n_existing: int, prefix: str = "", bar: P
         raise WorkerError(f"{guard.in_a_row} trials in a row failed (last: {guard.last}); stopping this worker")
 
 
-def _worker_main(s: Settings, worker: int, n_existing: int) -> None:
+def _worker_main(s: Settings, worker: int) -> None:
     """Entry point of a ``--workers`` child process."""
     # The parent relays Ctrl-C as one SIGTERM; a terminal's SIGINT to the whole group is ignored
     # here so that a trial is not interrupted twice while it is being marked FAIL.
@@ -179,7 +172,7 @@ def _worker_main(s: Settings, worker: int, n_existing: int) -> None:
     print(f"w{worker} started: process {os.getpid()}, {torch.get_num_threads()} thread(s), device "
           f"{worker_device(s, worker)}", flush=True)
     try:
-        optimize(s, worker, n_existing, prefix=f"w{worker} ")
+        optimize(s, worker, prefix=f"w{worker} ")
     except KeyboardInterrupt:
         sys.exit(EXIT_INTERRUPTED)
     except WorkerError as e:
@@ -191,9 +184,9 @@ def _worker_main(s: Settings, worker: int, n_existing: int) -> None:
         sys.exit(EXIT_STORAGE)
 
 
-def run_workers(s: Settings, n_existing: int) -> int:
+def run_workers(s: Settings) -> int:
     ctx = multiprocessing.get_context("spawn")  # CUDA cannot be forked
-    procs = [ctx.Process(target=_worker_main, args=(s, i, n_existing), name=f"study-worker-{i}") for i in range(s.workers)]
+    procs = [ctx.Process(target=_worker_main, args=(s, i), name=f"study-worker-{i}") for i in range(s.workers)]
     for proc in procs:
         proc.start()
     interrupted = False
@@ -226,5 +219,5 @@ def run_workers(s: Settings, n_existing: int) -> int:
         names = ", ".join(f"worker {i} (signal {-codes[i]})" for i in killed)
         print(f"warning: {names} died; finishing its work here", file=sys.stderr, flush=True)
         settle_orphans(s)
-        optimize(s, s.workers, n_existing, prefix="w* ")
+        optimize(s, s.workers, prefix="w* ")
     return EXIT_OK

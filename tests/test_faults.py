@@ -367,3 +367,61 @@ def test_resumes_and_joins_that_would_mix_experiments_are_refused(tmp_path: Path
                             "--out", str(tmp_path / name)]) == 2
         assert says in capsys.readouterr().err
     assert main([*args, "--study-name", "multi"]) == 2 and "has 2 objectives" in capsys.readouterr().err
+
+
+def test_processes_started_with_the_same_command_sample_different_configurations(tmp_path: Path) -> None:
+    """The multi-machine recipe runs one command, one --seed, everywhere: every process drew the
+    same configurations (4 processes on PostgreSQL: 7 trials, 2 distinct)."""
+    import subprocess
+    import sys
+
+    from cli_helpers import ENV
+
+    url = f"sqlite:///{tmp_path / 'm.db'}"
+    command = [sys.executable, "-m", "study.run", "--storage", url, "--trials", "6", "--epochs", "1", "--train-samples",
+               "2000", "--device", "cpu", "--pruner", "none", "--threads", "1"]
+    procs = [subprocess.Popen(command, cwd=tmp_path, env=ENV, text=True, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+             for _ in range(3)]
+    for proc in procs:
+        out, err = proc.communicate(timeout=300)
+        assert proc.returncode == 0, err
+    trials = load(url).trials
+    configs = [tuple(sorted(t.params.items())) for t in trials]
+    assert len(trials) >= 6 and len(set(configs)) == len(configs), configs
+
+
+def test_a_live_trial_of_another_pid_namespace_is_not_taken_for_an_orphan(tmp_path: Path) -> None:
+    """Two processes on hosts of the same name in different PID namespaces (containers with host
+    networking): the other's PID does not exist here, so its live trial was failed as an orphan."""
+    import os
+    import shutil
+    import signal
+    import subprocess
+    import sys
+
+    from cli_helpers import ENV, wait_for_running
+    from study.recovery import _alive
+
+    if shutil.which("unshare") is None or subprocess.run(["unshare", "--pid", "--fork", "--mount-proc", "true"],
+                                                         capture_output=True).returncode != 0:
+        pytest.skip("unshare cannot make a PID namespace here")
+    url = f"sqlite:///{tmp_path / 'n.db'}"
+    args = ["--storage", url, "--trials", "3", "--epochs", "20", "--train-samples", "5000", "--device", "cpu",
+            "--pruner", "none", "--threads", "1"]
+    # pid 1 in the namespace is sh; the study gets a pid past the ones sh forks first
+    inner = subprocess.Popen(["unshare", "--pid", "--fork", "--mount-proc", "--kill-child", "sh", "-c",
+                              "for i in $(seq 500); do /bin/true; done; \"$@\"", "sh", sys.executable, "-m", "study.run",
+                              *args], cwd=tmp_path, env=ENV, text=True, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                             start_new_session=True)
+    try:
+        trial = wait_for_running(url, inner)
+        pid = int(trial.user_attrs["worker"].rpartition(":")[2])
+        if _alive(pid):
+            pytest.skip(f"pid {pid} of the namespace also names a live process here")
+        outer = run_cli(*args, "--timeout", "0.001", cwd=tmp_path)
+        assert outer.returncode == 0, outer.stderr
+        assert "left RUNNING by a dead process" not in outer.stdout
+        assert load(url).trials[trial.number].state in (TrialState.RUNNING, TrialState.COMPLETE)  # never FAIL
+    finally:
+        os.killpg(inner.pid, signal.SIGKILL)
+        inner.communicate()
