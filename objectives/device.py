@@ -14,11 +14,18 @@ _DEVICE_RE = re.compile(r"^(auto|cpu|cuda(:\d+)?)$")
 def as_out_of_memory(e: BaseException) -> torch.OutOfMemoryError | None:
     """``e`` as an out-of-memory error, or None if it is not one. CUDA raises
     ``torch.OutOfMemoryError``; the CPU allocator raises a plain ``RuntimeError`` ("can't allocate
-    memory"), which callers would otherwise take for a bug rather than a full machine."""
-    if isinstance(e, torch.OutOfMemoryError):
-        return e
-    if isinstance(e, RuntimeError) and "can't allocate memory" in str(e):
-        return torch.OutOfMemoryError(f"CPU out of memory: {str(e).splitlines()[0][-160:]}")
+    memory"), which callers would otherwise take for a bug rather than a full machine. The whole
+    chain is searched: an out-of-memory inside a CUDA graph capture can surface as the cause or
+    context of another error (the capture's own failure)."""
+    seen: set[int] = set()
+    while e is not None and id(e) not in seen:
+        seen.add(id(e))
+        if isinstance(e, torch.OutOfMemoryError):
+            return e
+        if isinstance(e, (RuntimeError, MemoryError)) and ("can't allocate memory" in str(e)
+                                                            or "not enough memory" in str(e) or isinstance(e, MemoryError)):
+            return torch.OutOfMemoryError(f"CPU out of memory: {(str(e).splitlines() or [type(e).__name__])[0][-160:]}")
+        e = e.__cause__ or e.__context__
     return None
 
 

@@ -111,7 +111,7 @@ class MnistMLPObjective:
         try:
             result = train(config, self.data, self.epochs, report=functools.partial(self.report, trial),
                            seed=seed, shuffle_seed=self.seed, precision=self.precision, cuda_graphs=self.cuda_graphs)
-        except RuntimeError as e:  # torch.OutOfMemoryError is one
+        except Exception as e:  # torch.OutOfMemoryError, the CPU allocator's, or one chained under another
             oom = as_out_of_memory(e)
             if oom is None:
                 raise

@@ -143,7 +143,7 @@ def optimize_fused(
                         tell(trial, state=TrialState.PRUNED)
                     else:
                         tell(trial, values=value)
-            except RuntimeError as e:  # out of memory: torch.OutOfMemoryError, or the CPU allocator's
+            except Exception as e:  # out of memory: torch.OutOfMemoryError, the CPU allocator's, one chained
                 if as_out_of_memory(e) is None:
                     _fail_all(in_flight)
                     raise
@@ -152,7 +152,9 @@ def optimize_fused(
                     torch.cuda.empty_cache()
                 error = f"out of memory on {objective.device} with {slots} trials in flight"
                 for trial in _drain(in_flight):
-                    trial.set_user_attr("error", error)
+                    # one write; out_of_memory_slots tells the caller's failure count that K trials
+                    # failed as one event, which halving answers (5 at once stopped the worker)
+                    write_user_attrs(storage, trial_id(trial), {"error": error, "out_of_memory_slots": slots})
                     tell(trial, state=TrialState.FAIL)
                 slots = max(1, slots // 2)
             except BaseException:

@@ -64,6 +64,8 @@ class _StopAfterFailures:
         if trial.state != TrialState.FAIL:
             self.in_a_row = 0
             return
+        if trial.user_attrs.get("out_of_memory_slots", 1) > 1:
+            return  # K trials in flight out of memory at once: the fused loop halves K and goes on
         self.in_a_row += 1
         self.last = str(trial.user_attrs.get("error", "unknown error"))
 

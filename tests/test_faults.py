@@ -425,3 +425,50 @@ def test_a_live_trial_of_another_pid_namespace_is_not_taken_for_an_orphan(tmp_pa
     finally:
         os.killpg(inner.pid, signal.SIGKILL)
         inner.communicate()
+
+
+def test_out_of_memory_of_many_trials_at_once_halves_the_slots_instead_of_stopping(tmp_path: Path, monkeypatch,
+                                                                                     capsys) -> None:
+    """With 5 or more trials in flight the CPU allocator's failure failed 5 trials at once, which
+    the worker counted as 5 failures in a row: it stopped (exit 1) instead of halving the slots.
+    The failure is injected as the CPU allocator words it."""
+    import objectives.stack as stack_module
+    from study.run import main
+
+    real_update, sizes = stack_module.Stack.update, []
+
+    def update_with_oom(self, grads, lrs):
+        sizes.append(len(self.trials))
+        if len(self.trials) > 3:
+            raise RuntimeError("DefaultCPUAllocator: can't allocate memory: you tried to allocate 1073741824 bytes. "
+                               "Error code 12 (Cannot allocate memory)")
+        return real_update(self, grads, lrs)
+
+    monkeypatch.setattr(stack_module.Stack, "update", update_with_oom)
+    url = f"sqlite:///{tmp_path / 'oom.db'}"
+    assert main(["--trials", "8", "--parallel-trials", "8", "--storage", url, "--pruner", "none", *SMALL]) == 0
+    trials = load(url).trials
+    assert sum(t.state in FINISHED for t in trials) == 8
+    assert [t.user_attrs.get("out_of_memory_slots") for t in trials if t.state == TrialState.FAIL] == [8] * 8 + [4] * 4
+    assert max(sizes[-3:]) <= 2  # 8, then 4, then 2 that fit
+
+
+def test_an_out_of_memory_chained_under_another_error_is_found() -> None:
+    """An out-of-memory raised inside a CUDA graph capture surfaces as the cause or context of
+    the capture's own error: as_out_of_memory looked at the outer error only."""
+    import torch
+
+    from objectives.device import as_out_of_memory
+
+    oom = torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB")
+    try:
+        try:
+            raise oom
+        except torch.OutOfMemoryError:
+            raise RuntimeError("CUDA error: operation failed due to a previous error during capture")  # noqa: B904
+    except RuntimeError as chained:
+        assert as_out_of_memory(chained) is oom
+    caused = RuntimeError("capture failed")
+    caused.__cause__ = MemoryError()
+    assert isinstance(as_out_of_memory(caused), torch.OutOfMemoryError)
+    assert as_out_of_memory(RuntimeError("mat1 and mat2 shapes cannot be multiplied")) is None
