@@ -352,9 +352,10 @@ def test_a_worker_whose_every_trial_fails_stops(tmp_path: Path, monkeypatch, cap
 
 def test_divergent_lr_never_fails_the_study(tmp_path: Path) -> None:
     # the default ranges reach LRs that diverge (e.g. RMSprop at 0.05, SGD near 1 with fc1 x10);
-    # with this seed several of the 20 trials do, and none of them may fail the study
+    # with this seed 2 of the 20 trials do (seeds 1 to 3 each give 2; seed 0 none, since trial n
+    # draws from (seed, n)), and none of them may fail the study
     url = f"sqlite:///{tmp_path / 'nan.db'}"
-    assert main(["--trials", "20", "--storage", url, "--sampler", "random", *SMALL]) == 0
+    assert main(["--trials", "20", "--storage", url, "--sampler", "random", "--seed", "1", *SMALL]) == 0
     trials = load(url).trials
     assert not any(t.state == TrialState.FAIL for t in trials)
     assert any(t.user_attrs.get("diverged") for t in trials)
