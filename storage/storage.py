@@ -103,9 +103,14 @@ def filesystem_type(path: Path, mounts: str | None = None) -> str:
 
 def _sqlite_tables(path: Path) -> set[str]:
     """The tables of the SQLite file ``path``, read without changing a byte of it (a read-only
-    connection; it still sees what other processes' open transactions have committed)."""
+    connection; it still sees what other processes' open transactions have committed), after
+    SQLite's ``quick_check`` of the whole file: a damaged one (garbage written into its middle)
+    raises ``sqlite3.DatabaseError`` here, before anything is written into it."""
     connection = sqlite3.connect(f"{path.resolve().as_uri()}?mode=ro", uri=True, timeout=60)
     try:
+        problems = [row[0] for row in connection.execute("PRAGMA quick_check(3)")]
+        if problems != ["ok"]:
+            raise sqlite3.DatabaseError(f"damaged: {'; '.join(problems)}")
         return {name for (name,) in connection.execute("SELECT name FROM sqlite_master WHERE type='table'")}
     finally:
         connection.close()
@@ -138,7 +143,8 @@ def _prepare_sqlite(url: str, parsed: URL, create: bool = True) -> None:
         try:
             tables = _sqlite_tables(path)
         except sqlite3.DatabaseError as e:
-            raise StorageError(f"storage {url!r}: {path} is not a usable SQLite database ({_one_line(e)})") from None
+            raise StorageError(f"storage {url!r}: {path} is not a usable SQLite database ({_one_line(e)}); left as it "
+                               "is: restore it from a copy, or give another file") from None
         if tables and "version_info" not in tables:
             shown = ", ".join(sorted(tables)[:5]) + (", …" if len(tables) > 5 else "")
             raise StorageError(f"storage {url!r}: {path} is a database of another program (tables: {shown}), not an "

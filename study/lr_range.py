@@ -50,7 +50,7 @@ def range_figure(result: LRRangeResult):
 
 def build_parser() -> argparse.ArgumentParser:
     p = Parser(prog="python -m study.lr_range", description="Learning-rate range test for one optimizer.",
-               epilog="exit codes: 0 done, 2 bad input (one line on stderr)")
+               epilog="exit codes: 0 done, 2 bad input, 130 interrupted (one line on stderr)")
     p.add_argument("--optimizer", choices=OPTIMIZERS, default="sgd", help="the optimizer to test")
     p.add_argument("--start-lr", type=float_in(1e3, MIN_LR), default=1e-7, help=f"LR of the first step, in [{MIN_LR:g}, 1000]")
     p.add_argument("--end-lr", type=float_in(1e3, MIN_LR), default=10.0, help=f"LR of the last step, in [{MIN_LR:g}, 1000]")

@@ -10,7 +10,8 @@ of each decay strategy, are retrained on all 60k training images with K seeds an
 accuracy is reported as mean ± sd: the test set's only use. The results go into the study's
 user attrs, the summary becomes the study's note in optuna-dashboard, and the page is uploaded
 as a study artifact (``--artifact-dir``; open the dashboard with the same
-``--artifact-dir`` to see it). Exit codes: 0 done, 2 bad input (one line on stderr).
+``--artifact-dir`` to see it). Exit codes: 0 done, 2 bad input, 3 the storage failed, 130 interrupted
+(one line on stderr).
 """
 
 from __future__ import annotations
@@ -26,8 +27,9 @@ import optuna
 from optuna.trial import TrialState
 
 from objectives import MnistDataError, load_mnist, resolve_device
-from storage import DEFAULT_STORAGE, StorageError, dashboard_command, hide_password, open_storage, sqlite_path
-from study.cli import (EXIT_INTERRUPTED, EXIT_OK, EXIT_USAGE, REPORT_FILES, REPORT_MARKER, Parser, add_cuda_graphs_argument,
+from storage import (DEFAULT_STORAGE, StorageError, dashboard_command, hide_password, open_storage, sqlite_path,
+                     storage_failure)
+from study.cli import (EXIT_INTERRUPTED, EXIT_OK, EXIT_STORAGE, EXIT_USAGE, REPORT_FILES, REPORT_MARKER, Parser, add_cuda_graphs_argument,
                        add_device_arguments, int_at_least, report_folder, set_threads, study_name)
 from study.experiment import DEFAULT_STUDY_NAME, hide_stored_password
 from study.interrupt import raise_on_interrupt, run_main
@@ -73,7 +75,7 @@ def _check_writable(folder: Path, flag: str) -> None:
 
 def build_parser() -> argparse.ArgumentParser:
     p = Parser(prog="python -m study.report", description="Report of an lr-study study: figures, comparison, final word.",
-               epilog="exit codes: 0 done, 2 bad input (one line on stderr)")
+               epilog="exit codes: 0 done, 2 bad input, 3 the storage failed, 130 interrupted (one line on stderr)")
     p.add_argument("--storage", default=DEFAULT_STORAGE, help="Optuna storage URL of the study, as given to study.run")
     p.add_argument("--study-name", type=study_name, default=DEFAULT_STUDY_NAME, help="study name in the storage")
     p.add_argument("--out", type=Path, default=None,
@@ -100,6 +102,12 @@ def main(argv: list[str] | None = None) -> int:
     raise_on_interrupt()
     try:
         return _report(args)
+    except Exception as e:  # noqa: BLE001 - the storage failing is one line; anything else is a bug
+        reason = storage_failure(e)
+        if reason is None:
+            raise
+        print(f"error: storage {hide_password(args.storage)} failed: {reason}", file=sys.stderr)
+        return EXIT_STORAGE
     except KeyboardInterrupt:
         print("interrupted: the report was not finished; run the same command again (the study itself is "
               "unchanged unless the report got to its last step)", file=sys.stderr)

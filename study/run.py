@@ -96,6 +96,18 @@ def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
     args = build_parser().parse_args(argv)
     s = Settings(**vars(args))
+    try:
+        return _run(s, argv)
+    except Exception as e:  # noqa: BLE001 - the storage failing anywhere is one line; anything else is a bug
+        reason = storage_failure(e)
+        if reason is None:
+            raise
+        print(f"error: storage {hide_password(s.storage)} failed: {reason}; run the same command to resume once it "
+              "works", file=sys.stderr)
+        return EXIT_STORAGE
+
+
+def _run(s: Settings, argv: list[str]) -> int:
     s = replace(s, space=s.space.for_epochs(s.epochs))  # as the objective samples it; in the fingerprint
     cap, why = max_workers()
     if s.workers > cap:  # more processes than the machine holds only wait for each other, or run out of memory
@@ -119,6 +131,12 @@ def main(argv: list[str] | None = None) -> int:
         study, s = open_study(s, argv, device)
     except (ValueError, UsageError, SamplerUnavailable, MnistDataError, StorageError) as e:
         print(f"error: {e}", file=sys.stderr)
+        return EXIT_USAGE
+    except Exception as e:  # noqa: BLE001 - a storage that refuses (read-only, damaged): one line, nothing stored
+        reason = storage_failure(e)
+        if reason is None:
+            raise
+        print(f"error: storage {hide_password(s.storage)} cannot be used: {reason}", file=sys.stderr)
         return EXIT_USAGE
     except KeyboardInterrupt:  # possibly between creating the study and recording its settings
         print(f"interrupted while opening study {s.study_name!r}; the same command finishes what was begun",

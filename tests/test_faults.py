@@ -472,3 +472,34 @@ def test_an_out_of_memory_chained_under_another_error_is_found() -> None:
     caused.__cause__ = MemoryError()
     assert isinstance(as_out_of_memory(caused), torch.OutOfMemoryError)
     assert as_out_of_memory(RuntimeError("mat1 and mat2 shapes cannot be multiplied")) is None
+
+
+def test_a_read_only_or_damaged_storage_is_one_line_and_left_as_it_is(postgres_url: str, tmp_path: Path) -> None:
+    """A PostgreSQL study opened read-only (default_transaction_read_only=on) was a traceback and
+    exit 1 from the first write; a SQLite file with garbage in its middle was written into
+    (and failed later with a traceback)."""
+    import hashlib
+
+    assert run_cli("--storage", postgres_url, "--trials", "1", *SMALL, cwd=tmp_path).returncode == 0
+    before = _everything_stored(postgres_url)
+    read_only = postgres_url + "?options=-c%20default_transaction_read_only%3Don"
+    for module in ("study.run", "study.report"):
+        done = run_cli("--storage", read_only, "--trials", "2", *SMALL, cwd=tmp_path, module=module) \
+            if module == "study.run" else \
+            run_cli("--storage", read_only, "--final-seeds", "0", "--out", str(tmp_path / "r"), cwd=tmp_path, module=module)
+        assert done.returncode in (2, 3) and len(done.stderr.strip().splitlines()) == 1, (module, done.stderr)
+        assert "read-only transaction" in done.stderr and "Traceback" not in done.stderr
+    assert _everything_stored(postgres_url) == before
+
+    path = tmp_path / "d.db"
+    assert run_cli("--storage", f"sqlite:///{path}", "--trials", "2", *SMALL, cwd=tmp_path).returncode == 0
+    assert not path.with_name("d.db-wal").exists() or path.with_name("d.db-wal").stat().st_size == 0
+    with open(path, "r+b") as f:  # garbage over the second page (a b-tree page of Optuna's tables)
+        f.seek(4096)
+        f.write(bytes(range(256)) * 16)
+    digest = hashlib.sha256(path.read_bytes()).hexdigest()
+    for module, extra in (("study.run", ["--trials", "3", *SMALL]), ("study.report", ["--final-seeds", "0"])):
+        done = run_cli("--storage", f"sqlite:///{path}", *extra, cwd=tmp_path, module=module)
+        assert done.returncode == 2 and len(done.stderr.strip().splitlines()) == 1, (module, done.stderr)
+        assert "damaged" in done.stderr
+        assert hashlib.sha256(path.read_bytes()).hexdigest() == digest
