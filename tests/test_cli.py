@@ -154,12 +154,36 @@ COMBINATIONS = [(s, "median") for s in ("tpe", "random", "cmaes", "gp", "qmc")] 
 
 
 @pytest.mark.parametrize("sampler, pruner", COMBINATIONS)
-def test_every_sampler_and_pruner_runs(tmp_path: Path, sampler: str, pruner: str) -> None:
+def test_every_sampler_and_pruner_runs(tmp_path: Path, sampler: str, pruner: str, monkeypatch) -> None:
+    """Each pruner is consulted on epochs it may judge. At 2 trials of 2 epochs none could judge
+    anything (the median's warm-up is 2 epochs, and the last epoch is never judged), so a pruner
+    that was never called passed: 4 trials of 4 epochs for the pruners, and a count of the calls."""
+    import study.workers as workers_module
+
+    judged: list[tuple[int, int]] = []
+    real_make = workers_module.make_pruner
+
+    def counted(*args, **kwargs):
+        made = real_make(*args, **kwargs)
+        real_prune = type(made).prune
+
+        def prune(self, study, trial):
+            judged.append((trial.number, trial.last_step))
+            return real_prune(self, study, trial)
+
+        monkeypatch.setattr(type(made), "prune", prune)
+        return made
+
+    monkeypatch.setattr(workers_module, "make_pruner", counted)
     url = f"sqlite:///{tmp_path / 's.db'}"
-    code = main(["--trials", "2", "--storage", url, "--sampler", sampler, "--pruner", pruner, *SMALL])
+    trials, epochs = ("2", "2") if pruner == "median" else ("4", "4")
+    code = main(["--trials", trials, "--storage", url, "--sampler", sampler, "--pruner", pruner,
+                 *SMALL[:1], epochs, *SMALL[2:]])
     assert code == 0
     study = load(url)
-    assert len(study.get_trials(states=FINISHED)) == 2 and study.user_attrs["sampler"] == sampler
+    assert len(study.get_trials(states=FINISHED)) == int(trials) and study.user_attrs["sampler"] == sampler
+    if pruner in ("hyperband", "sha", "patient"):
+        assert any(step < 4 for _, step in judged), judged  # judged before the last epoch
 
 
 def test_sampler_without_its_dependency_is_a_clear_error(tmp_path: Path, monkeypatch, capsys) -> None:

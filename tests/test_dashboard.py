@@ -39,10 +39,13 @@ def test_dashboard_shows_trials_params_curves_and_user_attrs(tmp_path: Path, par
             assert any(name.startswith("lr_") and name[3:] in ("sgd", "adam", "adamw", "rmsprop", "adagrad") for name in params)
             attrs = {a["key"] for a in trial["user_attrs"]}
             assert {"epochs_run", "diverged", "seed", "lr"} <= attrs
+            steps = [v["step"] for v in trial["intermediate_values"]]
+            assert steps and steps == list(range(1, len(steps) + 1))  # every trial's curve, from epoch 1
             if trial["state"] == "Complete":
-                steps = [v["step"] for v in trial["intermediate_values"]]
                 assert steps == [1, 2, 3]  # the learning curve, one point per epoch
                 assert "val_accuracy" in attrs
+        # the checks above were skipped when no trial completed (a diverged one is not complete)
+        assert any(trial["state"] == "Complete" for trial in trials)
         assert detail["has_intermediate_values"] is True
         assert detail.get("objective_names") == ["last_val_error"]  # the metric name set by study.run
     finally:

@@ -50,6 +50,21 @@ def test_same_curves_and_final_weights_as_separate_runs(data64) -> None:
     assert len({round(r.val_losses[-1], 6) for r in fused}) == len(CONFIGS)
 
 
+def test_same_as_separate_runs_with_a_short_last_batch(mnist_dir) -> None:
+    """600 images in batches of 64: nine full batches and one of 24 in each epoch. The fixture
+    above (640 = 10 x 64) never ran a short batch, so a fused engine that mishandled one (its
+    mean over 64 rows, a padded row updating the weights) passed."""
+    data = load_mnist(mnist_dir, device="cpu", dtype=torch.float64, train_samples=600)
+    assert data.train_x.shape[0] % 64 == 24
+    fused = train_many(CONFIGS, data, epochs=2, seeds=SEEDS, shuffle_seed=3)
+    for config, seed, got in zip(CONFIGS, SEEDS, fused):
+        want = train(config, data, epochs=2, seed=seed, shuffle_seed=3)
+        assert got.val_losses == pytest.approx(want.val_losses, rel=1e-9), config.optimizer
+        assert got.train_losses == pytest.approx(want.train_losses, rel=1e-9)
+        for p, q in zip(got.model.parameters(), want.model.parameters()):
+            assert rel(p, q) < 1e-9, (config.optimizer, rel(p, q))
+
+
 def test_a_stopped_trial_freezes_and_a_diverged_one_is_infeasible(data64) -> None:
     configs = [CONFIGS[1], TrainConfig(optimizer="sgd", lr=10.0, batch_size=64), CONFIGS[0]]
     calls = []
