@@ -503,3 +503,24 @@ def test_a_read_only_or_damaged_storage_is_one_line_and_left_as_it_is(postgres_u
         assert done.returncode == 2 and len(done.stderr.strip().splitlines()) == 1, (module, done.stderr)
         assert "damaged" in done.stderr
         assert hashlib.sha256(path.read_bytes()).hexdigest() == digest
+
+
+def test_an_immutable_database_is_one_line_and_left_as_it_is(tmp_path: Path) -> None:
+    """A SQLite study whose files were made immutable (chattr +i): a traceback and exit 1."""
+    import hashlib
+    import subprocess
+
+    path = tmp_path / "i.db"
+    assert run_cli("--storage", f"sqlite:///{path}", "--trials", "1", *SMALL, cwd=tmp_path).returncode == 0
+    if subprocess.run(["chattr", "+i", str(path)], capture_output=True).returncode != 0:
+        pytest.skip("chattr +i needs root on a file system with attributes")
+    try:
+        digest = hashlib.sha256(path.read_bytes()).hexdigest()
+        for module, extra, code in (("study.run", ["--trials", "2", *SMALL], 2),
+                                    ("study.report", ["--final-seeds", "0"], 3)):
+            done = run_cli("--storage", f"sqlite:///{path}", *extra, cwd=tmp_path, module=module)
+            assert done.returncode == code and len(done.stderr.strip().splitlines()) == 1, (module, done.stderr)
+            assert "readonly database" in done.stderr
+        assert hashlib.sha256(path.read_bytes()).hexdigest() == digest
+    finally:
+        subprocess.run(["chattr", "-i", str(path)], capture_output=True)
