@@ -10,7 +10,19 @@ from objectives.checks import check_int, check_pair
 from objectives.config import DECAYS, OPTIMIZERS, TrainConfig
 from objectives.model import LAYERS
 
-__all__ = ["SearchSpace", "suggest_config"]
+__all__ = ["EPOCH_CAPS", "LIMITS", "SearchSpace", "suggest_config"]
+
+#: Where a sampled parameter can go no further, whatever the range (TrainConfig's bounds; None:
+#: no bound): a best value at such an end of its range asks for no wider range.
+LIMITS: dict[str, tuple[float | None, float | None]] = {
+    "sgd_momentum": (0.0, 1.0), "adamw_weight_decay": (0.0, None), "step_size": (1, None), "step_gamma": (0.0, 1.0),
+    "exp_gamma": (0.0, 1.0), "cosine_eta_min_ratio": (0.0, 1.0), "plateau_patience": (0, None),
+    "plateau_factor": (0.0, 1.0), "onecycle_pct_start": (0.0, 1.0), "onecycle_div_factor": (1.0, None),
+    "onecycle_final_div_factor": (1.0, None), "restart_period": (1, None), "restart_mult": (1, None),
+    "restart_eta_min_ratio": (0.0, 1.0), "warmup_epochs": (0, None), "warmup_start_ratio": (0.0, 1.0),
+}
+#: The epoch-valued parameters ``SearchSpace.for_epochs`` cuts, each to at most ``epochs - k``.
+EPOCH_CAPS = {"step_size": 1, "plateau_patience": 3, "restart_period": 1, "warmup_epochs": 1}
 
 Range = tuple[float, float]
 
@@ -103,10 +115,7 @@ class SearchSpace:
         def cut(bounds: tuple[int, int], most: int) -> tuple[int, int]:
             return bounds[0], max(bounds[0], min(bounds[1], most))
 
-        return replace(self, step_size=cut(self.step_size, epochs - 1),
-                       plateau_patience=cut(self.plateau_patience, epochs - 3),
-                       restart_period=cut(self.restart_period, epochs - 1),
-                       warmup_epochs=cut(self.warmup_epochs, epochs - 1))
+        return replace(self, **{name: cut(getattr(self, name), epochs - k) for name, k in EPOCH_CAPS.items()})
 
     def lr_range(self, optimizer: str) -> Range:
         """The initial-LR range of ``optimizer``."""

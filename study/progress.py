@@ -12,6 +12,8 @@ from typing import TextIO
 
 import optuna
 from tqdm import tqdm
+
+from objectives.space import EPOCH_CAPS, LIMITS
 from optuna.distributions import FloatDistribution, IntDistribution
 from optuna.trial import FrozenTrial, TrialState
 
@@ -138,8 +140,11 @@ def metric_name(study: optuna.Study) -> str:
     return names[0] if names else "val_loss"
 
 
-def edge_warnings(trial: FrozenTrial, margin: float = 0.02) -> list[str]:
-    """Params of ``trial`` within ``margin`` (of the range, on its own scale) of a range edge."""
+def edge_warnings(trial: FrozenTrial, epochs: int | None = None, margin: float = 0.02) -> list[str]:
+    """Params of ``trial`` within ``margin`` (of the range, on its own scale) of a range edge that
+    could be moved: not an edge where the parameter can go no further (``objectives.space.LIMITS``:
+    a warm-up of 0 epochs is none at all), and an edge that ``--epochs`` set (``EPOCH_CAPS``:
+    the study's ``epochs``) is named as such, since widening the range would change nothing."""
     out = []
     for name, dist in trial.distributions.items():
         if not isinstance(dist, (FloatDistribution, IntDistribution)) or dist.low == dist.high:
@@ -149,10 +154,18 @@ def edge_warnings(trial: FrozenTrial, margin: float = 0.02) -> list[str]:
             pos = (math.log(value) - math.log(dist.low)) / (math.log(dist.high) - math.log(dist.low))
         else:
             pos = (value - dist.low) / (dist.high - dist.low)
-        if pos <= margin or pos >= 1 - margin:
-            edge = "lower" if pos <= margin else "upper"
-            out.append(f"{name} = {_fmt(value)} is at the {edge} edge of [{_fmt(dist.low)}, {_fmt(dist.high)}]: "
-                       "the best may lie outside the range; widen it")
+        if not (pos <= margin or pos >= 1 - margin):
+            continue
+        edge = "lower" if pos <= margin else "upper"
+        end = dist.low if edge == "lower" else dist.high
+        limit = LIMITS.get(name, (None, None))[0 if edge == "lower" else 1]
+        if limit is not None and end == limit:
+            continue  # the range already reaches as far as the parameter goes
+        where = f"{name} = {_fmt(value)} is at the {edge} edge of [{_fmt(dist.low)}, {_fmt(dist.high)}]"
+        if edge == "upper" and epochs is not None and name in EPOCH_CAPS and end == epochs - EPOCH_CAPS[name]:
+            out.append(f"{where} (capped by --epochs {epochs}): more epochs would let it go higher")
+        else:
+            out.append(f"{where}: the best may lie outside the range; widen it")
     return out
 
 
@@ -191,7 +204,7 @@ def summary(study: optuna.Study, *, target: int, wall_seconds: float, new_trials
             f"{attrs.get('value_epoch', attrs.get('best_epoch', '?'))}"
         )
         lines.append("  " + ", ".join(f"{k}={_fmt(v)}" for k, v in best.params.items()))
-        lines.extend(f"  warning: {w}" for w in edge_warnings(best))
+        lines.extend(f"  warning: {w}" for w in edge_warnings(best, study.user_attrs.get("epochs")))
     lines.extend(files)
     lines.append(f"inspect: {dashboard}")
     return "\n".join(lines)

@@ -38,12 +38,36 @@ from study.figures import report_figures
 from study.final_word import final_word
 from study.findings import decay_rows
 from study.page import decay_table_html, final_html, markdown_html, summary_markdown, write_page
-from study.progress import edge_warnings
+from study.progress import edge_warnings, metric_name
 
 __all__ = ["CPU_CANDIDATES", "build_parser", "main"]
 
 #: On a CPU the final word's runs go one after another: its default candidates are fewer.
 CPU_CANDIDATES = 4
+
+
+def terminal_lines(study: optuna.Study, final: dict | None) -> list[str]:
+    """What the terminal gets: the study in one line, the answer in a few (its recipe, its test
+    accuracy beside the reference's, the config line); the whole summary, the candidates and the
+    PyTorch snippet are in summary.md and on the page."""
+    states = [t.state for t in study.get_trials(deepcopy=False)]
+    best = study.best_trial
+    metric = metric_name(study)
+    lines = [f"study {study.study_name!r}: {len(states)} trials ({states.count(TrialState.COMPLETE)} complete, "
+             f"{states.count(TrialState.PRUNED)} pruned, {states.count(TrialState.FAIL)} failed); best trial "
+             f"{best.number}: {metric} {best.value:.4f}, validation accuracy "
+             f"{100 * best.user_attrs.get('val_accuracy', float('nan')):.2f} %"]
+    if final:
+        a, seeds = final["answer"], len(final["seeds"])
+        lines += [f"the answer: {a['recipe']}",
+                  f"  test accuracy {100 * a['test_accuracy_mean']:.2f} % ± {100 * a['test_accuracy_sd']:.2f} over {seeds} "
+                  f"seeds (trial {a['trial']}, chosen on validation among {len(final['candidates'])} candidates)"]
+        ref = final.get("reference")
+        if ref:
+            lines.append(f"  the hand-picked reference: {100 * ref['test_accuracy_mean']:.2f} % ± "
+                         f"{100 * ref['test_accuracy_sd']:.2f}")
+        lines.append(f"  as a config: {a['config_line']}  (in plain PyTorch: summary.md)")
+    return lines
 
 
 def _check_out(folder: Path, name: str) -> str | None:
@@ -161,7 +185,7 @@ def _report(args: argparse.Namespace) -> int:
             print(f"error: {e}", file=sys.stderr)
             return EXIT_USAGE
 
-    edge = edge_warnings(study.best_trial)
+    edge = edge_warnings(study.best_trial, study.user_attrs.get("epochs"))
     md = summary_markdown(study, rows, final, edge)
     # the answer first: the final word, then the summary (its final-word table is the one above)
     sections = [("The answer", final_html(final))] if final else []
@@ -191,11 +215,8 @@ def _report(args: argparse.Namespace) -> int:
     hide_stored_password(study)
     if final:
         study.set_user_attr("final_test", final)
-    print(md)
-    if final:
-        print(f"the answer as a config of this library:\n  {final['answer']['config_line']}\n"
-              f"the answer in plain PyTorch:\n{final['answer']['pytorch']}")
-    for w in edge:
+    print("\n".join(terminal_lines(study, final)))
+    for w in edge:  # once, here (summary.md has them too)
         print(f"warning: {w}", file=sys.stderr)
     print(f"files:\n  report: {page.resolve()}\n  summary: {(args.out / 'summary.md').resolve()}\n"
           f"  trials (CSV, one row per trial): {(args.out / 'trials.csv').resolve()}\n"

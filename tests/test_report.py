@@ -110,6 +110,7 @@ def test_final_word_note_and_artifact_are_in_the_study(reported) -> None:
 def test_final_seeds_0_skips_the_test_set_and_bad_study_is_one_line(tmp_path: Path, capsys) -> None:
     url = f"sqlite:///{tmp_path / 's.db'}"
     assert run_main(["--trials", "3", "--epochs", "2", "--train-samples", "2000", "--device", "cpu", "--storage", url]) == 0
+    capsys.readouterr()  # the run's lines
     store = tmp_path / "elsewhere" / "store"
     assert report_module.main(["--storage", url, "--out", str(tmp_path / "r"), "--final-seeds", "0",
                                "--artifact-dir", str(store)]) == 0
@@ -119,7 +120,12 @@ def test_final_seeds_0_skips_the_test_set_and_bad_study_is_one_line(tmp_path: Pa
     (meta,) = optuna.artifacts.get_all_artifact_meta(load(url))
     assert (store / meta.artifact_id).read_bytes() == (tmp_path / "r" / "index.html").read_bytes()
     assert not (tmp_path / "artifacts").exists()
-    assert f"--artifact-dir {store}" in capsys.readouterr().out
+    printed = capsys.readouterr()
+    assert f"--artifact-dir {store}" in printed.out
+    # the terminal gets a few lines, not summary.md (which printed every edge warning a second time)
+    assert "## " not in printed.out and printed.out.count("\n") < 12, printed.out
+    warnings_ = [line for line in printed.err.splitlines() if line.startswith("warning: ")]
+    assert len(warnings_) == len(set(warnings_)) and "## " not in printed.err
     assert report_module.main(["--storage", url, "--study-name", "nope", "--out", str(tmp_path / "x")]) == 2
     err = capsys.readouterr().err.strip()
     assert len(err.splitlines()) == 1 and "no study 'nope'" in err
@@ -296,3 +302,23 @@ def test_a_best_param_at_the_edge_of_its_range_is_named() -> None:
     assert [w.split(" = ")[0] for w in edge_warnings(other)] == ["step_size"]  # 10 of [0, 10]: the upper edge
     text = summary(study, target=2, wall_seconds=1.0, new_trials=2, dashboard="optuna-dashboard x", spent=2)
     assert warned[0] in text
+
+
+def test_edge_warnings_only_where_the_range_can_move() -> None:
+    """A warm-up of 0 epochs (none) was told to widen [0, 3], and an edge the epoch cap set
+    ([0, 2] at --epochs 3) too: widening neither changes anything."""
+    from optuna.distributions import FloatDistribution, IntDistribution
+
+    from study.progress import edge_warnings
+
+    def trial(params: dict, dists: dict) -> optuna.trial.FrozenTrial:
+        return optuna.trial.create_trial(params=params, distributions=dists, value=0.1)
+
+    none = trial({"warmup_epochs": 0, "step_gamma": 0.9}, {"warmup_epochs": IntDistribution(0, 3),
+                                                           "step_gamma": FloatDistribution(0.1, 0.9)})
+    assert [w.split(" = ")[0] for w in edge_warnings(none, epochs=20)] == ["step_gamma"]  # 0.9 < 1: it can widen
+    capped = trial({"warmup_epochs": 2}, {"warmup_epochs": IntDistribution(0, 2)})
+    [said] = edge_warnings(capped, epochs=3)
+    assert "(capped by --epochs 3)" in said and "widen" not in said
+    at_limit = trial({"exp_gamma": 1.0}, {"exp_gamma": FloatDistribution(0.7, 1.0)})
+    assert edge_warnings(at_limit, epochs=20) == []  # a factor per epoch above 1 would grow the LR
