@@ -27,7 +27,7 @@ from objectives.device import as_out_of_memory
 from storage.batch import TrialWrites, storage_of, trial_id, write_trials, write_user_attrs
 from study.progress import count_states
 from study.pruning import judge_boundary
-from study.recovery import Heartbeats
+from study.recovery import INTERRUPTED, Heartbeats, fail_and_retry
 
 __all__ = ["optimize_fused"]
 
@@ -99,11 +99,20 @@ def optimize_fused(
         for callback in callbacks:
             callback(study, frozen)
 
-    def _fail_all(in_flight: dict[int, optuna.Trial]) -> None:
+    def _fail_all(in_flight: dict[int, optuna.Trial], error: str | None = None) -> None:
+        failed = []
         for trial in _drain(in_flight):
             try:
+                if error is not None:
+                    write_user_attrs(storage, trial_id(trial), {"error": error})
                 tell(trial, state=TrialState.FAIL)
+                failed.append(storage.get_trial(trial_id(trial)))
             except Exception:  # noqa: BLE001 - the storage may be what failed; the heartbeat then fails it
+                pass
+        if error == INTERRUPTED:
+            try:  # the next run takes them first, as a dead worker's
+                fail_and_retry(storage, study, failed)
+            except Exception:  # noqa: BLE001 - as above
                 pass
 
     def report_epoch(reports: list[tuple[int, int, float]]) -> set[int]:
@@ -157,6 +166,9 @@ def optimize_fused(
                     write_user_attrs(storage, trial_id(trial), {"error": error, "out_of_memory_slots": slots})
                     tell(trial, state=TrialState.FAIL)
                 slots = max(1, slots // 2)
+            except KeyboardInterrupt:  # Ctrl-C, SIGTERM
+                _fail_all(in_flight, INTERRUPTED)
+                raise
             except BaseException:
                 _fail_all(in_flight)
                 raise

@@ -32,7 +32,7 @@ from storage import hide_password, storage_failure
 from storage import batch
 from study.experiment import Settings, study_storage
 
-__all__ = ["Heartbeats", "fail_and_retry", "owner", "running", "settle_orphans", "storage_failed"]
+__all__ = ["INTERRUPTED", "Heartbeats", "fail_and_retry", "requeue_interrupted", "owner", "running", "settle_orphans", "storage_failed"]
 
 
 def _machine() -> str:
@@ -145,6 +145,19 @@ def fail_and_retry(storage: optuna.storages.RDBStorage, study: optuna.Study,
     retry = storage.get_heartbeat_stale_trial_callback()
     for trial_id in failed:
         retry(study, storage.get_trial(trial_id))
+
+
+#: The ``error`` of a trial that Ctrl-C or SIGTERM ended: it is queued again once, for the next run.
+INTERRUPTED = "interrupted"
+
+
+def requeue_interrupted(storage: optuna.storages.BaseStorage, study: optuna.Study, me: str) -> None:
+    """Queue again once (WAITING, the next run takes it first) each trial of process ``me`` that
+    an interruption ended as FAIL, as a dead worker's trial is."""
+    trials = study.get_trials(deepcopy=False)
+    retried = {t.system_attrs.get("failed_trial") for t in trials}
+    fail_and_retry(storage, study, [t for t in trials if t.state == TrialState.FAIL and t.number not in retried
+                                    and t.user_attrs.get("worker") == me and t.user_attrs.get("error") == INTERRUPTED])
 
 
 def settle_orphans(s: Settings) -> None:

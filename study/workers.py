@@ -28,7 +28,7 @@ from study.parallel import dropped_line, optimize_fused, taken_away
 from study.progress import FINISHED, ProgressBar, TrialLog
 from storage.batch import trial_id, write_user_attrs
 from study.interrupt import raise_interrupt
-from study.recovery import owner, settle_orphans, storage_failed
+from study.recovery import INTERRUPTED, owner, requeue_interrupted, settle_orphans, storage_failed
 
 __all__ = ["AUTO_SHARE_OF_TRIALS", "WorkerError", "finished", "optimize", "raise_interrupt", "run_workers",
            "trials_in_flight", "worker_device"]
@@ -125,7 +125,11 @@ def optimize(s: Settings, worker: int, prefix: str = "", bar: ProgressBar | None
         # which process ran it (diagnosis, orphan detection), its CPU share (explains its seconds),
         # what sampled and judged it: one write
         write_user_attrs(storage, trial_id(trial), {"worker": me, "threads": torch.get_num_threads(), **made_by})
-        return objective(trial)
+        try:
+            return objective(trial)
+        except KeyboardInterrupt:  # Ctrl-C, SIGTERM: said in the trial (Optuna then fails it), queued again below
+            write_user_attrs(storage, trial_id(trial), {"error": INTERRUPTED})
+            raise
 
     def say(line: str) -> None:
         if bar is not None:
@@ -159,6 +163,9 @@ def optimize(s: Settings, worker: int, prefix: str = "", bar: ProgressBar | None
                     raise
                 say(dropped_line(current[0].number))
                 current.clear()
+            except KeyboardInterrupt:
+                requeue_interrupted(storage, study, me)
+                raise
     if guard.tripped:
         raise WorkerError(f"{guard.in_a_row} trials in a row failed (last: {guard.last}); stopping this worker")
 

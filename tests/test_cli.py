@@ -206,14 +206,23 @@ def test_ctrl_c_marks_the_trial_failed_exits_130_and_rerun_completes(tmp_path: P
     out, err = proc.communicate(timeout=30)
     assert proc.returncode == 130, err
     assert "run the same command to resume" in err
-    states = [t.state for t in load(url).trials]
+    trials = load(url).trials
+    states = [t.state for t in trials]
     assert TrialState.RUNNING not in states and TrialState.FAIL in states
     if parallel == "2":  # both trials were in flight: both are failed, none left RUNNING
         assert states.count(TrialState.FAIL) == 2
+    # each interrupted trial says why (the dashboard and trials.csv show it) and is queued again
+    # once with its configuration, for the rerun to take first (before: no reason, no retry)
+    failed = [t for t in trials if t.state == TrialState.FAIL]
+    assert all(t.user_attrs.get("error") == "interrupted" for t in failed)
+    queued = {t.system_attrs["failed_trial"]: t for t in trials if t.state == TrialState.WAITING}
+    assert sorted(queued) == [t.number for t in failed] and all(queued[t.number].params == t.params for t in failed)
     again = run_cli(*args, cwd=tmp_path)
     assert again.returncode == 0, again.stderr
-    states = [t.state for t in load(url).trials]
-    assert sum(s in FINISHED for s in states) == 2 and TrialState.RUNNING not in states
+    trials = load(url).trials
+    states = [t.state for t in trials]
+    assert sum(s in FINISHED for s in states) >= 2 and TrialState.RUNNING not in states
+    assert all(trials[t.number].state in FINISHED for t in queued.values())  # the retries ran
 
 
 @pytest.mark.slow
