@@ -1,11 +1,12 @@
 """A study's trials as a CSV table, for spreadsheets and other tools; `study.report` writes it.
 
-One row per trial, with the columns Optuna's ``study.trials_dataframe()`` names the same way
-(``number``, ``state``, ``value``, ``datetime_start``, ``datetime_complete``, ``duration``,
-``params_<name>``, ``user_attrs_<key>``; ``duration`` in seconds here, a timedelta there), plus
-``epochs_run``.
+One row per trial, under the names Optuna's ``study.trials_dataframe()`` gives its columns:
+``number``, ``value_<metric>`` (the study's metric name, as the dataframe names the value of a
+study with metric names; ``value`` for a study made before them), ``datetime_start``,
+``datetime_complete``, ``duration``, ``params_<name>``, ``user_attrs_<key>`` and ``state``.
+How it differs, exactly: ``duration`` is in seconds here (a timedelta there); the structured
+user attrs (dicts, lists) are left out; ``epochs_run`` is added (the epochs a trial trained).
 Written with the csv module, not through ``trials_dataframe()``, so pandas stays optional.
-Every scalar user attr is a column; the structured ones (dicts, lists) are left out.
 """
 
 from __future__ import annotations
@@ -26,7 +27,8 @@ def write_trials_csv(study: optuna.Study, path: Path) -> int:
     params = sorted({name for t in trials for name in t.params})
     attrs = sorted({key for t in trials for key, value in t.user_attrs.items()
                     if isinstance(value, (str, int, float, bool)) or value is None})
-    header = ["number", "state", "value", "datetime_start", "datetime_complete", "duration", "epochs_run",
+    value = f"value_{study.metric_names[0]}" if study.metric_names else "value"  # as trials_dataframe() names it
+    header = ["number", "state", value, "datetime_start", "datetime_complete", "duration", "epochs_run",
               *(f"params_{p}" for p in params), *(f"user_attrs_{a}" for a in attrs)]
     with open(path, "w", newline="", encoding="utf-8") as f:
         out = csv.writer(f)

@@ -250,7 +250,17 @@ def test_the_trials_are_written_as_a_csv_table(reported) -> None:
         rows = list(csv.DictReader(f))
     assert [int(r["number"]) for r in rows] == [t.number for t in study.trials]  # one row per trial, in order
     columns = set(rows[0])
-    assert {"number", "state", "value", "duration", "epochs_run", "params_optimizer", "params_decay",
+    # the names of trials_dataframe()'s columns (the CSV had "value" where it has value_<metric>)
+    frame = study.trials_dataframe()
+    assert columns - {"epochs_run"} <= set(frame.columns), columns - set(frame.columns)
+    scalar = {c for c in frame.columns if not c.startswith("system_attrs_")
+              and not isinstance(frame[c].dropna().iloc[0] if frame[c].notna().any() else 0, (dict, list))}
+    assert scalar <= columns, scalar - columns
+    assert [r["state"] for r in rows] == list(frame["state"])
+    assert "value_last_val_error" in columns and "value" not in columns
+    for row in rows:
+        row["value"] = row["value_last_val_error"]
+    assert {"number", "state", "value_last_val_error", "duration", "epochs_run", "params_optimizer", "params_decay",
             "user_attrs_val_accuracy", "user_attrs_best_epoch", "user_attrs_seconds_per_epoch"} <= columns
     for row, trial in zip(rows, study.trials):
         assert row["state"] == trial.state.name
