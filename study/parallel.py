@@ -44,6 +44,7 @@ def optimize_fused(
     callbacks: list[Callable[[optuna.Study, FrozenTrial], None]],
     stop: Callable[[], bool],
     say: Callable[[str], None] = print,
+    on_epoch: Callable[[int, int], None] | None = None,
 ) -> None:
     """Work on ``study`` with up to ``slots`` trials in flight until it has ``trials`` finished
     (COMPLETE + PRUNED) trials, counting the ones running anywhere; no new trial after
@@ -53,7 +54,8 @@ def optimize_fused(
 
     A trial that another process finishes while it trains (the heartbeat check of a worker that
     found this one silent, after a pause past the grace period; an operator) is dropped at the
-    next boundary with one line through ``say``; the others go on.
+    next boundary with one line through ``say``; the others go on. ``on_epoch(number, epoch)``
+    hears every trial's epoch boundary (the progress bar).
 
     Out of GPU memory, the trials in flight fail and the loop goes on with half the slots.
     Any other exception (Ctrl-C, SIGTERM) fails the trials in flight and propagates.
@@ -121,6 +123,8 @@ def optimize_fused(
         ids = {}
         for index, epoch, val_loss in reports:
             ids[trial_id(in_flight[index])] = index
+            if on_epoch is not None:
+                on_epoch(in_flight[index].number, epoch)
             writes.intermediate_values.append((trial_id(in_flight[index]), epoch, val_loss))
         # after the last epoch there is nothing left to save: the trial is complete
         judge = {trial_id(in_flight[index]) for index, epoch, _ in reports if epoch < objective.epochs}

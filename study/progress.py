@@ -6,6 +6,7 @@ from __future__ import annotations
 import math
 import shutil
 import sys
+import threading
 import time
 from collections.abc import Sequence
 from typing import TextIO
@@ -58,47 +59,92 @@ def _screen() -> tuple[int, int]:
 
 class ProgressBar:
     """A tqdm bar of the study's finished trials against its target, with the elapsed time, the
-    time remaining and the best value so far, for a run on a terminal (a log file, a pipe or a
-    worker process gets the plain lines alone).
+    time remaining, the best value of the whole study, and where the trials in flight are
+    (``trial 7 epoch 6/20``), for a run on a terminal (a log file or a pipe gets the plain lines
+    alone). It is redrawn every ``tick`` seconds, so the clock moves while a trial trains, and at
+    every epoch boundary (:meth:`epoch`), not only when a trial ends.
 
     The time remaining counts trial-epochs, not trials: with trials in flight, or pruned after a
     few epochs, trials finish at an uneven pace while the epochs run at an even one. It is the
     trial-epochs still expected (the trials still to finish, times the mean epochs of the
-    finished ones, less what the running trials have done) over this run's rate of trial-epochs.
+    finished ones, or the full ``epochs`` before one has finished, less what the trials in
+    flight have done) over this run's rate of trial-epochs: known from the first epoch on.
     tqdm, not Optuna's own bar: Optuna's counts trials and is drawn by ``study.optimize`` only,
     not by the fused ask-and-tell loop.
     """
 
-    def __init__(self, target: int, finished: int, first_number: int, file: TextIO | None = None) -> None:
-        self.target, self.first_number = target, first_number  # trials numbered from first_number are this run's
+    def __init__(self, target: int, trials: list[FrozenTrial], epochs: int, file: TextIO | None = None,
+                 tick: float = 1.0) -> None:
+        self.target, self.epochs = target, epochs
         self.file = file or sys.stdout
         self.started = time.monotonic()
+        self.done = 0  # trial-epochs trained by this run
+        self.in_flight: dict[int, int] = {}  # trial number -> epochs it has trained
+        self.finished, self.mean_epochs, self.best = 0, float(epochs), None
+        self._from(trials)  # a resumed study shows its best from the start
         columns, rows = _screen()
-        self.bar = tqdm(total=target, initial=finished, unit="trial", file=self.file, ncols=columns, nrows=rows,
-                        desc="?, best -", bar_format="{n_fmt}/{total_fmt} trials |{bar}| [{elapsed}<{desc}]")
+        self.bar = tqdm(total=target, initial=min(self.finished, target), unit="trial", file=self.file, ncols=columns,
+                        nrows=rows, desc=self._desc(), bar_format="{n_fmt}/{total_fmt} trials |{bar}| [{elapsed}<{desc}]")
+        self._stop = threading.Event()
+        self._ticker = threading.Thread(target=self._tick, args=(tick,), name="progress", daemon=True)
+        self._ticker.start()
+
+    def _from(self, trials: list[FrozenTrial]) -> None:
+        finished = [t for t in trials if t.state in FINISHED]
+        self.finished = len(finished)
+        if finished:
+            self.mean_epochs = sum(epochs_run(t) for t in finished) / len(finished)
+        complete = [t.value for t in finished if t.state == TrialState.COMPLETE and t.value is not None]
+        self.best = min(complete) if complete else None
+
+    def _desc(self) -> str:
+        remaining = "?"
+        elapsed = time.monotonic() - self.started
+        if self.done:
+            left = max(0.0, (self.target - self.finished) * self.mean_epochs - sum(self.in_flight.values()))
+            remaining = tqdm.format_interval(left * elapsed / self.done)
+        best = "-" if self.best is None else f"{self.best:.4f}"
+        where = ""
+        if len(self.in_flight) == 1:
+            (number, epoch), = self.in_flight.items()
+            where = f", trial {number} epoch {epoch}/{self.epochs}"
+        elif self.in_flight:
+            low, high = min(self.in_flight.values()), max(self.in_flight.values())
+            span = f"{low}" if low == high else f"{low}-{high}"
+            where = f", {len(self.in_flight)} trials at epochs {span}/{self.epochs}"
+        return f"{remaining}, best {best}{where}"
+
+    def _tick(self, seconds: float) -> None:
+        while not self._stop.wait(seconds):
+            self.refresh()
+
+    def refresh(self) -> None:
+        """Redraw: the elapsed time and the time remaining move on."""
+        with self.bar.get_lock():
+            self.bar.ncols, self.bar.nrows = _screen()  # the terminal may have been resized
+            self.bar.set_description_str(self._desc(), refresh=True)
 
     def write(self, line: str) -> None:
         """Print ``line`` above the bar."""
         self.bar.write(line, file=self.file)
 
-    def update(self, trials: list[FrozenTrial]) -> None:
-        """Move on to what the study's ``trials`` (all of them) show."""
-        finished = [t for t in trials if t.state in FINISHED]
-        done = sum(len(t.intermediate_values) for t in trials if t.number >= self.first_number)
-        running = sum(len(t.intermediate_values) for t in trials if t.state == TrialState.RUNNING)
-        elapsed = time.monotonic() - self.started
-        remaining = "?"
-        if finished and done:
-            mean_epochs = sum(epochs_run(t) for t in finished) / len(finished)
-            left = max(0.0, (self.target - len(finished)) * mean_epochs - running)
-            remaining = tqdm.format_interval(left * elapsed / done)
-        complete = [t.value for t in finished if t.state == TrialState.COMPLETE and t.value is not None]
-        best = f"{min(complete):.4f}" if complete else "-"
-        self.bar.n = min(len(finished), self.target)
-        self.bar.ncols, self.bar.nrows = _screen()  # the terminal may have been resized
-        self.bar.set_description_str(f"{remaining}, best {best}", refresh=True)
+    def epoch(self, number: int, epoch: int) -> None:
+        """Trial ``number`` has trained ``epoch`` epochs (an epoch boundary)."""
+        self.done += 1
+        self.in_flight[number] = epoch
+        self.refresh()
+
+    def update(self, trials: list[FrozenTrial], ended: int | None = None) -> None:
+        """Move on to what the study's ``trials`` (all of them) show; ``ended``: the trial that just ended."""
+        if ended is not None:
+            self.in_flight.pop(ended, None)
+        self._from(trials)
+        self.bar.n = min(self.finished, self.target)
+        self.refresh()
 
     def close(self) -> None:
+        self._stop.set()
+        self._ticker.join()
         self.bar.close()
 
 
@@ -131,7 +177,7 @@ class TrialLog:
             print(line, flush=True)
         else:
             self.bar.write(line)
-            self.bar.update(trials)
+            self.bar.update(trials, ended=trial.number)
 
 
 def metric_name(study: optuna.Study) -> str:

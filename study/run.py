@@ -160,7 +160,8 @@ def _run(s: Settings, argv: list[str]) -> int:
               "they will wait for each other", file=sys.stderr, flush=True)
     code = EXIT_OK
     # a bar on a terminal, for one worker (the workers' lines would run through it)
-    bar = ProgressBar(s.trials, before, n_existing) if s.workers == 1 and sys.stdout.isatty() else None
+    bar = ProgressBar(s.trials, study.get_trials(deepcopy=False), s.epochs) \
+        if s.workers == 1 and sys.stdout.isatty() else None
     try:
         settle_orphans(s)  # a previous run on this machine died with trials RUNNING
         if s.workers == 1:

@@ -137,12 +137,22 @@ def optimize(s: Settings, worker: int, prefix: str = "", bar: ProgressBar | None
         else:
             print(f"{prefix}{line}", file=sys.stderr, flush=True)
 
+    on_epoch = bar.epoch if bar is not None else None
+    if on_epoch is not None:  # one trial at a time: the bar hears each epoch through the objective's report
+        reported = objective.report
+
+        def report(trial: optuna.Trial, epoch: int, val_loss: float) -> bool:
+            on_epoch(trial.number, epoch)
+            return reported(trial, epoch, val_loss)
+
+        objective.report = report  # type: ignore[method-assign]
+
     guard = _StopAfterFailures()
     made_by = {"sampler": s.sampler, "pruner": s.pruner}
     if slots > 1:
         optimize_fused(study, objective, trials=s.trials, slots=slots, timeout=s.timeout, owner=me, attrs=made_by,
                        callbacks=[TrialLog(s.trials, prefix, bar), guard.record], stop=lambda: guard.tripped,
-                       say=say)
+                       say=say, on_epoch=on_epoch)
     else:
         deadline = None if s.timeout is None else time.monotonic() + s.timeout
         while True:
