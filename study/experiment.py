@@ -163,7 +163,7 @@ CREATION_WAIT = 15.0
 def _unfinished_creation(study: optuna.Study, attrs: dict[str, object]) -> bool:
     """A study that study.run began to create and did not finish (a kill, or another process
     that is still at it): no trial, and no user attr but study.run's own."""
-    return not study.get_trials(deepcopy=False) and set(study.user_attrs) <= set(attrs) | {"last_command"}
+    return not study.get_trials(deepcopy=False) and set(study.user_attrs) <= set(attrs) | {"last_command", "target_trials"}
 
 
 def _await_creation(s: Settings, storage: optuna.storages.BaseStorage, study: optuna.Study) -> optuna.Study:
@@ -273,6 +273,7 @@ def open_study(s: Settings, argv: list[str], device: torch.device) -> tuple[optu
     _record_strategy_change(study, s)
     hide_stored_password(study)
     study.set_user_attr("last_command", command)
+    study.set_user_attr("target_trials", s.trials)  # the report says when a study is short of it
     return study, s
 
 

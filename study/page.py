@@ -26,6 +26,21 @@ def _mults(r: dict) -> str:
     return "/".join(f"{m:.3g}" for m in r["lr_mults"])
 
 
+def _decay_cells(row: DecayRow) -> list[str]:
+    """A decay row's cells: strategy, the best trial's optimizer, LR and multipliers, its value,
+    accuracy and epochs, the complete trials behind it (one alone says so), trials, pruned, trial."""
+    b = row.best
+    complete = row.n_trials - row.n_pruned
+    behind = f"{complete}" + (" (one trial: no spread)" if complete == 1 else "")
+    if b is None:
+        return [row.decay, "–", "–", "–", "–", "–", "–", behind, str(row.n_trials), str(row.n_pruned), "–"]
+    opt = str(b.params.get("optimizer", "?"))
+    mults = "/".join(f"{b.params[k]:.3g}" for k in sorted(b.params) if k.startswith("lr_mult_")) or "1"
+    return [row.decay, opt, f"{b.params.get(f'lr_{opt}', math.nan):.3g}", mults, f"{b.value:.4f}",
+            f"{100 * b.user_attrs.get('val_accuracy', math.nan):.2f} %", str(b.user_attrs.get("epochs_run", "?")),
+            behind, str(row.n_trials), str(row.n_pruned), str(b.number)]
+
+
 def answer_markdown(final: dict) -> list[str]:
     """The answer first: its recipe, its test accuracy, the code that reproduces it, and the
     candidates it was chosen from on validation (the others marked as not selected)."""
@@ -56,11 +71,22 @@ def answer_markdown(final: dict) -> list[str]:
     return lines
 
 
+def unfinished(study: optuna.Study) -> list[str]:
+    """A banner, when the study has fewer finished trials than the last run's ``--trials``."""
+    target = study.user_attrs.get("target_trials")
+    done = len(study.get_trials(deepcopy=False, states=(TrialState.COMPLETE, TrialState.PRUNED)))
+    if not isinstance(target, int) or done >= target:
+        return []
+    return [f"An unfinished study: {done} of the {target} finished trials it was run for; what follows rests on "
+            "fewer trials than planned (the same study.run command finishes it)."]
+
+
 def summary_markdown(study: optuna.Study, rows: list[DecayRow], final: dict | None, warnings_: list[str]) -> str:
     states = [t.state for t in study.get_trials(deepcopy=False)]
     best = study.best_trial
     metric = metric_name(study)
     lines = [f"# Study `{study.study_name}`", ""]
+    lines += [f"**{line}**" for line in unfinished(study)] + ([""] if unfinished(study) else [])
     if final:
         lines += [*answer_markdown(final), ""]
     lines += [
@@ -73,15 +99,11 @@ def summary_markdown(study: optuna.Study, rows: list[DecayRow], final: dict | No
         "| parameter | value |", "|---|---|",
         *[f"| {k} | {v:.4g} |" if isinstance(v, float) else f"| {k} | {v} |" for k, v in best.params.items()], "",
         "## Decay strategies", "",
-        f"| strategy | best {metric} | val accuracy | epochs | trials | pruned | best trial |", "|---|---|---|---|---|---|---|",
+        f"| strategy | optimizer | LR | multipliers (fc1/fc2) | best {metric} | val accuracy | epochs | complete trials | "
+        "trials | pruned | best trial |", "|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     for row in rows:
-        b = row.best
-        if b is None:
-            lines.append(f"| {row.decay} | – | – | – | {row.n_trials} | {row.n_pruned} | – |")
-        else:
-            lines.append(f"| {row.decay} | {b.value:.4f} | {100 * b.user_attrs.get('val_accuracy', math.nan):.2f} % | "
-                         f"{b.user_attrs.get('epochs_run', '?')} | {row.n_trials} | {row.n_pruned} | {b.number} |")
+        lines.append("| " + " | ".join(_decay_cells(row)) + " |")
     lines += ["", "## Warm-up", "", f"| | best {metric} | trials | pruned | best trial |", "|---|---|---|---|---|"]
     for w in warmup_rows(study):
         best_cells = "– | " if w.best is None else f"{w.best.value:.4f} | "
@@ -93,15 +115,12 @@ def summary_markdown(study: optuna.Study, rows: list[DecayRow], final: dict | No
 
 
 def decay_table_html(rows: list[DecayRow]) -> str:
-    head = "<tr><th>strategy</th><th>best value</th><th>val accuracy</th><th>epochs</th><th>n trials</th><th>n pruned</th><th>best trial</th></tr>"
+    head = ("<tr><th>strategy</th><th>optimizer</th><th>LR</th><th>multipliers (fc1/fc2)</th><th>best value</th>"
+            "<th>val accuracy</th><th>epochs</th><th>complete trials</th><th>n trials</th><th>n pruned</th>"
+            "<th>best trial</th></tr>")
     body = []
     for row in rows:
-        b = row.best
-        cells = ([row.decay, "–", "–", "–"] if b is None else
-                 [row.decay, f"{b.value:.4f}", f"{100 * b.user_attrs.get('val_accuracy', math.nan):.2f} %",
-                  str(b.user_attrs.get("epochs_run", "?"))])
-        cells += [str(row.n_trials), str(row.n_pruned), "–" if b is None else str(b.number)]
-        body.append("<tr>" + "".join(f"<td>{html.escape(c)}</td>" for c in cells) + "</tr>")
+        body.append("<tr>" + "".join(f"<td>{html.escape(c)}</td>" for c in _decay_cells(row)) + "</tr>")
     return f'<table id="decay-table">{head}{"".join(body)}</table>'
 
 

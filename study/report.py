@@ -17,6 +17,7 @@ as a study artifact (``--artifact-dir``; open the dashboard with the same
 from __future__ import annotations
 
 import argparse
+import html
 import shlex
 import sys
 import tempfile
@@ -37,7 +38,7 @@ from study.export import write_trials_csv
 from study.figures import report_figures
 from study.final_word import final_word
 from study.findings import decay_rows
-from study.page import decay_table_html, final_html, markdown_html, summary_markdown, write_page
+from study.page import decay_table_html, final_html, markdown_html, summary_markdown, unfinished, write_page
 from study.progress import edge_warnings, metric_name
 
 __all__ = ["CPU_CANDIDATES", "build_parser", "main"]
@@ -53,7 +54,8 @@ def terminal_lines(study: optuna.Study, final: dict | None) -> list[str]:
     states = [t.state for t in study.get_trials(deepcopy=False)]
     best = study.best_trial
     metric = metric_name(study)
-    lines = [f"study {study.study_name!r}: {len(states)} trials ({states.count(TrialState.COMPLETE)} complete, "
+    lines = [*(f"warning: {line}" for line in unfinished(study)),
+             f"study {study.study_name!r}: {len(states)} trials ({states.count(TrialState.COMPLETE)} complete, "
              f"{states.count(TrialState.PRUNED)} pruned, {states.count(TrialState.FAIL)} failed); best trial "
              f"{best.number}: {metric} {best.value:.4f}, validation accuracy "
              f"{100 * best.user_attrs.get('val_accuracy', float('nan')):.2f} %"]
@@ -190,8 +192,13 @@ def _report(args: argparse.Namespace) -> int:
     # the answer first: the final word, then the summary (its final-word table is the one above)
     sections = [("The answer", final_html(final))] if final else []
     sections.append(("Summary", markdown_html(summary_markdown(study, rows, None, edge))))
-    for i, (heading, fig) in enumerate(figures):
-        body = fig.to_html(full_html=False, include_plotlyjs=(i == 0))  # plotly.js once, inline: offline
+    first = True
+    for heading, fig in figures:
+        if isinstance(fig, str):  # left out for lack of trials: said where it would be
+            sections.append((heading, f'<p class="note">{html.escape(fig)}</p>'))
+            continue
+        body = fig.to_html(full_html=False, include_plotlyjs=first)  # plotly.js once, inline: offline
+        first = False
         if heading == "Decay-strategy comparison":
             body += decay_table_html(rows)
         sections.append((heading, body))

@@ -8,6 +8,7 @@ import subprocess
 from pathlib import Path
 
 import optuna
+from optuna.trial import TrialState
 import pytest
 
 from cli_helpers import chromium, load
@@ -21,7 +22,7 @@ FIGURE_TITLES = [
     "Learning curves: validation loss per epoch (pruned: dotted grey)",
     "Hyperparameter importances (fANOVA, the LR as one parameter)",
     "Parallel coordinates",
-    "Slice: validation loss against the initial learning rate",
+    "Slice: the study's value against the initial learning rate, by optimizer",
     "Timeline",
     "Decay strategies: validation-loss curve of the best trial of each",
     "LR schedule per layer of the best trials (fc1 solid, fc2 dashed, fc3 dotted)",
@@ -332,3 +333,60 @@ def test_edge_warnings_only_where_the_range_can_move() -> None:
     assert "(capped by --epochs 3)" in said and "widen" not in said
     at_limit = trial({"exp_gamma": 1.0}, {"exp_gamma": FloatDistribution(0.7, 1.0)})
     assert edge_warnings(at_limit, epochs=20) == []  # a factor per epoch above 1 would grow the LR
+
+
+@pytest.mark.slow
+def test_the_figures_name_what_they_plot_on_readable_axes(reported) -> None:
+    """Read back from the page's own JSON: the history's axis was "Objective Value" on a linear
+    scale that outliers flattened; log axes were labelled with bare digits (9 8 … 2 in each
+    decade: 0.2 and 2 alike) and epochs with halves; the LR slice was coloured by the indices of
+    a copied study (0-12 for trials up to 23), not by optimizer; a trial's three layers had
+    three colours in the LR schedules; the decay table did not name the LR."""
+    import json
+
+    url, out = reported
+    study = load(url)
+    page = (out / "index.html").read_text()
+    figures = {}
+    for blob in re.findall(r'Plotly\.newPlot\(\s*"[^"]+",\s*(\[.*?\]),\s*(\{.*?\}),\s*\{"responsive"', page, flags=re.S):
+        data, layout = json.loads(blob[0]), json.loads(blob[1])
+        figures[layout["title"]["text"]] = (data, layout)
+    history = figures["Optimisation history"][1]
+    assert history["yaxis"]["title"]["text"] == "validation error (after the last epoch)" and history["yaxis"]["type"] == "log"
+    for title in ("Optimisation history", "Learning curves: validation loss per epoch (pruned: dotted grey)",
+                  "Slice: the study's value against the initial learning rate, by optimizer"):
+        labels = figures[title][1]["yaxis"]["ticktext"]
+        assert len(labels) == len(set(labels)) and all(float(text) > 0 for text in labels), labels
+    curves = figures["Learning curves: validation loss per epoch (pruned: dotted grey)"][1]
+    assert curves["xaxis"]["dtick"] == 1 and curves["yaxis"]["title"]["text"] == "validation loss"
+    data, layout = figures["Slice: the study's value against the initial learning rate, by optimizer"]
+    complete = {t.number: t for t in study.trials if t.state == TrialState.COMPLETE}
+    assert sorted(trace["name"] for trace in data) == sorted({t.params["optimizer"] for t in complete.values()})
+    for trace in data:  # each point is the real trial, of that optimizer, at its LR
+        for number, lr in zip(trace["customdata"], trace["x"]):
+            assert complete[number].params["optimizer"] == trace["name"]
+            assert lr == pytest.approx(complete[number].params[f"lr_{trace['name']}"])
+    data, _ = figures["LR schedule per layer of the best trials (fc1 solid, fc2 dashed, fc3 dotted)"]
+    by_trial: dict[str, set] = {}
+    for trace in data:
+        by_trial.setdefault(trace["legendgroup"], set()).add(trace["line"]["color"])
+    assert all(len(colours) == 1 for colours in by_trial.values())
+    assert len({next(iter(c)) for c in by_trial.values()}) == len(by_trial)  # one colour per trial
+    table = re.search(r'<table id="decay-table">(.*?)</table>', page).group(1)
+    assert "<th>LR</th>" in table and "<th>multipliers (fc1/fc2)</th>" in table and "<th>complete trials</th>" in table
+
+
+def test_a_figure_left_out_and_an_unfinished_study_are_said(tmp_path: Path, capsys) -> None:
+    """A study with one complete trial had no importances, no parallel coordinates and no word
+    why; a study short of its --trials had no banner."""
+    url = f"sqlite:///{tmp_path / 's.db'}"
+    assert run_main(["--trials", "1", "--epochs", "2", "--train-samples", "2000", "--device", "cpu",
+                     "--storage", url]) == 0
+    load(url).set_user_attr("target_trials", 5)  # as a run of --trials 5 cut short leaves it
+    capsys.readouterr()
+    out = tmp_path / "r"
+    assert report_module.main(["--storage", url, "--out", str(out), "--final-seeds", "0"]) == 0
+    page = (out / "index.html").read_text()
+    assert page.count("left out: they need 2 complete trials, and the study has 1") == 2
+    assert "An unfinished study: 1 of the 5 finished trials" in (out / "summary.md").read_text()
+    assert "warning: An unfinished study" in capsys.readouterr().out
