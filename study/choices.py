@@ -9,13 +9,12 @@ import warnings
 import numpy as np
 import optuna
 
+from study.constants import PRUNERS, SAMPLERS
 from study.pruning import InFlightMedianPruner, SameStrategyPruner
 
 __all__ = ["MEDIAN_STARTUP_TRIALS", "PRUNERS", "SAMPLERS", "SamplerUnavailable", "TrialSeededSampler", "make_pruner",
            "make_sampler", "warmup_epochs"]
 
-SAMPLERS = ("tpe", "random", "cmaes", "gp", "qmc")
-PRUNERS = ("median", "hyperband", "sha", "patient", "none")
 
 # what each sampler needs beyond optuna (the `samplers` extra installs them)
 _NEEDS = {"cmaes": ("cmaes",), "gp": ("scipy",), "qmc": ("scipy",)}

@@ -10,8 +10,6 @@ import os
 import re
 from pathlib import Path
 
-import torch
-
 from study.interrupt import EXIT_INTERRUPTED
 
 __all__ = ["EXIT_FAILED", "EXIT_INTERRUPTED", "EXIT_OK", "EXIT_STORAGE", "EXIT_USAGE", "WORKER_BYTES", "Parser",
@@ -114,6 +112,8 @@ def threads_per_process(processes: int, requested: int | None = None) -> int:
 def set_threads(processes: int, requested: int | None = None) -> int:
     """Set this process's torch threads to its share (see :func:`threads_per_process`); returns it."""
     threads = threads_per_process(processes, requested)
+    import torch  # here, not at the top: the parsers of every command import this module before torch
+
     torch.set_num_threads(threads)
     return threads
 

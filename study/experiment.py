@@ -29,11 +29,11 @@ from storage import hide_password, open_storage
 from storage.batch import storage_of
 from study.choices import warmup_epochs
 from study.cli import usable_cores
+from study.constants import DEFAULT_STUDY_NAME
 
 __all__ = ["CREATION_WAIT", "DEFAULT_STUDY_NAME", "LEGACY_SETTINGS", "Settings", "UsageError", "device_name", "fingerprint", "open_study",
            "storage_at", "study_metric", "study_storage"]
 
-DEFAULT_STUDY_NAME = "mnist-mlp-lr"
 
 
 class UsageError(Exception):

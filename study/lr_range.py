@@ -5,7 +5,7 @@
 Trains a fresh model on the training split while the LR grows exponentially, stops when the
 smoothed loss diverges, and suggests an initial LR (fastai's valley rule) and a search range
 (a tenth of the suggestion up to the LR of the lowest smoothed loss). Nothing stored is read or
-changed. Exit codes: 0 done, 2 bad input (one line on stderr).
+changed. Exit codes: 0 done, 2 bad input, 130 interrupted (one line on stderr).
 """
 
 from __future__ import annotations
@@ -15,12 +15,14 @@ import math
 import sys
 from pathlib import Path
 
-from objectives import OPTIMIZERS, MnistDataError, load_mnist, resolve_device
-from objectives.data import TRAIN_SIZE
-from objectives.lr_range import DIVERGE_FACTOR, MIN_LR, LRRangeResult, lr_range_test
-from objectives.precision import PRECISIONS
+from typing import TYPE_CHECKING
+
 from study.cli import EXIT_INTERRUPTED, EXIT_OK, EXIT_USAGE, Parser, add_device_arguments, float_in, int_at_least, set_threads
+from study.constants import MIN_LR, OPTIMIZERS, PRECISIONS, TRAIN_SIZE
 from study.interrupt import raise_on_interrupt, run_main
+
+if TYPE_CHECKING:
+    from objectives.lr_range import LRRangeResult
 
 
 def range_figure(result: LRRangeResult):
@@ -66,7 +68,12 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    raise_on_interrupt()
+    # torch only now: --help and a bad flag answer before its seconds of importing
+    from objectives import MnistDataError, load_mnist, resolve_device
+    from objectives.lr_range import DIVERGE_FACTOR, lr_range_test
+
+    raise_on_interrupt()  # from here a Ctrl-C is the test's to stop cleanly (before: the start's)
+
     set_threads(1, args.threads)
     out = args.out or Path(f"lr_range_{args.optimizer}.html")
     try:

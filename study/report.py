@@ -17,86 +17,14 @@ as a study artifact (``--artifact-dir``; open the dashboard with the same
 from __future__ import annotations
 
 import argparse
-import html
-import shlex
 import sys
-import tempfile
-import warnings
 from pathlib import Path
 
-import optuna
-from optuna.trial import TrialState
-
-from objectives import MnistDataError, load_mnist, resolve_device
-from storage import (DEFAULT_STORAGE, StorageError, dashboard_command, hide_password, open_storage, sqlite_path,
-                     storage_failure)
-from study.cli import (EXIT_INTERRUPTED, EXIT_OK, EXIT_STORAGE, EXIT_USAGE, REPORT_FILES, REPORT_MARKER, Parser, add_cuda_graphs_argument,
-                       add_device_arguments, int_at_least, report_folder, set_threads, study_name)
-from study.experiment import DEFAULT_STUDY_NAME, hide_stored_password
+from study.cli import Parser, add_cuda_graphs_argument, add_device_arguments, int_at_least, study_name
+from study.constants import CPU_CANDIDATES, DEFAULT_STORAGE, DEFAULT_STUDY_NAME
 from study.interrupt import raise_on_interrupt, run_main
-from study.export import write_trials_csv
-from study.figures import report_figures
-from study.final_word import final_word
-from study.findings import decay_rows
-from study.page import decay_table_html, final_html, markdown_html, summary_markdown, unfinished, write_page
-from study.progress import edge_warnings, metric_name
 
 __all__ = ["CPU_CANDIDATES", "build_parser", "main"]
-
-#: On a CPU the final word's runs go one after another: its default candidates are fewer.
-CPU_CANDIDATES = 4
-
-
-def terminal_lines(study: optuna.Study, final: dict | None) -> list[str]:
-    """What the terminal gets: the study in one line, the answer in a few (its recipe, its test
-    accuracy beside the reference's, the config line); the whole summary, the candidates and the
-    PyTorch snippet are in summary.md and on the page."""
-    states = [t.state for t in study.get_trials(deepcopy=False)]
-    best = study.best_trial
-    metric = metric_name(study)
-    lines = [*(f"warning: {line}" for line in unfinished(study)),
-             f"study {study.study_name!r}: {len(states)} trials ({states.count(TrialState.COMPLETE)} complete, "
-             f"{states.count(TrialState.PRUNED)} pruned, {states.count(TrialState.FAIL)} failed); best trial "
-             f"{best.number}: {metric} {best.value:.4f}, validation accuracy "
-             f"{100 * best.user_attrs.get('val_accuracy', float('nan')):.2f} %"]
-    if final:
-        a, seeds = final["answer"], len(final["seeds"])
-        lines += [f"the answer: {a['recipe']}",
-                  f"  test accuracy {100 * a['test_accuracy_mean']:.2f} % ± {100 * a['test_accuracy_sd']:.2f} over {seeds} "
-                  f"seeds (trial {a['trial']}, chosen on validation among {len(final['candidates'])} candidates)"]
-        ref = final.get("reference")
-        if ref:
-            lines.append(f"  the hand-picked reference: {100 * ref['test_accuracy_mean']:.2f} % ± "
-                         f"{100 * ref['test_accuracy_sd']:.2f}")
-        lines.append(f"  as a config: {a['config_line']}  (in plain PyTorch: summary.md)")
-    return lines
-
-
-def _check_out(folder: Path, name: str) -> str | None:
-    """A one-line ValueError if ``folder`` holds files a report did not write (the report never
-    overwrites those); a warning if it holds another study's report, which this one replaces."""
-    if not folder.is_dir():
-        return None
-    entries = {p.name for p in folder.iterdir()}
-    marker = folder / REPORT_MARKER
-    if marker.is_file():
-        made_for = marker.read_text(encoding="utf-8", errors="replace").strip()
-        return None if made_for == name else \
-            f"--out {folder} holds the report of study {made_for!r}: replaced by study {name!r}'s"
-    if entries - set(REPORT_FILES):
-        raise ValueError(f"--out {folder} holds files a report did not write ({', '.join(sorted(entries)[:3])}"
-                         f"{', …' if len(entries) > 3 else ''}); give a new or empty folder")
-    return None
-
-
-def _check_writable(folder: Path, flag: str) -> None:
-    """``folder`` exists (made if need be) and takes a new file, else a one-line ValueError."""
-    try:
-        folder.mkdir(parents=True, exist_ok=True)
-        with tempfile.NamedTemporaryFile(dir=folder, prefix=".write-check-"):
-            pass
-    except OSError as e:
-        raise ValueError(f"{flag} {folder} cannot be written ({e.strerror or e})") from None
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -125,111 +53,11 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    raise_on_interrupt()
-    try:
-        return _report(args)
-    except Exception as e:  # noqa: BLE001 - the storage failing is one line; anything else is a bug
-        reason = storage_failure(e)
-        if reason is None:
-            raise
-        print(f"error: storage {hide_password(args.storage)} failed: {reason}", file=sys.stderr)
-        return EXIT_STORAGE
-    except KeyboardInterrupt:
-        print("interrupted: the report was not finished; run the same command again (the study itself is "
-              "unchanged unless the report got to its last step)", file=sys.stderr)
-        return EXIT_INTERRUPTED
+    # torch, Optuna and plotly only now: --help and a bad flag answer before their seconds of importing
+    from study.reporter import report
 
-
-def _report(args: argparse.Namespace) -> int:
-    args.out = args.out or report_folder(args.study_name)  # never outside reports/, whatever the name
-    set_threads(1, args.threads)
-    optuna.logging.set_verbosity(optuna.logging.ERROR)
-    warnings.filterwarnings("ignore", category=optuna.exceptions.ExperimentalWarning)
-    try:
-        storage = open_storage(args.storage, create=False)
-        try:
-            study = optuna.load_study(study_name=args.study_name, storage=storage)
-        except KeyError:
-            raise ValueError(f"no study {args.study_name!r} in {hide_password(args.storage)}") from None
-        if len(study.directions) != 1:
-            raise ValueError(f"study {args.study_name!r} has {len(study.directions)} objectives; study.report reports "
-                             "the single-objective studies of study.run")
-        if "fingerprint" not in study.user_attrs:
-            raise ValueError(f"study {args.study_name!r} was not created by study.run (it has no recorded settings: "
-                             "epochs, metric, search space); study.report reports study.run's studies")
-        if not study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,)):
-            raise ValueError(f"study {args.study_name!r} has no complete trial yet")
-        device = resolve_device(args.device) if args.final_seeds else None
-        # every place written to is checked before minutes of retraining, not after
-        artifact_dir = args.artifact_dir
-        if artifact_dir is None:
-            db = sqlite_path(args.storage)
-            artifact_dir = (db.parent if db is not None else Path(".")) / "artifacts"
-        replaced = _check_out(args.out, study.study_name)
-        for folder, flag in ((args.out, "--out"), (artifact_dir, "--artifact-dir")):
-            _check_writable(folder, flag)
-    except (ValueError, StorageError) as e:
-        print(f"error: {e}", file=sys.stderr)
-        return EXIT_USAGE
-
-    rows = decay_rows(study)
-    figures = report_figures(study, rows)
-
-    final = None
-    if args.final_seeds:
-        try:
-            data = load_mnist(args.data_dir, device=device)
-            gpu = device.type == "cuda"
-            final = final_word(study, rows, args.final_seeds, data, data.for_final_training(), fused=gpu,
-                               limit=args.candidates or (None if gpu else CPU_CANDIDATES), reference=args.reference,
-                               cuda_graphs=args.cuda_graphs, log=lambda line: print(line, flush=True))
-        except (ValueError, MnistDataError) as e:
-            print(f"error: {e}", file=sys.stderr)
-            return EXIT_USAGE
-
-    edge = edge_warnings(study.best_trial, study.user_attrs.get("epochs"))
-    md = summary_markdown(study, rows, final, edge)
-    # the answer first: the final word, then the summary (its final-word table is the one above)
-    sections = [("The answer", final_html(final))] if final else []
-    sections.append(("Summary", markdown_html(summary_markdown(study, rows, None, edge))))
-    first = True
-    for heading, fig in figures:
-        if isinstance(fig, str):  # left out for lack of trials: said where it would be
-            sections.append((heading, f'<p class="note">{html.escape(fig)}</p>'))
-            continue
-        body = fig.to_html(full_html=False, include_plotlyjs=first)  # plotly.js once, inline: offline
-        first = False
-        if heading == "Decay-strategy comparison":
-            body += decay_table_html(rows)
-        sections.append((heading, body))
-    if replaced:
-        print(f"warning: {replaced}", file=sys.stderr)
-    (args.out / REPORT_MARKER).write_text(study.study_name + "\n", encoding="utf-8")  # this folder is a report's
-    page = args.out / "index.html"
-    write_page(page, f"lr-study report: {study.study_name}", sections)
-    (args.out / "summary.md").write_text(md, encoding="utf-8")
-    write_trials_csv(study, args.out / "trials.csv")
-
-    # the dashboard shows the summary as the study's note and offers the page as an artifact
-    from optuna_dashboard import save_note
-
-    from optuna.artifacts import FileSystemArtifactStore, upload_artifact
-
-    artifact_id = upload_artifact(artifact_store=FileSystemArtifactStore(str(artifact_dir)), file_path=str(page),
-                                  study_or_trial=study, mimetype="text/html")
-    # the study's own records last, once every file is written
-    save_note(study, md)
-    hide_stored_password(study)
-    if final:
-        study.set_user_attr("final_test", final)
-    print("\n".join(terminal_lines(study, final)))
-    for w in edge:  # once, here (summary.md has them too)
-        print(f"warning: {w}", file=sys.stderr)
-    print(f"files:\n  report: {page.resolve()}\n  summary: {(args.out / 'summary.md').resolve()}\n"
-          f"  trials (CSV, one row per trial): {(args.out / 'trials.csv').resolve()}\n"
-          f"  artifact {artifact_id} in {artifact_dir.resolve()}\n"
-          f"inspect: {dashboard_command(args.storage)} --artifact-dir {shlex.quote(str(artifact_dir.resolve()))}")
-    return EXIT_OK
+    raise_on_interrupt()  # from here a Ctrl-C is the report's to stop cleanly (before: the start's)
+    return report(args)
 
 
 if __name__ == "__main__":

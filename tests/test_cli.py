@@ -470,3 +470,31 @@ def test_the_metric_is_part_of_the_experiment(tmp_path: Path, capsys) -> None:
     assert main(["--trials", "2", *SMALL, "--storage", old]) == 2  # the default, last_val_error, is another experiment
     assert main(["--trials", "2", *SMALL, "--metric", "min_val_loss", "--storage", old]) == 0
     assert len(load(old).get_trials(states=FINISHED)) == 2
+
+
+def test_help_and_bad_flags_answer_before_torch_is_imported() -> None:
+    """`--help` took 11 s on a shared machine: torch, Optuna and plotly were imported before the
+    arguments were parsed. The parsers need only study.constants, whose copies of the
+    libraries' values must equal them."""
+    import objectives
+    import objectives.data
+    import objectives.lr_range
+    import objectives.memory
+    import objectives.precision
+    import storage
+    import study.choices
+    import study.constants as c
+    import study.experiment
+
+    assert (c.TRAIN_SIZE, c.AUTO_SLOTS_MAX, c.PRECISIONS, c.METRICS, c.DEFAULT_METRIC, c.OPTIMIZERS, c.MIN_LR,
+            c.DEFAULT_STORAGE, c.DEFAULT_STUDY_NAME, c.SAMPLERS, c.PRUNERS) == (
+        objectives.data.TRAIN_SIZE, objectives.memory.AUTO_SLOTS_MAX, objectives.precision.PRECISIONS,
+        objectives.METRICS, objectives.DEFAULT_METRIC, objectives.OPTIMIZERS, objectives.lr_range.MIN_LR,
+        storage.DEFAULT_STORAGE, study.experiment.DEFAULT_STUDY_NAME, study.choices.SAMPLERS, study.choices.PRUNERS)
+    for module in ("study.run", "study.report", "study.lr_range"):
+        for args in (["--help"], ["--epochs", "0"]):
+            code = (f"import runpy, sys; sys.argv = ['{module}', *{args!r}]\n"
+                    f"try:\n    runpy.run_module('{module}', run_name='__main__')\n"
+                    "except SystemExit as e:\n    print(e.code, sorted(m for m in ('torch', 'optuna', 'plotly') if m in sys.modules))")
+            done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=ENV, timeout=60)
+            assert done.stdout.strip().splitlines()[-1] == f"{0 if args == ['--help'] else 2} []", (module, args, done)
