@@ -32,6 +32,7 @@ from pathlib import Path
 import optuna
 import sqlalchemy
 
+from benchmarks._common import load_line
 from storage import open_storage
 from storage.batch import TrialWrites, rdb_backend, storage_of, trial_id, write_trials
 from study.pruning import InFlightMedianPruner, judge_boundary
@@ -85,6 +86,7 @@ def main(argv: list[str] | None = None) -> int:
     args = p.parse_args(argv)
     optuna.logging.set_verbosity(optuna.logging.ERROR)
     warnings.filterwarnings("ignore", category=UserWarning)  # ask() outside optimize with heartbeats
+    print(f"machine: {load_line()}")
     print(f"SQLite (WAL), in-flight median pruner, {args.finished} finished trials of 20 epochs; "
           f"optuna {optuna.__version__}")
     print(f"{'K':>4} | {'per trial: s':>12} {'ms/trial':>8} {'commits':>7} | {'batched: s':>10} {'ms/trial':>8} "

@@ -157,6 +157,8 @@ class TrialLog:
         self.prefix = prefix
         self.bar = bar
         self.metric: str | None = None  # the study's metric name, read once
+        self.fastest: dict[int, float] = {}  # this run's fastest epoch, by trials in flight
+        self.warned = False
 
     def __call__(self, study: optuna.Study, trial: FrozenTrial) -> None:
         trials = study.get_trials(deepcopy=False)  # one read, for the count and the bar
@@ -178,6 +180,24 @@ class TrialLog:
         else:
             self.bar.write(line)
             self.bar.update(trials, ended=trial.number)
+        slow = self.slow_epochs(trial)
+        if slow:
+            print(f"{self.prefix}warning: {slow}", file=sys.stderr, flush=True)
+
+    def slow_epochs(self, trial: FrozenTrial) -> str | None:
+        """Once per run: a trial whose epochs ran far slower (3x and 1 s more) than this run's
+        fastest with as many trials in flight: the cores are likely shared with another program."""
+        seconds = trial.user_attrs.get("seconds_per_epoch")
+        if not isinstance(seconds, float) or trial.state == TrialState.FAIL:
+            return None
+        k = int(trial.user_attrs.get("parallel_trials", 1))
+        fastest = self.fastest.setdefault(k, seconds)
+        self.fastest[k] = min(fastest, seconds)
+        if self.warned or seconds < 3 * fastest or seconds < fastest + 1.0:
+            return None
+        self.warned = True
+        return (f"trial {trial.number}'s epochs took {seconds:.1f} s, {seconds / fastest:.1f}x this run's fastest "
+                f"({fastest:.1f} s): another program may be using the cores (try --threads 1); said once")
 
 
 def metric_name(study: optuna.Study) -> str:

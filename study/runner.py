@@ -17,8 +17,8 @@ from objectives import MnistDataError, check_mnist, resolve_device
 from objectives.precision import check_precision
 from storage import DEFAULT_STORAGE, StorageError, dashboard_command, hide_password, sqlite_path, storage_failure
 from study.choices import SamplerUnavailable, make_sampler
-from study.cli import (EXIT_FAILED, EXIT_INTERRUPTED, EXIT_OK, EXIT_STORAGE, EXIT_USAGE, max_workers, report_folder,
-                       set_threads, threads_per_process, usable_cores)
+from study.cli import (EXIT_FAILED, EXIT_INTERRUPTED, EXIT_OK, EXIT_STORAGE, EXIT_USAGE, busy_cores, max_workers,
+                       report_folder, set_threads, threads_per_process, usable_cores)
 from study.experiment import DEFAULT_STUDY_NAME, Settings, UsageError, device_name, open_study, study_storage
 from study.interrupt import raise_on_interrupt
 from study.progress import ProgressBar, summary, trial_epochs
@@ -54,6 +54,13 @@ def _files(s: Settings) -> list[str]:
 
 def _run(s: Settings, argv: list[str]) -> int:
     s = replace(s, space=s.space.for_epochs(s.epochs))  # as the objective samples it; in the fingerprint
+    if s.threads is None:  # chosen once, here, for every process of the run (a worker starting beside its
+        # siblings would take them for other programs)
+        s = replace(s, threads=threads_per_process(s.workers))
+        busy = busy_cores()
+        if round(busy) >= 1:
+            print(f"threads: {s.threads} per worker: {usable_cores()} usable core(s), {busy:.1f} busy with other programs "
+                  "as this run started (--threads T to choose)", flush=True)
     cap, why = max_workers()
     if s.workers > cap:  # more processes than the machine holds only wait for each other, or run out of memory
         print(f"warning: --workers {s.workers} is more than this machine holds ({why}): using {cap}",

@@ -27,6 +27,8 @@ def _bench(module: str, *args: str, cwd: Path) -> str:
                           text=True, timeout=240)
     assert done.returncode == 0, done.stderr
     assert "Traceback" not in done.stderr
+    # every benchmark says how loaded the machine was, so that a contended figure is flagged
+    assert re.search(r"load average [\d.]+ on \d+ cores, [\d.]+ busy at the start", done.stdout), done.stdout
     return done.stdout
 
 
