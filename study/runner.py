@@ -111,15 +111,14 @@ def _run(s: Settings, argv: list[str]) -> int:
         print(f"warning: {s.workers} worker(s) x {s.threads} threads on {usable_cores()} usable cores: "
               "they will wait for each other", file=sys.stderr, flush=True)
     code = EXIT_OK
-    # a bar on a terminal, for one worker (the workers' lines would run through it)
-    bar = ProgressBar(s.trials, study.get_trials(deepcopy=False), s.epochs) \
-        if s.workers == 1 and sys.stdout.isatty() else None
+    # a bar on a terminal; with --workers the parent draws it, and the workers' lines come through it
+    bar = ProgressBar(s.trials, study.get_trials(deepcopy=False), s.epochs) if sys.stdout.isatty() else None
     try:
         settle_orphans(s)  # a previous run on this machine died with trials RUNNING
         if s.workers == 1:
             optimize(s, 0, bar=bar)
         else:
-            code = run_workers(s)
+            code = run_workers(s, bar)
     except KeyboardInterrupt:
         code = EXIT_INTERRUPTED
     except WorkerError as e:

@@ -180,18 +180,62 @@ def optimize(s: Settings, worker: int, prefix: str = "", bar: ProgressBar | None
         raise WorkerError(f"{guard.in_a_row} trials in a row failed (last: {guard.last}); stopping this worker")
 
 
-def _worker_main(s: Settings, worker: int) -> None:
-    """Entry point of a ``--workers`` child process."""
+class _RelayedBar:
+    """What a worker process tells the parent's progress bar (``--workers`` on a terminal): its
+    lines, its trials' epoch boundaries and ends, through a queue that the parent reads."""
+
+    def __init__(self, queue: multiprocessing.Queue) -> None:
+        self.queue = queue
+
+    def write(self, line: str) -> None:
+        self.queue.put(("line", line))
+
+    def epoch(self, number: int, epoch: int) -> None:
+        self.queue.put(("epoch", number, epoch))
+
+    def update(self, trials: list, ended: int | None = None) -> None:
+        self.queue.put(("ended", ended))
+
+
+def _relay(queue: multiprocessing.Queue, bar: ProgressBar, study: optuna.Study, timeout: float) -> None:
+    """Show on ``bar`` what the workers sent, for up to ``timeout`` seconds."""
+    import queue as queues
+
+    try:
+        message = queue.get(timeout=timeout)
+    except queues.Empty:
+        return
+    while True:
+        kind, *rest = message
+        if kind == "line":
+            bar.write(rest[0])
+        elif kind == "epoch":
+            bar.epoch(*rest)
+        else:  # a trial ended: the study's counts and best, read once
+            bar.update(study.get_trials(deepcopy=False), ended=rest[0])
+        try:
+            message = queue.get_nowait()
+        except queues.Empty:
+            return
+
+
+def _worker_main(s: Settings, worker: int, relay: multiprocessing.Queue | None = None) -> None:
+    """Entry point of a ``--workers`` child process; ``relay``: the parent's bar, on a terminal."""
     # The parent relays Ctrl-C as one SIGTERM; a terminal's SIGINT to the whole group is ignored
     # here so that a trial is not interrupted twice while it is being marked FAIL.
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     signal.signal(signal.SIGTERM, raise_interrupt)
     optuna.logging.set_verbosity(optuna.logging.ERROR)
     set_threads(s.workers, s.threads)  # the workers share the cores instead of each taking all of them
-    print(f"w{worker} started: process {os.getpid()}, {torch.get_num_threads()} thread(s), device "
-          f"{worker_device(s, worker)}", flush=True)
+    bar = _RelayedBar(relay) if relay is not None else None
+    started = (f"w{worker} started: process {os.getpid()}, {torch.get_num_threads()} thread(s), device "
+               f"{worker_device(s, worker)}")
+    if bar is not None:
+        bar.write(started)
+    else:
+        print(started, flush=True)
     try:
-        optimize(s, worker, prefix=f"w{worker} ")
+        optimize(s, worker, prefix=f"w{worker} ", bar=bar)  # type: ignore[arg-type]
     except KeyboardInterrupt:
         sys.exit(EXIT_INTERRUPTED)
     except WorkerError as e:
@@ -203,13 +247,21 @@ def _worker_main(s: Settings, worker: int) -> None:
         sys.exit(EXIT_STORAGE)
 
 
-def run_workers(s: Settings) -> int:
+def run_workers(s: Settings, bar: ProgressBar | None = None) -> int:
+    """Start ``s.workers`` worker processes and wait for them; with ``bar`` (a terminal) their lines
+    and progress come to this process, which draws the one bar for all."""
     ctx = multiprocessing.get_context("spawn")  # CUDA cannot be forked
-    procs = [ctx.Process(target=_worker_main, args=(s, i), name=f"study-worker-{i}") for i in range(s.workers)]
+    relay = ctx.Queue() if bar is not None else None
+    procs = [ctx.Process(target=_worker_main, args=(s, i, relay), name=f"study-worker-{i}") for i in range(s.workers)]
     for proc in procs:
         proc.start()
     interrupted = False
     try:
+        if relay is not None and bar is not None:
+            study = optuna.load_study(study_name=s.study_name, storage=study_storage(s))
+            while any(proc.is_alive() for proc in procs):
+                _relay(relay, bar, study, timeout=0.5)
+            _relay(relay, bar, study, timeout=0.1)  # the last lines
         for proc in procs:
             proc.join()
     except KeyboardInterrupt:

@@ -131,3 +131,16 @@ def test_an_epoch_far_slower_than_the_runs_fastest_is_said_once() -> None:
     said = [log.slow_epochs(trial(n, s)) for n, s in enumerate([1.5, 1.4, 2.0, 5.2, 6.0])]
     assert said[:3] == [None] * 3 and said[4] is None  # once
     assert said[3].startswith("trial 3's epochs took 5.2 s, 3.7x this run's fastest (1.4 s)")
+
+
+@pytest.mark.slow
+def test_with_workers_the_parent_draws_one_bar_for_all(tmp_path: Path) -> None:
+    """With --workers on a terminal there was no bar (the workers' lines would have run through
+    it): the workers now send their lines and progress to the parent, which draws one bar."""
+    out = run_on_a_terminal(["--trials", "4", "--workers", "2", *SMALL, "--storage", f"sqlite:///{tmp_path / 's.db'}"],
+                            tmp_path)
+    bars = BAR.findall(out)
+    assert bars and int(bars[-1][0]) == 4 and all(b[1] == "4" for b in bars), out[-2000:]
+    lines = [line for line in re.split(r"[\r\n]+", out) if re.search(r"^w\d \[ *\d/4\] trial +\d+ ", line.lstrip())]
+    assert len(lines) >= 4 and {line.lstrip()[:2] for line in lines} <= {"w0", "w1"}, out[-2000:]
+    assert "w0 started" in out and "w1 started" in out
