@@ -19,6 +19,7 @@ it in the same boundary see it, as they would one at a time.
 
 from __future__ import annotations
 
+import bisect
 import copy
 import math
 import statistics
@@ -72,20 +73,63 @@ class InFlightMedianPruner(BasePruner):
         if not finite:  # NaN at every step so far, as Optuna's MedianPruner decides
             return True
         value = max(finite) if study.direction == StudyDirection.MAXIMIZE else min(finite)
-        peers = []
-        for t in study.get_trials(deepcopy=False, states=_PEER_STATES):
-            values = t.intermediate_values
-            if t.number == trial.number or not values:
-                continue
-            if step in values:
-                peers.append(values[step])
-            elif t.state == TrialState.PRUNED and max(values) < step:
-                peers.append(values[max(values)])  # pruned before this step: counted at its last value
-        peers = [v for v in peers if not math.isnan(v)]
-        if len(peers) < max(1, self.n_startup_trials):
+        trials = study.get_trials(deepcopy=False, states=_PEER_STATES)
+        memo = _boundary_memo(study)
+        key = ("peers", id(trials), step)
+        if memo is None or key not in memo:
+            entry = _peer_values(trials, step)
+            if memo is not None:  # the list's id is safe as a key: the memo keeps the list alive
+                memo[key] = (entry, trials)
+        else:
+            entry = memo[key][0]
+        peers, numbers = entry
+        own = trial.intermediate_values.get(step) if trial.number in numbers else None
+        n = len(peers) - (own is not None)
+        if n < max(1, self.n_startup_trials):
             return False
-        median = statistics.median(peers)
+        median = _median_without(peers, own)
         return value < median if study.direction == StudyDirection.MAXIMIZE else value > median
+
+
+def _peer_values(trials: list[FrozenTrial], step: int) -> tuple[list[float], set[int]]:
+    """The sorted values of ``trials`` at ``step`` (a pruned trial that stopped before it: its last
+    value), NaNs left out, and the numbers of the trials that gave one."""
+    values, numbers = [], set()
+    for t in trials:
+        steps = t.intermediate_values
+        if not steps:
+            continue
+        if step in steps:
+            v = steps[step]
+        elif t.state == TrialState.PRUNED and max(steps) < step:
+            v = steps[max(steps)]  # pruned before this step: counted at its last value
+        else:
+            continue
+        if not math.isnan(v):
+            values.append(v)
+            numbers.add(t.number)
+    values.sort()
+    return values, numbers
+
+
+def _median_without(values: list[float], own: float | None) -> float:
+    """The median of sorted ``values`` with one occurrence of ``own`` left out (None: none), in
+    O(log n): the peers of a trial are every trial's values but its own."""
+    if own is None:
+        return statistics.median(values)
+    skip = bisect.bisect_left(values, own)
+    n = len(values) - 1
+
+    def kth(k: int) -> float:  # the k-th smallest without values[skip]
+        return values[k if k < skip else k + 1]
+
+    return kth(n // 2) if n % 2 else (kth(n // 2 - 1) + kth(n // 2)) / 2
+
+
+def _boundary_memo(study: Any) -> dict | None:
+    """The memo of the boundary being judged (:class:`_SnapshotStorage`), else None."""
+    storage = getattr(study, "_storage", None)
+    return getattr(storage, "memo", None) if isinstance(storage, _SnapshotStorage) else None
 
 
 def lr_peak_epoch(params: dict[str, Any], epochs: int) -> int:
@@ -105,8 +149,15 @@ class _Strategy:
         self._study, self._decay = study, decay
 
     def get_trials(self, deepcopy: bool = True, states: Container[TrialState] | None = None) -> list[FrozenTrial]:
+        memo = None if deepcopy else _boundary_memo(self._study)
+        key = ("strategy", self._decay, tuple(states) if states is not None else None)
+        if memo is not None and key in memo:
+            return memo[key]
         trials = self._study.get_trials(deepcopy=deepcopy, states=states)
-        return [t for t in trials if t.params.get("decay") == self._decay]
+        mine = [t for t in trials if t.params.get("decay") == self._decay]
+        if memo is not None:
+            memo[key] = mine
+        return mine
 
     @property
     def trials(self) -> list[FrozenTrial]:
@@ -146,14 +197,26 @@ class _SnapshotStorage:
     writes of system attrs go to the boundary's batch (and into the snapshot); anything else is
     the real storage's."""
 
-    def __init__(self, storage: Any, trials: dict[int, FrozenTrial], writes: TrialWrites) -> None:
-        self._storage, self._trials, self._writes = storage, trials, writes
+    def __init__(self, storage: Any, trials: dict[int, FrozenTrial], writes: TrialWrites, study_id: int) -> None:
+        self._storage, self._trials, self._writes, self._study_id = storage, trials, writes, study_id
+        #: what the pruners derive from the snapshot (the trials of a strategy, the sorted values
+        #: at a step), kept for the rest of the boundary: judging a trial then costs O(log N),
+        #: not O(N); emptied when a pruner writes
+        self.memo: dict = {}
+
+    def get_study_id_from_name(self, study_name: str) -> int:
+        # Optuna's HyperbandPruner builds a study per bracket for every trial it judges, and a
+        # study's constructor asks the storage for its id: one query per trial, answered here
+        return self._study_id
 
     def get_all_trials(self, study_id: int, deepcopy: bool = True,
                        states: Container[TrialState] | None = None) -> list[FrozenTrial]:
         # in number order without sorting: the dict was filled from get_trials, which sorts, and
-        # replacing a trial keeps its place (this runs once per trial judged)
-        out = [t for t in self._trials.values() if states is None or t.state in states]
+        # replacing a trial keeps its place; the same list for the rest of the boundary
+        key = ("all", tuple(states) if states is not None else None)
+        out = self.memo.get(key)
+        if out is None:
+            out = self.memo[key] = [t for t in self._trials.values() if states is None or t.state in states]
         return copy.deepcopy(out) if deepcopy else out
 
     def get_trial(self, trial_id: int) -> FrozenTrial:
@@ -162,6 +225,7 @@ class _SnapshotStorage:
     def set_trial_system_attr(self, trial_id: int, key: str, value: Any) -> None:
         self._writes.system_attrs.append((trial_id, key, value))
         self._trials[trial_id] = _with(self._trials[trial_id], system_attrs={key: value})
+        self.memo.clear()  # derived from the trials before this write
 
     def __getattr__(self, name: str) -> Any:
         return getattr(self._storage, name)
@@ -199,6 +263,6 @@ def judge_boundary(study: optuna.Study, reports: Sequence[tuple[int, int, float]
     view = copy.copy(study)  # the same study (name, direction, sampler, pruner) over the snapshot
     # Optuna has no public way to run a pruner on a study over other trials than its storage's:
     # the copy gets the snapshot as its (private) storage, and a thread-local cache of its own
-    view._storage = _SnapshotStorage(storage_of(study), trials, writes)
+    view._storage = _SnapshotStorage(storage_of(study), trials, writes, study._study_id)
     view._thread_local = type(study._thread_local)()
     return {id_ for id_, _, _ in reports if id_ in judge and study.pruner.prune(view, trials[id_])}

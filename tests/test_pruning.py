@@ -306,3 +306,29 @@ def test_halving_pruners_have_the_readmes_settings() -> None:
     assert isinstance(make_pruner("none", 20), optuna.pruners.NopPruner)
     with pytest.raises(ValueError, match="name='asha'"):
         make_pruner("asha", 20)
+
+
+@pytest.mark.parametrize("name", ["median", "hyperband", "sha"])
+def test_a_boundary_costs_one_read_and_one_write_whatever_k_and_the_pruner(name: str, tmp_path: Path) -> None:
+    """--pruner hyperband made one more storage query per trial judged: its bracket study's
+    constructor asked the storage for the study's id. Counted with the engine's commits (on
+    SQLite every statement's transaction takes the lock and commits)."""
+    per_boundary = {}
+    for k in (3, 9):
+        storage = open_storage(f"sqlite:///{tmp_path / f'{name}-{k}.db'}")
+        study = optuna.create_study(storage=storage, study_name="s", pruner=make_pruner(name, 12, in_flight=True))
+        for trial in _running(study, [{e: 1 / e + 0.01 * i for e in range(1, 13)} for i in range(6)]):
+            study.tell(trial, 1 / 12)
+        flight = _running(study, [{} for _ in range(k)])
+        commits = [0]
+        sqlalchemy.event.listen(rdb_backend(storage).engine, "commit", lambda c: commits.__setitem__(0, commits[0] + 1))
+        costs = []
+        for epoch in range(1, 5):
+            values = [(trial_id(t), epoch, 0.5 + 0.1 * i) for i, t in enumerate(flight)]
+            before = commits[0]
+            writes = TrialWrites(intermediate_values=values)
+            judge_boundary(study, values, {trial_id(t) for t in flight}, writes)
+            write_trials(storage_of(study), writes)
+            costs.append(commits[0] - before)
+        per_boundary[k] = costs
+    assert per_boundary[3] == per_boundary[9] == [2] * 4, per_boundary
