@@ -1,11 +1,23 @@
-"""The five optimizers' update arithmetic for K trials at once, each with its own LR per layer.
+"""The five optimizers' update for K trials at once, as one formula with per-trial coefficients.
 
 torch.optim cannot do the fused engine's update: its tensor ``lr`` must have one element, while
 here every trial (a row of a ``[k, P]`` parameter buffer) has its own LR per layer. So the update
-is written here for the five optimizers of the search space, mirroring torch's single-tensor
-implementations step by step (same defaults, same order of operations), and checked against
-them: in float64 on the CPU, ``train_many`` gives the per-epoch validation losses and final
-weights of K separate ``train`` runs to 1e-9 (``tests/test_fused.py``).
+is written here. It is one formula over all the rows, whatever the mix of optimizers: each
+trial's optimizer is a set of coefficients (:func:`coefficients`), and a step is the same
+handful of kernels for any mix and any K (``tests/test_step_loop.py`` counts them). With the
+coefficients of each optimizer it is torch's single-tensor implementation, step by step (same
+defaults, same order of the arithmetic that matters), and it is checked against them: in
+float64 on the CPU, ``train_many`` gives the per-epoch validation losses and final weights of
+K separate ``train`` runs to 1e-9 (``tests/test_fused.py``), a short last batch included.
+
+    g  = grad + wd_l2 · p                      L2 weight decay (all but AdamW)
+    m  = a1 · m + b1 · g                       SGD's momentum buffer; Adam's first moment
+    v  = a2 · v + b2 · g²                      Adam's second moment; RMSprop's and Adagrad's sums
+    d  = u · (√v / bc2 + eps) + (1 − u)        the denominator (1 for SGD)
+    p ← p · (1 − lr · wd_decoupled)            AdamW's decoupled weight decay
+    p ← p − lr / bc1 · (m if from_m else g) / d
+
+with ``bc1``, ``bc2`` Adam's bias corrections of the trial's step (1 for the others).
 """
 
 from __future__ import annotations
@@ -14,57 +26,52 @@ from collections.abc import Sequence
 
 import torch
 
-from objectives.config import OPTIMIZERS
+from objectives.config import OPTIMIZERS, TrainConfig
 
-__all__ = ["ADAM_BETAS", "STATE", "step_rows"]
+__all__ = ["ADAM_BETAS", "COEFFICIENTS", "coefficients", "step_rows"]
 
 # torch.optim defaults, which ``train`` uses through build_optimizer
 ADAM_BETAS, _ADAM_EPS = (0.9, 0.999), 1e-8
 _RMSPROP_ALPHA, _RMSPROP_EPS = 0.99, 1e-8
 _ADAGRAD_EPS = 1e-10
-#: Optimizer state per parameter; all start at zero (for SGD's buffer, 0·momentum + g is exactly
-#: torch's first-step clone of g).
-STATE = {"sgd": ("buf",), "adam": ("exp_avg", "exp_avg_sq"), "adamw": ("exp_avg", "exp_avg_sq"),
-         "rmsprop": ("square_avg",), "adagrad": ("sum",)}
+
+#: The per-trial coefficients of :func:`step_rows`, in the order of :func:`coefficients`.
+COEFFICIENTS = ("a1", "b1", "a2", "b2", "eps", "use_denom", "from_m", "wd_l2", "wd_decoupled")
 
 
-def _direction(optimizer: str, p: torch.Tensor, g: torch.Tensor, state: dict[str, torch.Tensor],
-               momentum: torch.Tensor, wd: torch.Tensor | None, bc2_sqrt: torch.Tensor) -> torch.Tensor:
-    """Update the optimizer state of the rows ``p`` with their gradient ``g`` and return the
-    direction that the LR scales (``p -= lr · direction``), in the order of torch's single-tensor
-    implementation."""
-    if wd is not None and optimizer != "adamw":
-        g = g + wd * p  # grad.add(param, alpha=weight_decay)
-    if optimizer == "sgd":
-        return state["buf"].mul_(momentum).add_(g)
-    if optimizer in ("adam", "adamw"):
-        beta1, beta2 = ADAM_BETAS
-        state["exp_avg"].lerp_(g, 1 - beta1)
-        state["exp_avg_sq"].mul_(beta2).addcmul_(g, g, value=1 - beta2)
-        denom = (state["exp_avg_sq"].sqrt() / bc2_sqrt).add_(_ADAM_EPS)
-        return state["exp_avg"] / denom
-    if optimizer == "rmsprop":
-        state["square_avg"].mul_(_RMSPROP_ALPHA).addcmul_(g, g, value=1 - _RMSPROP_ALPHA)
-        return g / state["square_avg"].sqrt().add_(_RMSPROP_EPS)
-    if optimizer == "adagrad":
-        state["sum"].addcmul_(g, g, value=1)
-        return g / state["sum"].sqrt().add_(_ADAGRAD_EPS)
-    raise ValueError(f"optimizer must be one of {OPTIMIZERS}, but got {optimizer=}")
+def coefficients(config: TrainConfig) -> tuple[float, ...]:
+    """``config``'s optimizer as the coefficients of the update (:data:`COEFFICIENTS`). Every
+    state starts at zero (for SGD's buffer, 0·momentum + g is exactly torch's first-step clone
+    of g)."""
+    opt, wd = config.optimizer, config.weight_decay
+    beta1, beta2 = ADAM_BETAS
+    if opt == "sgd":
+        return (config.momentum, 1.0, 0.0, 0.0, 0.0, 0.0, 1.0, wd, 0.0)
+    if opt == "adam":
+        return (beta1, 1 - beta1, beta2, 1 - beta2, _ADAM_EPS, 1.0, 1.0, wd, 0.0)
+    if opt == "adamw":
+        return (beta1, 1 - beta1, beta2, 1 - beta2, _ADAM_EPS, 1.0, 1.0, 0.0, wd)
+    if opt == "rmsprop":
+        return (0.0, 0.0, _RMSPROP_ALPHA, 1 - _RMSPROP_ALPHA, _RMSPROP_EPS, 1.0, 0.0, wd, 0.0)
+    if opt == "adagrad":
+        return (0.0, 0.0, 1.0, 1.0, _ADAGRAD_EPS, 1.0, 0.0, wd, 0.0)
+    raise ValueError(f"optimizer must be one of {OPTIMIZERS}, but got {opt=}")
 
 
 @torch.no_grad()
-def step_rows(optimizer: str, p: torch.Tensor, g: torch.Tensor, state: dict[str, torch.Tensor], *,
-              momentum: torch.Tensor, wd: torch.Tensor | None, lr: torch.Tensor, bc1: torch.Tensor,
-              bc2_sqrt: torch.Tensor, segments: Sequence[tuple[int, int]]) -> None:
-    """One step of ``optimizer`` on the rows ``p`` (``[k, P]``, k trials, written in place) with
-    their gradients ``g``. ``momentum``, ``wd`` (None: no trial of these rows has weight decay),
-    Adam's bias corrections ``bc1`` and ``bc2_sqrt`` are ``[k, 1]`` columns; ``lr`` is
-    ``[layers, k, 1]``, each layer's LR applied to its ``segments`` ``(lo, hi)`` of the row."""
-    direction = _direction(optimizer, p, g, state, momentum, wd, bc2_sqrt)
-    if optimizer in ("adam", "adamw"):
-        if wd is not None and optimizer == "adamw":
-            for layer, (lo, hi) in enumerate(segments):
-                p[:, lo:hi].mul_(1 - lr[layer] * wd)  # decoupled: param.mul_(1 - lr * weight_decay)
-        lr = lr / bc1  # step_size = lr / bias_correction1
+def step_rows(p: torch.Tensor, g: torch.Tensor, m: torch.Tensor, v: torch.Tensor, c: dict[str, torch.Tensor], *,
+              lr: torch.Tensor, bc1: torch.Tensor, bc2_sqrt: torch.Tensor, segments: Sequence[tuple[int, int]]) -> None:
+    """One step of every row of ``p`` (``[k, P]``, k trials, written in place) with its gradient
+    ``g``, its states ``m`` and ``v`` (in place) and its coefficients ``c`` (``[k, 1]`` columns,
+    :data:`COEFFICIENTS`; ``use_denom`` and ``from_m`` as booleans; and ``one``, a column of ones). ``bc1``, ``bc2_sqrt`` are
+    ``[k, 1]``; ``lr`` is ``[layers, k, 1]``, each layer's LR applied to its ``segments``
+    ``(lo, hi)`` of the row. The same kernels whatever the rows' optimizers."""
+    g = g.addcmul(c["wd_l2"], p)  # grad.add(param, alpha=weight_decay)
+    m.mul_(c["a1"]).addcmul_(c["b1"], g)
+    v.mul_(c["a2"]).addcmul_(c["b2"], g * g)
+    denom = torch.where(c["use_denom"], (v.sqrt() / bc2_sqrt).add_(c["eps"]), c["one"])  # a tensor: no scalar sent per step
+    direction = torch.where(c["from_m"], m, g).div_(denom)
+    step = lr / bc1  # Adam's step_size = lr / bias_correction1; lr for the others (bc1 = 1)
     for layer, (lo, hi) in enumerate(segments):
-        p[:, lo:hi].addcmul_(lr[layer], direction[:, lo:hi], value=-1)  # p -= lr · direction
+        p[:, lo:hi].mul_(1 - lr[layer] * c["wd_decoupled"])  # decoupled: param.mul_(1 - lr * weight_decay)
+        p[:, lo:hi].addcmul_(step[layer], direction[:, lo:hi], value=-1)  # p -= lr · direction

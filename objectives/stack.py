@@ -4,9 +4,9 @@ Each layer's weights of the K trials are stacked ``[K, out, in]`` (views of one 
 buffer, a trial per row) and a step runs one batched matrix product per layer
 (``torch.baddbmm``) for all of them; the loss is the sum of the trials' own mean losses, so
 each trial's gradient is exactly the one ``train`` computes. Per-trial hyperparameters (initial
-LR, layer multipliers, decay schedule, momentum, weight decay) are per-trial tensors of the
-update (:mod:`objectives.fused_optim`). Trials are grouped by optimizer into contiguous blocks of
-rows, so a step's update is a handful of ops per optimizer, whatever K. :func:`stack_steps`
+LR, layer multipliers, decay schedule, and the optimizer itself as the coefficients of one
+update formula) are per-trial tensors of the update (:mod:`objectives.fused_optim`), so a step's
+update is the same handful of ops for any mix of optimizers and any K. :func:`stack_steps`
 builds the step functions that read the batch order, the LR table and a step counter from the
 stack's device buffers, so that :mod:`objectives.graphs` can capture them.
 """
@@ -21,9 +21,9 @@ from dataclasses import dataclass, field
 import torch
 import torch.nn.functional as F
 
-from objectives.config import OPTIMIZERS, TrainConfig
+from objectives.config import TrainConfig
 from objectives.data import MnistData
-from objectives.fused_optim import ADAM_BETAS, STATE, step_rows
+from objectives.fused_optim import ADAM_BETAS, COEFFICIENTS, coefficients, step_rows
 from objectives.graphs import EagerSteps, StepGraphs
 from objectives.model import CLASSES, LAYERS, MLP, PARAM_SHAPES
 from objectives.precision import autocast
@@ -93,19 +93,14 @@ class FusedTrial:
 
 
 class Stack:
-    """The trials in flight as rows of one ``[k, P]`` parameter buffer (and one per optimizer
-    state), sorted by optimizer so that each optimizer's trials are a contiguous block of rows;
-    ``params`` are the per-layer ``[k, out, in]`` / ``[k, out]`` views the forward pass uses."""
+    """The trials in flight as rows of one ``[k, P]`` parameter buffer, and of the two state
+    buffers ``m`` and ``v`` of the one update formula (:mod:`objectives.fused_optim`), whatever
+    each trial's optimizer; ``params`` are the per-layer ``[k, out, in]`` / ``[k, out]`` views
+    the forward pass uses."""
 
     def __init__(self, trials: list[FusedTrial], previous: Stack | None, device: torch.device, dtype: torch.dtype) -> None:
-        trials = sorted(trials, key=lambda t: (OPTIMIZERS.index(t.config.optimizer), t.index))
+        trials = sorted(trials, key=lambda t: t.index)
         self.trials, self.device, self.dtype = trials, device, dtype
-        self.groups: list[tuple[str, int, int]] = []  # (optimizer, start, stop) rows of the stack
-        for opt in OPTIMIZERS:
-            rows = [i for i, t in enumerate(trials) if t.config.optimizer == opt]
-            if rows:
-                self.groups.append((opt, rows[0], rows[-1] + 1))
-        old_start = {opt: a for opt, a, _ in previous.groups} if previous else {}
 
         # survivors' rows are copied, newcomers' come from their fresh models; states likewise
         # (a newcomer's state is zero, as torch's is before the first step)
@@ -115,13 +110,8 @@ class Stack:
             return previous.flat[t.row]
 
         self.flat = torch.stack([row(t) for t in trials])
-        self.states: dict[str, dict[str, torch.Tensor]] = {}
-        for opt, a, b in self.groups:
-            self.states[opt] = {
-                name: torch.stack([self.flat.new_zeros(P) if t.fresh is not None
-                                   else previous.states[opt][name][t.row - old_start[opt]] for t in trials[a:b]])
-                for name in STATE[opt]
-            }
+        self.m, self.v = (torch.stack([self.flat.new_zeros(P) if t.fresh is not None else getattr(previous, name)[t.row]
+                                       for t in trials]) for name in ("m", "v"))
         for i, t in enumerate(trials):
             t.row, t.fresh = i, None
         # leaves for autograd that share the buffer's memory: the update writes the buffer in place
@@ -129,11 +119,13 @@ class Stack:
         self.params = [self.flat[:, lo:hi].view(k, *shape).requires_grad_()
                        for shape, lo, hi in zip(PARAM_SHAPES, BOUNDS, BOUNDS[1:])]
 
-        cfgs = [t.config for t in trials]
-        self.momentum = _column(torch.tensor([c.momentum for c in cfgs], device=device, dtype=dtype))
-        self.wd = _column(torch.tensor([c.weight_decay for c in cfgs], device=device, dtype=dtype))
-        # decided on the host, once: a device-side test per step would be a host sync
-        self.has_wd = {opt: any(c.weight_decay != 0 for c in cfgs[a:b]) for opt, a, b in self.groups}
+        # each trial's optimizer as the update's coefficients, [k, 1] columns
+        values = torch.tensor([coefficients(t.config) for t in trials], dtype=torch.float64)  # [k, coefficients]
+        self.coefficients = {name: _column(values[:, i].to(device=device, dtype=dtype)) for i, name in enumerate(COEFFICIENTS)}
+        for flag in ("use_denom", "from_m"):
+            self.coefficients[flag] = self.coefficients[flag] != 0
+        self.coefficients["one"] = torch.ones_like(self.coefficients["a1"])
+        self.adam = torch.tensor([t.config.optimizer in ("adam", "adamw") for t in trials])  # host: bias corrections
         self.steps: StepGraphs | EagerSteps | None = None  # set by train_stream, once per stack
 
     def buffers(self, n: int, steps: int) -> None:
@@ -180,8 +172,9 @@ class Stack:
         s = torch.tensor([t.steps for t in self.trials], dtype=torch.float64).unsqueeze(1) + torch.arange(
             1, steps + 1, dtype=torch.float64)  # [k, steps]: the optimizer step each update is
         b1, b2 = ADAM_BETAS
-        host = torch.cat([base.unsqueeze(2) * factors.unsqueeze(1), (1 - b1**s).unsqueeze(1),
-                          (1 - b2**s).sqrt().unsqueeze(1)], dim=1)  # [k, rows, steps]
+        adam = self.adam.unsqueeze(1)  # Adam's bias corrections; 1 for the others' rows
+        bc1, bc2 = torch.where(adam, 1 - b1**s, 1.0), torch.where(adam, (1 - b2**s).sqrt(), 1.0)
+        host = torch.cat([base.unsqueeze(2) * factors.unsqueeze(1), bc1.unsqueeze(1), bc2.unsqueeze(1)], dim=1)  # [k, rows, steps]
         for t in self.trials:
             t.steps += steps
         return host.permute(2, 1, 0)
@@ -192,10 +185,8 @@ class Stack:
         k = len(self.trials)
         g_all = torch.cat([g.reshape(k, -1) for g in grads], dim=1)  # [k, P], rows like self.flat
         lr_cols = lrs.unsqueeze(2)  # [rows, k, 1]
-        for opt, a, b in self.groups:
-            step_rows(opt, self.flat[a:b], g_all[a:b], self.states[opt], momentum=self.momentum[a:b],
-                      wd=self.wd[a:b] if self.has_wd[opt] else None, lr=lr_cols[: len(LAYERS), a:b],
-                      bc1=lr_cols[_ROW_BC1, a:b], bc2_sqrt=lr_cols[_ROW_BC2, a:b], segments=SEGMENTS)
+        step_rows(self.flat, g_all, self.m, self.v, self.coefficients, lr=lr_cols[: len(LAYERS)],
+                  bc1=lr_cols[_ROW_BC1], bc2_sqrt=lr_cols[_ROW_BC2], segments=SEGMENTS)
 
     def model(self, t: FusedTrial) -> MLP:
         """A standalone copy of trial ``t``'s current weights."""
