@@ -14,16 +14,17 @@ Every trial shuffles with :func:`epoch_permutation` of one shared ``shuffle_seed
 random numbers), so its epoch e sees the same batches as ``train`` with that seed, whenever it
 runs. A trial ends at an epoch boundary (last epoch, its report asked to stop, or its loss
 diverged); its slot is then refilled with the next job, which starts at its own epoch 1 with its
-own schedule while the others go on, each slot gathering its own minibatch. The stack is
-rebuilt only when the set of trials changes, so finished trials cost nothing afterwards.
+own schedule while the others go on, each slot gathering its own minibatch. The stack has the
+same K rows for the whole stream: an ended trial's row goes idle and the next job is written
+into it in place, so the buffers and the step functions (and their CUDA graphs) are built once.
 
-On CUDA a step of all the trials in flight is one CUDA graph (:mod:`objectives.graphs`),
-captured when the stack is rebuilt and replayed for every step until the set changes again. The
-host's per-epoch share (stepping the schedules for the next epoch's LR table) is done while the
-GPU still trains the current epoch. Measured on an H100 (``python -m benchmarks.fused_throughput
---device cuda``, 50k images, 2 epochs): 56.5 trial-epochs/s at K = 32 against 23.0 eagerly and
-10.1 for the one-trial engine; K = 32 is then bound by the update's elementwise kernels, not by
-launches (README, "Measured").
+On CUDA a step of all the rows is one CUDA graph (:mod:`objectives.graphs`), captured in the
+stack's first epoch and replayed for every step of the stream. The host's per-epoch share
+(stepping the schedules for the next epoch's LR table) is done while the GPU still trains the
+current epoch. Measured on an H100 before the rows were fixed and the update made one formula
+(``python -m benchmarks.fused_throughput --device cuda``, 50k images, 2 epochs, 2026-11-26):
+56.5 trial-epochs/s at K = 32 against 23.0 eagerly and 10.1 for the one-trial engine
+(docs/measurements.md); not re-measured since, no GPU having been lent.
 """
 
 from __future__ import annotations
@@ -87,8 +88,9 @@ def train_stream(
             transaction instead of one per trial).
         shuffle_seed: seeds the minibatch order shared by all trials (:func:`epoch_permutation`).
         precision: ``fp32``, ``bf16`` or ``tf32``, as in ``train``.
-        cuda_graphs: on CUDA, run the steps as CUDA graphs, captured again only when the set of
-            trials in flight changes (:mod:`objectives.graphs`); False runs them eagerly.
+        cuda_graphs: on CUDA, run the steps as CUDA graphs, captured once: the stack keeps its K
+            rows for the whole stream and new trials are written into free rows in place
+            (:mod:`objectives.graphs`, :class:`objectives.stack.Stack`); False runs them eagerly.
     """
     check_int(epochs=epochs, slots=slots)
     if report is not None and report_epoch is not None:
@@ -105,8 +107,8 @@ def train_stream(
     exhausted = False
 
     while True:
-        joined = False
-        while not exhausted and len(flight) < slots:
+        joined: list[FusedTrial] = []
+        while not exhausted and len(flight) < (slots if stack is None else stack.k):
             try:
                 index, (config, seed, *own) = next(source)
             except StopIteration:
@@ -117,27 +119,28 @@ def train_stream(
             elif config.batch_size != batch_size:
                 raise ValueError(f"trials trained together must share the batch size {batch_size}, "
                                  f"but job {index} has batch_size={config.batch_size}")
-            flight.append(FusedTrial(index, config, seed, LRSchedule(config, steps_per_epoch, epochs),
-                                 build_model(seed, device, dtype), shuffle_seed=(own or [shuffle_seed])[0],
-                                 plateau_losses=own[1] if len(own) > 1 else None))
-            joined = True
+            trial = FusedTrial(index, config, seed, LRSchedule(config, steps_per_epoch, epochs),
+                               build_model(seed, device, dtype), shuffle_seed=(own or [shuffle_seed])[0],
+                               plateau_losses=own[1] if len(own) > 1 else None)
+            flight.append(trial)
+            joined.append(trial)
         if not flight:
             return
-        if joined or stack is None or len(stack.trials) != len(flight):
-            if stack is not None:
-                stack.steps = None  # the old graphs' memory goes back before the new stack's
-            stack = Stack(flight, stack, device, dtype)
+        if stack is None:  # K rows for the whole stream: the first wave's size (at most slots)
+            stack = Stack(len(flight), device, dtype)
             stack.buffers(n, steps_per_epoch)
             full, tail, warmup = stack_steps(stack, data, batch_size, precision)
             stack.steps = EagerSteps(full, tail)
+        for trial in joined:  # into free rows, in place: the buffers and the steps stay the same
+            stack.place(trial)
         t0 = time.perf_counter()
         stack.perm.copy_(stack.order(n))  # the epoch's inputs: one copy each
         stack.lr_table.copy_(stack.table(steps_per_epoch))
         stack.loss_sum.zero_()
         stack.cursor.zero_()
         with precision_context(device, precision):
-            # a new set of trials (rebuilt above in this same pass, so ``warmup`` is its own), captured
-            # now that its buffers hold this epoch's inputs, which the warm-up reads
+            # the stack's steps, captured once, in its first epoch, now that its buffers hold this
+            # epoch's inputs, which the warm-up reads
             if graphed and isinstance(stack.steps, EagerSteps):
                 stack.steps = StepGraphs(stack.steps.full, stack.steps.tail, warmup, device)
             stack.steps.run(n // batch_size)
@@ -173,12 +176,14 @@ def train_stream(
                 ended.append((t, t.index in blown, t.index in stops))
         for t, blew_up, stopped in ended:
             flight.remove(t)
-            yield t.index, make_result(
+            result = make_result(
                 t.val, t.acc, t.train, t.sec, blew_up, stopped,
                 initial_lrs=t.config.initial_lrs(),
                 final_lrs={layer: t.lr(layer, t.ahead[0] if t.ahead else t.schedule.factor) for layer in LAYERS},
                 model=stack.model(t),
             )
+            stack.free(t)  # its row is idle until a new trial is placed in it
+            yield t.index, result
 
 
 def train_many(

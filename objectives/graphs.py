@@ -12,10 +12,10 @@ of fused trials again (seconds each, where a capture here costs about one eager 
 graph trees guard on Python state that the engines change between epochs. Plain
 ``torch.cuda.graph`` needs no compiler and is what reduce-overhead uses underneath.
 
-Why one step per graph and not the whole epoch: the fused engine captures again whenever a trial
-joins or leaves, nearly every epoch boundary in a pruned study, and an epoch-long capture costs
-an eager epoch of host time. A step graph costs about one eager step to capture and a few
-microseconds to replay.
+Why one step per graph and not the whole epoch: a step graph costs about one eager step to
+capture and a few microseconds to replay, and the epoch's length in steps is a host decision
+(the full batches, then the tail). The fused engine keeps its K rows for a whole stream, so it
+captures its two step graphs once (before, it captured again at every join and leave).
 """
 
 from __future__ import annotations

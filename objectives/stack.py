@@ -21,6 +21,7 @@ from dataclasses import dataclass, field
 import torch
 import torch.nn.functional as F
 
+from objectives.checks import check_int
 from objectives.config import TrainConfig
 from objectives.data import MnistData
 from objectives.fused_optim import ADAM_BETAS, COEFFICIENTS, coefficients, step_rows
@@ -93,68 +94,96 @@ class FusedTrial:
 
 
 class Stack:
-    """The trials in flight as rows of one ``[k, P]`` parameter buffer, and of the two state
-    buffers ``m`` and ``v`` of the one update formula (:mod:`objectives.fused_optim`), whatever
-    each trial's optimizer; ``params`` are the per-layer ``[k, out, in]`` / ``[k, out]`` views
-    the forward pass uses."""
+    """K rows, fixed for the whole run, of one ``[K, P]`` parameter buffer and of the two state
+    buffers ``m`` and ``v`` of the one update formula (:mod:`objectives.fused_optim`); a row holds
+    a trial in flight, whatever its optimizer, or is idle. ``params`` are the per-layer
+    ``[K, out, in]`` / ``[K, out]`` views the forward pass uses.
 
-    def __init__(self, trials: list[FusedTrial], previous: Stack | None, device: torch.device, dtype: torch.dtype) -> None:
-        trials = sorted(trials, key=lambda t: t.index)
-        self.trials, self.device, self.dtype = trials, device, dtype
+    A trial that ends leaves its row idle: zero weights, zero state, LR 0 and coefficients that
+    keep it at zero, so it changes nothing (each row's loss and update are its own). A new trial
+    is written into a free row in place (:meth:`place`: weights, zeroed state, its coefficients;
+    its LRs come with the next epoch's table), outside any graph. So the buffers, their shapes
+    and the step functions stay the same from the first epoch to the last, and the steps are
+    captured as CUDA graphs once per stack. ``Stack.builds`` counts the stacks built in this
+    process (for tests and benchmarks).
+    """
 
-        # survivors' rows are copied, newcomers' come from their fresh models; states likewise
-        # (a newcomer's state is zero, as torch's is before the first step)
-        def row(t: FusedTrial) -> torch.Tensor:
-            if t.fresh is not None:
-                return torch.cat([q.detach().reshape(-1) for q in t.fresh.parameters()])
-            return previous.flat[t.row]
+    builds = 0
 
-        self.flat = torch.stack([row(t) for t in trials])
-        self.m, self.v = (torch.stack([self.flat.new_zeros(P) if t.fresh is not None else getattr(previous, name)[t.row]
-                                       for t in trials]) for name in ("m", "v"))
-        for i, t in enumerate(trials):
-            t.row, t.fresh = i, None
+    def __init__(self, slots: int, device: torch.device, dtype: torch.dtype) -> None:
+        check_int(slots=slots)
+        Stack.builds += 1
+        self.k, self.device, self.dtype = slots, device, dtype
+        self.rows: list[FusedTrial | None] = [None] * slots
+        self.flat = torch.zeros(slots, P, device=device, dtype=dtype)
+        self.m, self.v = torch.zeros_like(self.flat), torch.zeros_like(self.flat)
         # leaves for autograd that share the buffer's memory: the update writes the buffer in place
-        k = len(trials)
-        self.params = [self.flat[:, lo:hi].view(k, *shape).requires_grad_()
+        self.params = [self.flat[:, lo:hi].view(slots, *shape).requires_grad_()
                        for shape, lo, hi in zip(PARAM_SHAPES, BOUNDS, BOUNDS[1:])]
-
-        # each trial's optimizer as the update's coefficients, [k, 1] columns
-        values = torch.tensor([coefficients(t.config) for t in trials], dtype=torch.float64)  # [k, coefficients]
-        self.coefficients = {name: _column(values[:, i].to(device=device, dtype=dtype)) for i, name in enumerate(COEFFICIENTS)}
+        # each row's optimizer as the update's coefficients, [K, 1] columns; an idle row's are 0
+        # but from_m (its direction is its zero state)
+        self.coefficients = {name: torch.zeros(slots, 1, device=device, dtype=dtype) for name in COEFFICIENTS}
         for flag in ("use_denom", "from_m"):
-            self.coefficients[flag] = self.coefficients[flag] != 0
-        self.coefficients["one"] = torch.ones_like(self.coefficients["a1"])
-        self.adam = torch.tensor([t.config.optimizer in ("adam", "adamw") for t in trials])  # host: bias corrections
+            self.coefficients[flag] = torch.zeros(slots, 1, device=device, dtype=torch.bool)
+        self.coefficients["from_m"].fill_(True)
+        self.coefficients["one"] = torch.ones(slots, 1, device=device, dtype=dtype)
+        self.adam = [False] * slots  # on the host: the table's bias corrections
         self.steps: StepGraphs | EagerSteps | None = None  # set by train_stream, once per stack
 
+    @property
+    def trials(self) -> list[FusedTrial]:
+        """The trials in flight, in row order."""
+        return [t for t in self.rows if t is not None]
+
+    @torch.no_grad()
+    def place(self, t: FusedTrial) -> None:
+        """Write the new trial ``t`` into a free row, in place: its initial weights, a zero state
+        (as torch's before the first step) and its coefficients."""
+        row = self.rows.index(None)
+        self.rows[row], t.row = t, row
+        self.flat[row].copy_(torch.cat([q.detach().reshape(-1) for q in t.fresh.parameters()]))
+        t.fresh = None
+        self.m[row].zero_()
+        self.v[row].zero_()
+        for name, value in zip(COEFFICIENTS, coefficients(t.config)):
+            self.coefficients[name][row].fill_(value if name not in ("use_denom", "from_m") else bool(value))
+        self.adam[row] = t.config.optimizer in ("adam", "adamw")
+
+    @torch.no_grad()
+    def free(self, t: FusedTrial) -> None:
+        """Leave ``t``'s row idle (after its result has been read)."""
+        row = t.row
+        self.rows[row] = None
+        for buffer in (self.flat, self.m, self.v):
+            buffer[row].zero_()  # a diverged trial's inf or NaN must not linger: 0·NaN is NaN
+        for name in COEFFICIENTS:
+            self.coefficients[name][row].zero_()
+        self.coefficients["from_m"][row] = True
+        self.adam[row] = False
+
     def buffers(self, n: int, steps: int) -> None:
-        """Allocate what the steps read and write, filled per epoch: the minibatch order (one
-        shared by all trials when they are at the same epoch of the same shuffle seed, which stays
-        so until the set of trials changes, else one row per trial), the LR table, the step
-        counter and the running training losses."""
-        k = len(self.trials)
-        self.shared_order = len({(t.shuffle_seed, t.epoch) for t in self.trials}) == 1
-        self.perm = torch.empty(n if self.shared_order else (k, n), dtype=torch.long, device=self.device)
+        """Allocate what the steps read and write, filled per epoch: each row's minibatch order
+        (trials join at different epochs, so each has its own; an idle row reads row 0's), the
+        LR table, the step counter and the running training losses."""
+        k = self.k
+        self.perm = torch.empty((k, n), dtype=torch.long, device=self.device)
         self.lr_table = torch.empty(steps, len(LAYERS) + 2, k, device=self.device, dtype=self.dtype)
         self.cursor = torch.zeros(1, dtype=torch.long, device=self.device)
         self.loss_sum = torch.zeros(k, device=self.device, dtype=self.dtype)
 
     def order(self, n: int) -> torch.Tensor:
-        """The trials' minibatch orders for their next epoch (host tensor, ``perm``'s shape)."""
-        if self.shared_order:
-            t = self.trials[0]
-            return epoch_permutation(n, t.shuffle_seed, t.epoch + 1, "cpu")
+        """Each row's minibatch order for its trial's next epoch (a host ``[K, n]`` tensor)."""
         perms: dict[tuple[int, int], torch.Tensor] = {}
         for t in self.trials:
             key = (t.shuffle_seed, t.epoch + 1)
             if key not in perms:
                 perms[key] = epoch_permutation(n, *key, "cpu")
-        return torch.stack([perms[(t.shuffle_seed, t.epoch + 1)] for t in self.trials])
+        idle = next(iter(perms.values())) if perms else torch.arange(n)
+        return torch.stack([idle if t is None else perms[(t.shuffle_seed, t.epoch + 1)] for t in self.rows])
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        """``x``: ``[batch, 784]`` shared by all trials, or ``[k, batch, 784]`` one per trial."""
-        k = len(self.trials)
+        """``x``: ``[batch, 784]`` shared by all rows, or ``[K, batch, 784]`` one per row."""
+        k = self.k
         h = x.expand(k, *x.shape) if x.dim() == 2 else x
         weights, biases = self.params[0::2], self.params[1::2]
         for i, (w, b) in enumerate(zip(weights, biases)):
@@ -164,15 +193,17 @@ class Stack:
         return h  # [k, batch, CLASSES]
 
     def table(self, steps: int) -> torch.Tensor:
-        """``[steps, layers + 2, k]``: each trial's LR per layer for the next ``steps`` updates
+        """``[steps, layers + 2, K]``: each row's LR per layer for the next ``steps`` updates
         (stepping its schedule through them) and Adam's bias corrections (a host tensor, sent in
         one copy)."""
-        factors = torch.tensor([t.factors(steps) for t in self.trials], dtype=torch.float64)  # [k, steps]
-        base = torch.tensor([list(t.config.initial_lrs().values()) for t in self.trials], dtype=torch.float64)
-        s = torch.tensor([t.steps for t in self.trials], dtype=torch.float64).unsqueeze(1) + torch.arange(
-            1, steps + 1, dtype=torch.float64)  # [k, steps]: the optimizer step each update is
+        idle = [0.0] * steps
+        factors = torch.tensor([idle if t is None else t.factors(steps) for t in self.rows], dtype=torch.float64)  # [K, steps]
+        base = torch.tensor([[0.0] * len(LAYERS) if t is None else list(t.config.initial_lrs().values())
+                             for t in self.rows], dtype=torch.float64)  # an idle row's LR is 0
+        s = torch.tensor([0 if t is None else t.steps for t in self.rows], dtype=torch.float64).unsqueeze(1) + torch.arange(
+            1, steps + 1, dtype=torch.float64)  # [K, steps]: the optimizer step each update is
         b1, b2 = ADAM_BETAS
-        adam = self.adam.unsqueeze(1)  # Adam's bias corrections; 1 for the others' rows
+        adam = torch.tensor(self.adam).unsqueeze(1)  # Adam's bias corrections; 1 for the others' rows
         bc1, bc2 = torch.where(adam, 1 - b1**s, 1.0), torch.where(adam, (1 - b2**s).sqrt(), 1.0)
         host = torch.cat([base.unsqueeze(2) * factors.unsqueeze(1), bc1.unsqueeze(1), bc2.unsqueeze(1)], dim=1)  # [k, rows, steps]
         for t in self.trials:
@@ -181,8 +212,8 @@ class Stack:
 
     @torch.no_grad()
     def update(self, grads: Sequence[torch.Tensor], lrs: torch.Tensor) -> None:
-        """One optimizer step of every trial; ``lrs`` is one step's row of :meth:`table`."""
-        k = len(self.trials)
+        """One optimizer step of every row; ``lrs`` is one step's row of :meth:`table`."""
+        k = self.k
         g_all = torch.cat([g.reshape(k, -1) for g in grads], dim=1)  # [k, P], rows like self.flat
         lr_cols = lrs.unsqueeze(2)  # [rows, k, 1]
         step_rows(self.flat, g_all, self.m, self.v, self.coefficients, lr=lr_cols[: len(LAYERS)],
@@ -203,12 +234,9 @@ def stack_steps(stack: Stack, data: MnistData, batch_size: int, precision: str) 
     epoch's last, shorter batch (None where the epoch has no such batch), reading the batch and
     the LRs at ``stack.cursor`` from the stack's buffers; and a warm-up that computes both
     steps' gradients without updating anything (so it may run before a capture)."""
-    k, n = len(stack.trials), data.train_x.shape[0]
+    k, n = stack.k, data.train_x.shape[0]
     full_steps, tail = divmod(n, batch_size)
-    if stack.shared_order:
-        batches = stack.perm[: full_steps * batch_size].view(full_steps, batch_size)
-    else:
-        batches = stack.perm[:, : full_steps * batch_size].view(k, full_steps, batch_size)
+    batches = stack.perm[:, : full_steps * batch_size].view(k, full_steps, batch_size)
 
     def gradients(idx: torch.Tensor) -> tuple[torch.Tensor, Sequence[torch.Tensor]]:
         y = data.train_y[idx]  # idx: [batch] shared by all trials, or [k, batch]
@@ -225,8 +253,6 @@ def stack_steps(stack: Stack, data: MnistData, batch_size: int, precision: str) 
         stack.cursor.add_(1)
 
     def full_batch() -> torch.Tensor:
-        if stack.shared_order:
-            return torch.index_select(batches, 0, stack.cursor).view(batch_size)
         return torch.index_select(batches, 1, stack.cursor).view(k, batch_size)
 
     def tail_batch() -> torch.Tensor:

@@ -162,3 +162,28 @@ def test_stack_layout_is_the_models() -> None:
     flat = torch.cat([p.detach().reshape(-1) for p in params])
     for p, lo, hi in zip(params, BOUNDS, BOUNDS[1:]):
         assert torch.equal(flat[lo:hi].view_as(p), p.detach())
+
+
+def test_a_stream_builds_its_stack_once_however_trials_join_and_leave(data64) -> None:
+    """The stack was rebuilt (and on CUDA its steps captured again) at every join and leave:
+    nearly every epoch boundary of a pruned study. Its K rows are now fixed for the stream."""
+    from objectives.stack import Stack
+
+    stop_after = {0: 1, 2: 2, 4: 1, 5: 3}
+    before = Stack.builds
+    ends = [index for index, _ in train_stream(((c, SEEDS[i]) for i, c in enumerate(CONFIGS)), data64, epochs=3,
+                                               slots=3, report=lambda i, e, v: stop_after.get(i) == e)]
+    assert sorted(ends) == list(range(len(CONFIGS))) and ends != sorted(ends)  # they left at different epochs
+    assert Stack.builds - before == 1
+
+
+def test_a_fused_study_builds_one_stack_per_k(tmp_path, monkeypatch) -> None:
+    """A fused study with pruning: at most one stack per distinct K (the OOM halving makes another)."""
+    from cli_helpers import SMALL
+    from objectives.stack import Stack
+    from study.run import main
+
+    before = Stack.builds
+    url = f"sqlite:///{tmp_path / 's.db'}"
+    assert main(["--trials", "9", "--parallel-trials", "3", "--storage", url, "--pruner", "sha", *SMALL]) == 0
+    assert Stack.builds - before == 1
