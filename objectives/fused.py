@@ -129,21 +129,28 @@ def train_stream(
         if stack is None:  # K rows for the whole stream: the first wave's size (at most slots)
             stack = Stack(len(flight), device, dtype)
             stack.buffers(n, steps_per_epoch)
-            full, tail, warmup = stack_steps(stack, data, batch_size, precision)
-            stack.steps = EagerSteps(full, tail)
+            # two ways to read the batches (one order for all rows, or one per row), each built,
+            # and captured on CUDA, once, when first needed: at most 4 graphs per stream
+            ways: dict[bool, tuple[StepGraphs | EagerSteps, Callable[[], None]]] = {}
         for trial in joined:  # into free rows, in place: the buffers and the steps stay the same
             stack.place(trial)
+        shared = stack.shared()
+        if shared not in ways:
+            full, tail, warmup = stack_steps(stack, data, batch_size, precision, shared)
+            ways[shared] = (EagerSteps(full, tail), warmup)
+        steps, warmup = ways[shared]
         t0 = time.perf_counter()
-        stack.perm.copy_(stack.order(n))  # the epoch's inputs: one copy each
+        (stack.shared_perm if shared else stack.row_perm).copy_(stack.order(n))  # the epoch's inputs: one copy each
         stack.lr_table.copy_(stack.table(steps_per_epoch))
         stack.loss_sum.zero_()
         stack.cursor.zero_()
         with precision_context(device, precision):
             # the stack's steps, captured once, in its first epoch, now that its buffers hold this
             # epoch's inputs, which the warm-up reads
-            if graphed and isinstance(stack.steps, EagerSteps):
-                stack.steps = StepGraphs(stack.steps.full, stack.steps.tail, warmup, device)
-            stack.steps.run(n // batch_size)
+            if graphed and isinstance(steps, EagerSteps):
+                steps = StepGraphs(steps.full, steps.tail, warmup, device)
+                ways[shared] = (steps, warmup)
+            steps.run(n // batch_size)
 
             val_sum, correct = eval_sums(stack.forward, data.val_x, data.val_y, precision)
         loss_sum = stack.loss_sum

@@ -11,11 +11,12 @@ float64 on the CPU, ``train_many`` gives the per-epoch validation losses and fin
 K separate ``train`` runs to 1e-9 (``tests/test_fused.py``), a short last batch included.
 
     g  = grad + wd_l2 · p                      L2 weight decay (all but AdamW)
-    m  = a1 · m + b1 · g                       SGD's momentum buffer; Adam's first moment
+    m  = a1 · m + b1 · g                       SGD's momentum buffer; Adam's first moment; g itself
+                                               for RMSprop and Adagrad (a1 = 0, b1 = 1)
     v  = a2 · v + b2 · g²                      Adam's second moment; RMSprop's and Adagrad's sums
-    d  = u · (√v / bc2 + eps) + (1 − u)        the denominator (1 for SGD)
+    d  = √v / bc2 + eps                        the denominator: 1 for SGD (v = 0, eps = 1)
     p ← p · (1 − lr · wd_decoupled)            AdamW's decoupled weight decay
-    p ← p − lr / bc1 · (m if from_m else g) / d
+    p ← p − lr / bc1 · m / d
 
 with ``bc1``, ``bc2`` Adam's bias corrections of the trial's step (1 for the others).
 """
@@ -36,7 +37,7 @@ _RMSPROP_ALPHA, _RMSPROP_EPS = 0.99, 1e-8
 _ADAGRAD_EPS = 1e-10
 
 #: The per-trial coefficients of :func:`step_rows`, in the order of :func:`coefficients`.
-COEFFICIENTS = ("a1", "b1", "a2", "b2", "eps", "use_denom", "from_m", "wd_l2", "wd_decoupled")
+COEFFICIENTS = ("a1", "b1", "a2", "b2", "eps", "wd_l2", "wd_decoupled")
 
 
 def coefficients(config: TrainConfig) -> tuple[float, ...]:
@@ -45,16 +46,16 @@ def coefficients(config: TrainConfig) -> tuple[float, ...]:
     of g)."""
     opt, wd = config.optimizer, config.weight_decay
     beta1, beta2 = ADAM_BETAS
-    if opt == "sgd":
-        return (config.momentum, 1.0, 0.0, 0.0, 0.0, 0.0, 1.0, wd, 0.0)
+    if opt == "sgd":  # no denominator: v stays 0 and eps is 1, so d = 1 exactly
+        return (config.momentum, 1.0, 0.0, 0.0, 1.0, wd, 0.0)
     if opt == "adam":
-        return (beta1, 1 - beta1, beta2, 1 - beta2, _ADAM_EPS, 1.0, 1.0, wd, 0.0)
+        return (beta1, 1 - beta1, beta2, 1 - beta2, _ADAM_EPS, wd, 0.0)
     if opt == "adamw":
-        return (beta1, 1 - beta1, beta2, 1 - beta2, _ADAM_EPS, 1.0, 1.0, 0.0, wd)
-    if opt == "rmsprop":
-        return (0.0, 0.0, _RMSPROP_ALPHA, 1 - _RMSPROP_ALPHA, _RMSPROP_EPS, 1.0, 0.0, wd, 0.0)
+        return (beta1, 1 - beta1, beta2, 1 - beta2, _ADAM_EPS, 0.0, wd)
+    if opt == "rmsprop":  # the numerator is g: m = 0 · m + 1 · g
+        return (0.0, 1.0, _RMSPROP_ALPHA, 1 - _RMSPROP_ALPHA, _RMSPROP_EPS, wd, 0.0)
     if opt == "adagrad":
-        return (0.0, 0.0, 1.0, 1.0, _ADAGRAD_EPS, 1.0, 0.0, wd, 0.0)
+        return (0.0, 1.0, 1.0, 1.0, _ADAGRAD_EPS, wd, 0.0)
     raise ValueError(f"optimizer must be one of {OPTIMIZERS}, but got {opt=}")
 
 
@@ -63,14 +64,14 @@ def step_rows(p: torch.Tensor, g: torch.Tensor, m: torch.Tensor, v: torch.Tensor
               lr: torch.Tensor, bc1: torch.Tensor, bc2_sqrt: torch.Tensor, segments: Sequence[tuple[int, int]]) -> None:
     """One step of every row of ``p`` (``[k, P]``, k trials, written in place) with its gradient
     ``g``, its states ``m`` and ``v`` (in place) and its coefficients ``c`` (``[k, 1]`` columns,
-    :data:`COEFFICIENTS`; ``use_denom`` and ``from_m`` as booleans; and ``one``, a column of ones). ``bc1``, ``bc2_sqrt`` are
+    :data:`COEFFICIENTS`). ``bc1``, ``bc2_sqrt`` are
     ``[k, 1]``; ``lr`` is ``[layers, k, 1]``, each layer's LR applied to its ``segments``
     ``(lo, hi)`` of the row. The same kernels whatever the rows' optimizers."""
     g = g.addcmul(c["wd_l2"], p)  # grad.add(param, alpha=weight_decay)
     m.mul_(c["a1"]).addcmul_(c["b1"], g)
-    v.mul_(c["a2"]).addcmul_(c["b2"], g * g)
-    denom = torch.where(c["use_denom"], (v.sqrt() / bc2_sqrt).add_(c["eps"]), c["one"])  # a tensor: no scalar sent per step
-    direction = torch.where(c["from_m"], m, g).div_(denom)
+    v.mul_(c["a2"]).addcmul_(g.mul(c["b2"]), g)
+    direction = v.sqrt().div_(bc2_sqrt).add_(c["eps"])  # the denominator, then m over it, in place
+    direction = torch.div(m, direction, out=direction)
     step = lr / bc1  # Adam's step_size = lr / bias_correction1; lr for the others (bc1 = 1)
     for layer, (lo, hi) in enumerate(segments):
         p[:, lo:hi].mul_(1 - lr[layer] * c["wd_decoupled"])  # decoupled: param.mul_(1 - lr * weight_decay)

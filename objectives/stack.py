@@ -25,7 +25,6 @@ from objectives.checks import check_int
 from objectives.config import TrainConfig
 from objectives.data import MnistData
 from objectives.fused_optim import ADAM_BETAS, COEFFICIENTS, coefficients, step_rows
-from objectives.graphs import EagerSteps, StepGraphs
 from objectives.model import CLASSES, LAYERS, MLP, PARAM_SHAPES
 from objectives.precision import autocast
 from objectives.schedules import LRSchedule
@@ -121,14 +120,10 @@ class Stack:
         self.params = [self.flat[:, lo:hi].view(slots, *shape).requires_grad_()
                        for shape, lo, hi in zip(PARAM_SHAPES, BOUNDS, BOUNDS[1:])]
         # each row's optimizer as the update's coefficients, [K, 1] columns; an idle row's are 0
-        # but from_m (its direction is its zero state)
+        # but eps (its denominator is 1, its direction its zero state)
         self.coefficients = {name: torch.zeros(slots, 1, device=device, dtype=dtype) for name in COEFFICIENTS}
-        for flag in ("use_denom", "from_m"):
-            self.coefficients[flag] = torch.zeros(slots, 1, device=device, dtype=torch.bool)
-        self.coefficients["from_m"].fill_(True)
-        self.coefficients["one"] = torch.ones(slots, 1, device=device, dtype=dtype)
+        self.coefficients["eps"].fill_(1.0)
         self.adam = [False] * slots  # on the host: the table's bias corrections
-        self.steps: StepGraphs | EagerSteps | None = None  # set by train_stream, once per stack
 
     @property
     def trials(self) -> list[FusedTrial]:
@@ -146,7 +141,7 @@ class Stack:
         self.m[row].zero_()
         self.v[row].zero_()
         for name, value in zip(COEFFICIENTS, coefficients(t.config)):
-            self.coefficients[name][row].fill_(value if name not in ("use_denom", "from_m") else bool(value))
+            self.coefficients[name][row].fill_(value)
         self.adam[row] = t.config.optimizer in ("adam", "adamw")
 
     @torch.no_grad()
@@ -158,21 +153,32 @@ class Stack:
             buffer[row].zero_()  # a diverged trial's inf or NaN must not linger: 0·NaN is NaN
         for name in COEFFICIENTS:
             self.coefficients[name][row].zero_()
-        self.coefficients["from_m"][row] = True
+        self.coefficients["eps"][row] = 1.0
         self.adam[row] = False
 
     def buffers(self, n: int, steps: int) -> None:
-        """Allocate what the steps read and write, filled per epoch: each row's minibatch order
-        (trials join at different epochs, so each has its own; an idle row reads row 0's), the
-        LR table, the step counter and the running training losses."""
+        """Allocate what the steps read and write, filled per epoch: the minibatch order, one for
+        all rows while every trial in flight is at the same epoch of the same shuffle seed (the
+        shared batch is broadcast, not gathered K times) and one per row once trials have joined
+        at different epochs (an idle row reads another's), the LR table, the step counter and
+        the running training losses."""
         k = self.k
-        self.perm = torch.empty((k, n), dtype=torch.long, device=self.device)
+        self.shared_perm = torch.empty(n, dtype=torch.long, device=self.device)
+        self.row_perm = torch.empty((k, n), dtype=torch.long, device=self.device)
         self.lr_table = torch.empty(steps, len(LAYERS) + 2, k, device=self.device, dtype=self.dtype)
         self.cursor = torch.zeros(1, dtype=torch.long, device=self.device)
         self.loss_sum = torch.zeros(k, device=self.device, dtype=self.dtype)
 
+    def shared(self) -> bool:
+        """Whether the trials in flight share their next epoch's minibatch order."""
+        return len({(t.shuffle_seed, t.epoch) for t in self.trials}) == 1
+
     def order(self, n: int) -> torch.Tensor:
-        """Each row's minibatch order for its trial's next epoch (a host ``[K, n]`` tensor)."""
+        """The next epoch's minibatch order: ``[n]`` if :meth:`shared`, else one per row (a host
+        ``[K, n]`` tensor)."""
+        if self.shared():
+            t = self.trials[0]
+            return epoch_permutation(n, t.shuffle_seed, t.epoch + 1, "cpu")
         perms: dict[tuple[int, int], torch.Tensor] = {}
         for t in self.trials:
             key = (t.shuffle_seed, t.epoch + 1)
@@ -228,15 +234,17 @@ class Stack:
         return model
 
 
-def stack_steps(stack: Stack, data: MnistData, batch_size: int, precision: str) -> tuple[
+def stack_steps(stack: Stack, data: MnistData, batch_size: int, precision: str, shared: bool) -> tuple[
         Callable[[], None] | None, Callable[[], None] | None, Callable[[], None]]:
-    """``(full, tail, warmup)``: one step of every trial in ``stack`` on a full batch and on the
-    epoch's last, shorter batch (None where the epoch has no such batch), reading the batch and
-    the LRs at ``stack.cursor`` from the stack's buffers; and a warm-up that computes both
-    steps' gradients without updating anything (so it may run before a capture)."""
+    """``(full, tail, warmup)``: one step of every row of ``stack`` on a full batch and on the
+    epoch's last, shorter batch (None where the epoch has no such batch), reading the batch
+    (``shared``: from the one order of all rows, else from each row's) and the LRs at
+    ``stack.cursor`` from the stack's buffers; and a warm-up that computes both steps'
+    gradients without updating anything (so it may run before a capture)."""
     k, n = stack.k, data.train_x.shape[0]
     full_steps, tail = divmod(n, batch_size)
-    batches = stack.perm[:, : full_steps * batch_size].view(k, full_steps, batch_size)
+    perm = stack.shared_perm if shared else stack.row_perm
+    batches = perm[..., : full_steps * batch_size].view(*(() if shared else (k,)), full_steps, batch_size)
 
     def gradients(idx: torch.Tensor) -> tuple[torch.Tensor, Sequence[torch.Tensor]]:
         y = data.train_y[idx]  # idx: [batch] shared by all trials, or [k, batch]
@@ -253,10 +261,12 @@ def stack_steps(stack: Stack, data: MnistData, batch_size: int, precision: str) 
         stack.cursor.add_(1)
 
     def full_batch() -> torch.Tensor:
+        if shared:
+            return torch.index_select(batches, 0, stack.cursor).view(batch_size)
         return torch.index_select(batches, 1, stack.cursor).view(k, batch_size)
 
     def tail_batch() -> torch.Tensor:
-        return stack.perm[..., full_steps * batch_size :]
+        return perm[..., full_steps * batch_size :]
 
     def warmup() -> None:
         for batch, present in ((full_batch, full_steps), (tail_batch, tail)):
