@@ -24,6 +24,7 @@ from __future__ import annotations
 import argparse
 import random
 import shutil
+import sqlite3
 import sys
 import tempfile
 import time
@@ -58,6 +59,9 @@ def _study(path: Path, finished: int, pruner: str) -> optuna.Study:
         write_trials(storage_of(study), TrialWrites(intermediate_values=[(trial_id(trial), e, rng.random())
                                                                          for e in range(1, 21)]))
         study.tell(trial, rng.random())
+    rdb_backend(storage).engine.dispose()
+    with sqlite3.connect(path) as db:  # everything into the file itself, which is then copied
+        db.execute("PRAGMA wal_checkpoint(TRUNCATE)")
     return study
 
 
