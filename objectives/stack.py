@@ -36,11 +36,6 @@ __all__ = ["BOUNDS", "FusedTrial", "P", "SEGMENTS", "Stack", "stack_steps"]
 _ROW_BC1, _ROW_BC2 = len(LAYERS), len(LAYERS) + 1
 
 
-def _column(values: torch.Tensor) -> torch.Tensor:
-    """``[k]`` per-trial values as a ``[k, 1]`` column, to broadcast over ``[k, P]`` rows."""
-    return values.unsqueeze(1)
-
-
 # The parameters of one trial as one flat row, in the order of MLP.parameters() (fc1.weight,
 # fc1.bias, fc2.weight, …), so that a layer's weight and bias are one contiguous segment: the
 # optimizer update then runs once over all of a group's parameters, with the per-layer LR
