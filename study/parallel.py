@@ -27,7 +27,7 @@ from objectives.device import as_out_of_memory
 from storage.batch import TrialWrites, storage_of, trial_id, write_trials, write_user_attrs
 from study.progress import count_states
 from study.pruning import judge_boundary
-from study.recovery import INTERRUPTED, Heartbeats, fail_and_retry
+from study.recovery import INTERRUPTED, Heartbeats, requeue_interrupted
 
 __all__ = ["optimize_fused"]
 
@@ -102,18 +102,16 @@ def optimize_fused(
             callback(study, frozen)
 
     def _fail_all(in_flight: dict[int, optuna.Trial], error: str | None = None) -> None:
-        failed = []
         for trial in _drain(in_flight):
             try:
                 if error is not None:
                     write_user_attrs(storage, trial_id(trial), {"error": error})
                 tell(trial, state=TrialState.FAIL)
-                failed.append(storage.get_trial(trial_id(trial)))
             except Exception:  # noqa: BLE001 - the storage may be what failed; the heartbeat then fails it
                 pass
         if error == INTERRUPTED:
-            try:  # the next run takes them first, as a dead worker's
-                fail_and_retry(storage, study, failed)
+            try:  # the next run takes them first, as a dead worker's (as the one-trial path does)
+                requeue_interrupted(storage, study, owner)
             except Exception:  # noqa: BLE001 - as above
                 pass
 

@@ -32,7 +32,8 @@ from storage import hide_password, storage_failure
 from storage import batch
 from study.experiment import Settings, study_storage
 
-__all__ = ["INTERRUPTED", "Heartbeats", "fail_and_retry", "requeue_interrupted", "owner", "running", "settle_orphans", "storage_failed"]
+__all__ = ["INTERRUPTED", "Heartbeats", "fail_and_retry", "owner", "requeue_interrupted", "running", "settle_orphans",
+           "storage_failed"]
 
 
 def _machine() -> str:
@@ -151,13 +152,18 @@ def fail_and_retry(storage: optuna.storages.RDBStorage, study: optuna.Study,
 INTERRUPTED = "interrupted"
 
 
+def _own_unretried(study: optuna.Study, me: str) -> list[optuna.trial.FrozenTrial]:
+    """The trials of process ``me`` that have no retry queued yet."""
+    trials = study.get_trials(deepcopy=False)
+    retried = {t.system_attrs.get("failed_trial") for t in trials}
+    return [t for t in trials if t.user_attrs.get("worker") == me and t.number not in retried]
+
+
 def requeue_interrupted(storage: optuna.storages.BaseStorage, study: optuna.Study, me: str) -> None:
     """Queue again once (WAITING, the next run takes it first) each trial of process ``me`` that
     an interruption ended as FAIL, as a dead worker's trial is."""
-    trials = study.get_trials(deepcopy=False)
-    retried = {t.system_attrs.get("failed_trial") for t in trials}
-    fail_and_retry(storage, study, [t for t in trials if t.state == TrialState.FAIL and t.number not in retried
-                                    and t.user_attrs.get("worker") == me and t.user_attrs.get("error") == INTERRUPTED])
+    fail_and_retry(storage, study, [t for t in _own_unretried(study, me)
+                                    if t.state == TrialState.FAIL and t.user_attrs.get("error") == INTERRUPTED])
 
 
 def settle_orphans(s: Settings) -> None:
@@ -189,19 +195,12 @@ def settle_orphans(s: Settings) -> None:
         fail_and_retry(storage, study, dead)
 
 
-def _shown(url: str) -> str:
-    """``url`` with any password hidden, for messages."""
-    return hide_password(url)
-
-
 def interrupted_by_storage(study: optuna.Study, me: str) -> list[optuna.trial.FrozenTrial]:
     """The trials process ``me`` had in flight when its storage failed: still RUNNING, or already
     told FAIL on the way out (Optuna's ``_run_trial`` does, and so does the fused loop), with no
     reason recorded (an out-of-memory failure has one) and no retry queued yet."""
-    trials = study.get_trials(deepcopy=False)
-    retried = {t.system_attrs.get("failed_trial") for t in trials}
-    return [t for t in trials if t.user_attrs.get("worker") == me and t.number not in retried and (
-        t.state == TrialState.RUNNING or (t.state == TrialState.FAIL and "error" not in t.user_attrs))]
+    return [t for t in _own_unretried(study, me)
+            if t.state == TrialState.RUNNING or (t.state == TrialState.FAIL and "error" not in t.user_attrs)]
 
 
 def storage_failed(s: Settings, e: Exception, who: str = "") -> bool:
@@ -212,7 +211,7 @@ def storage_failed(s: Settings, e: Exception, who: str = "") -> bool:
     reason = storage_failure(e)
     if reason is None:
         return False
-    print(f"error: {who}storage {_shown(s.storage)} failed during the run: {reason}", file=sys.stderr)
+    print(f"error: {who}storage {hide_password(s.storage)} failed during the run: {reason}", file=sys.stderr)
     try:
         storage = study_storage(s)
         study = optuna.load_study(study_name=s.study_name, storage=storage)
