@@ -126,3 +126,39 @@ def test_a_fused_step_is_the_same_ops_for_any_mix_of_optimizers_and_any_k(two_si
         "one SGD trial": [sgd], "three Adam trials": [adam] * 3, "the five optimizers": ALL_OPTIMIZERS,
         "the five twice, K = 10": ALL_OPTIMIZERS * 2}.items()}
     assert len(set(counts.values())) == 1, counts
+
+
+def test_a_fused_step_computes_into_the_stacks_buffers(two_sizes) -> None:
+    """Gradients land in the stack's flat ``[K, P]`` gradient buffer and the update runs in the
+    stack's buffers: no op of a step makes a tensor of a whole stack's size (through autograd the
+    gradients were concatenated into a new ``[K, P]`` tensor at every step, and the update made
+    four more; on a CPU a fresh buffer of that size costs more than the arithmetic on it)."""
+    from objectives.model import build_model
+    from objectives.schedules import LRSchedule
+    from objectives.stack import P, FusedTrial, Stack, stack_steps
+
+    data = two_sizes[0]
+    n, k = data.train_x.shape[0], len(ALL_OPTIMIZERS)
+    stack = Stack(k, data.device, data.dtype)
+    stack.buffers(n, n // 128)
+    for i, config in enumerate(ALL_OPTIMIZERS):
+        stack.place(FusedTrial(i, config, i, LRSchedule(config, n // 128, 1), build_model(i, data.device, data.dtype)))
+    stack.shared_perm.copy_(stack.order(n))
+    stack.lr_table.copy_(stack.table(n // 128))
+    full, _, _ = stack_steps(stack, data, 128, "fp32", shared=True)
+    ours = {b.untyped_storage().data_ptr() for b in vars(stack).values() if isinstance(b, torch.Tensor)}
+    made: list[str] = []
+
+    class Watch(TorchDispatchMode):
+        def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+            out = func(*args, **(kwargs or {}))
+            for t in out if isinstance(out, (tuple, list)) else [out]:
+                if isinstance(t, torch.Tensor) and t.numel() >= k * P and t.untyped_storage().data_ptr() not in ours:
+                    made.append(func.overloadpacket.__name__)
+            return out
+
+    before = stack.flat.clone()
+    with Watch():
+        full()
+    assert not made, made
+    assert stack.grad.abs().sum() > 0 and not torch.equal(stack.flat, before)  # it did compute and update
