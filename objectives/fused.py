@@ -20,8 +20,10 @@ into it in place, so the buffers and the step functions (and their CUDA graphs) 
 
 On CUDA a step of all the rows is one CUDA graph (:mod:`objectives.graphs`), captured in the
 stack's first epoch and replayed for every step of the stream. The host's per-epoch share
-(stepping the schedules for the next epoch's LR table) is done while the GPU still trains the
-current epoch. Measured on an H100 before the rows were fixed and the update made one formula
+(stepping the schedules for the next epoch's LR table, a caller's tells and asks) is done while
+the GPU trains the epoch (``ahead``): between epochs the device waits only for the pruning
+decisions and the rows' refill (on the CPU, ``python -m benchmarks.host_overlap --device cpu``,
+2026-11-30: 15 ms of host time per boundary instead of 317). Measured on an H100 before the rows were fixed and the update made one formula
 (``python -m benchmarks.fused_throughput --device cuda``, 50k images, 2 epochs, 2026-11-26):
 56.5 trial-epochs/s at K = 32 against 23.0 eagerly and 10.1 for the one-trial engine
 (docs/measurements.md); not re-measured since, no GPU having been lent.
@@ -29,9 +31,11 @@ current epoch. Measured on an H100 before the rows were fixed and the update mad
 
 from __future__ import annotations
 
+import collections
 import math
 import time
 from collections.abc import Callable, Iterable, Iterator, Sequence
+from dataclasses import dataclass, field
 
 import torch
 
@@ -46,11 +50,24 @@ from objectives.result import TrainResult, diverged, make_result
 from objectives.schedules import LRSchedule
 from objectives.stack import FusedTrial, Stack, stack_steps
 
-__all__ = ["train_many", "train_stream"]
+__all__ = ["StreamTimes", "train_many", "train_stream"]
 
 #: ``report(index, epoch, val_loss)``: ``index`` is the job's position in the input.
 ReportMany = Callable[[int, int, float], "bool | None"]
 ReportEpoch = Callable[[list[tuple[int, int, float]]], Iterable[int]]
+
+
+@dataclass
+class StreamTimes:
+    """Where a stream's host time went (for benchmarks): ``between`` epochs, from an epoch's one
+    sync to the next epoch's launch (on a GPU, time the device waits for the host), and
+    ``during`` them, between a launch and the sync (overlapped with the device's work on a GPU;
+    on a CPU nothing overlaps: the steps ran before). ``boundaries`` counts the syncs."""
+
+    between: float = 0.0
+    during: float = 0.0
+    boundaries: int = 0
+    synced: float | None = field(default=None, repr=False)
 
 
 def train_stream(
@@ -64,6 +81,8 @@ def train_stream(
     shuffle_seed: int = 0,
     precision: str = "fp32",
     cuda_graphs: bool = True,
+    ahead: bool = True,
+    times: StreamTimes | None = None,
 ) -> Iterator[tuple[int, TrainResult]]:
     """Train the ``(config, seed)`` jobs, at most ``slots`` at once; yield ``(index, result)`` as
     each finishes, ``index`` being the job's position in ``jobs``. A job ``(config, seed,
@@ -71,10 +90,15 @@ def train_stream(
     ``(config, seed, shuffle_seed, plateau_losses)`` also drives a plateau decay with those losses,
     epoch by epoch, instead of its validation losses (``train``'s ``plateau_losses``).
 
-    ``jobs`` is consumed lazily: a job is taken when a slot is free (at the start, and at each
-    epoch boundary where a trial ended), after the results of the trials that ended there have
-    been yielded. So a caller can decide what to train next from what has finished, as an
-    Optuna study does with ask-and-tell. Trial ``i`` starts from the weights of
+    ``jobs`` is consumed lazily, a job when a row is free or about to be: at the start; while an
+    epoch trains, for the rows its boundary is sure to free (the trials in their last epoch) and
+    as many more as the last boundary's stops; and at a boundary, for free rows still empty. A
+    trial's result is yielded while the next epoch trains. So the host's share of a boundary (a
+    study's tells, asks and sampling) overlaps the device's work, and a job taken at a boundary
+    knows the results up to the one before. With ``ahead=False`` a job is taken only when a row
+    is free, after the results of the trials that ended there have been yielded, and the next
+    epoch starts after that: a caller then decides what to train next from everything that has
+    finished. Trial ``i`` starts from the weights of
     ``train(config, …, seed=seed)`` and gives what ``train(config, data, epochs, seed=seed,
     shuffle_seed=shuffle_seed, precision=precision)`` gives (to rounding). All configs must
     share the batch size.
@@ -91,6 +115,8 @@ def train_stream(
         cuda_graphs: on CUDA, run the steps as CUDA graphs, captured once: the stack keeps its K
             rows for the whole stream and new trials are written into free rows in place
             (:mod:`objectives.graphs`, :class:`objectives.stack.Stack`); False runs them eagerly.
+        ahead: take jobs and yield results while an epoch trains (see above); False: in between.
+        times: filled with where the host's time went (:class:`StreamTimes`), for benchmarks.
     """
     check_int(epochs=epochs, slots=slots)
     if report is not None and report_epoch is not None:
@@ -100,35 +126,53 @@ def train_stream(
     graphed = cuda_graphs and device.type == "cuda"
     n, n_val = data.train_x.shape[0], data.val_x.shape[0]
     source = iter(enumerate(jobs))
-    batch_size: int | None = None
-    steps_per_epoch = 0
+    shape: dict[str, int] = {}  # the batch size and steps per epoch, from the first job
     flight: list[FusedTrial] = []
+    reserve: collections.deque[FusedTrial] = collections.deque()  # taken ahead, for the rows the next boundary frees
+    pending: list[tuple[int, TrainResult]] = []  # ended at the last boundary, not yet yielded
+    expect = 0  # rows the next boundary frees: trials in their last epoch, and as many stops as the last boundary had
     stack: Stack | None = None
     exhausted = False
 
-    while True:
-        joined: list[FusedTrial] = []
-        while not exhausted and len(flight) < (slots if stack is None else stack.k):
+    def take(count: int) -> list[FusedTrial]:
+        """Up to ``count`` new trials from ``jobs`` (fewer once it is exhausted)."""
+        nonlocal exhausted
+        out: list[FusedTrial] = []
+        while not exhausted and len(out) < count:
             try:
                 index, (config, seed, *own) = next(source)
             except StopIteration:
                 exhausted = True
                 break
-            if batch_size is None:
-                batch_size, steps_per_epoch = config.batch_size, math.ceil(n / config.batch_size)
-            elif config.batch_size != batch_size:
-                raise ValueError(f"trials trained together must share the batch size {batch_size}, "
+            if not shape:
+                shape.update(batch=config.batch_size, steps=math.ceil(n / config.batch_size))
+            elif config.batch_size != shape["batch"]:
+                raise ValueError(f"trials trained together must share the batch size {shape['batch']}, "
                                  f"but job {index} has batch_size={config.batch_size}")
-            trial = FusedTrial(index, config, seed, LRSchedule(config, steps_per_epoch, epochs),
-                               build_model(seed, device, dtype), shuffle_seed=(own or [shuffle_seed])[0],
-                               plateau_losses=own[1] if len(own) > 1 else None)
-            flight.append(trial)
-            joined.append(trial)
+            out.append(FusedTrial(index, config, seed, LRSchedule(config, shape["steps"], epochs),
+                                  build_model(seed, device, dtype), shuffle_seed=(own or [shuffle_seed])[0],
+                                  plateau_losses=own[1] if len(own) > 1 else None))
+        return out
+
+    while True:
+        if not ahead:  # the ended trials' results first, so the next jobs can depend on them
+            yield from pending
+            pending.clear()
+        free = (slots if stack is None else stack.k) - len(flight)
+        joined = [reserve.popleft() for _ in range(min(free, len(reserve)))]
+        if stack is None or not ahead or not (flight or joined):
+            # the first wave, the in-between order, or nothing else to train: taken now. Ahead, a
+            # row freed beyond what was taken in advance idles for one epoch instead: its job is
+            # taken while that epoch trains (asking a trial costs the host more than a row's
+            # share of an epoch costs the device)
+            joined += take(free - len(joined))
+        flight += joined
         if not flight:
+            yield from pending
             return
         if stack is None:  # K rows for the whole stream: the first wave's size (at most slots)
             stack = Stack(len(flight), device, dtype)
-            stack.buffers(n, steps_per_epoch)
+            stack.buffers(n, shape["steps"])
             # two ways to read the batches (one order for all rows, or one per row), each built,
             # and captured on CUDA, once, when first needed: at most 4 graphs per stream
             ways: dict[bool, tuple[StepGraphs | EagerSteps, Callable[[], None]]] = {}
@@ -136,30 +180,50 @@ def train_stream(
             stack.place(trial)
         shared = stack.shared()
         if shared not in ways:
-            full, tail, warmup = stack_steps(stack, data, batch_size, precision, shared)
+            full, tail, warmup = stack_steps(stack, data, shape["batch"], precision, shared)
             ways[shared] = (EagerSteps(full, tail), warmup)
         steps, warmup = ways[shared]
+        if times is not None and times.synced is not None:
+            times.between += time.perf_counter() - times.synced
         t0 = time.perf_counter()
-        (stack.shared_perm if shared else stack.row_perm).copy_(stack.order(n))  # the epoch's inputs: one copy each
-        stack.lr_table.copy_(stack.table(steps_per_epoch))
-        stack.loss_sum.zero_()
-        stack.cursor.zero_()
-        with precision_context(device, precision):
-            # the stack's steps, captured once, in its first epoch, now that its buffers hold this
-            # epoch's inputs, which the warm-up reads
-            if graphed and isinstance(steps, EagerSteps):
-                steps = StepGraphs(steps.full, steps.tail, warmup, device)
-                ways[shared] = (steps, warmup)
-            steps.run(n // batch_size)
-
-            val_sum, correct = eval_sums(stack.forward, data.val_x, data.val_y, precision)
+        try:
+            (stack.shared_perm if shared else stack.row_perm).copy_(stack.order(n))  # the epoch's inputs: one copy each
+            stack.lr_table.copy_(stack.table(shape["steps"]))
+            stack.loss_sum.zero_()
+            stack.cursor.zero_()
+            with precision_context(device, precision):
+                # the stack's steps, captured once, in its first epoch, now that its buffers hold this
+                # epoch's inputs, which the warm-up reads
+                if graphed and isinstance(steps, EagerSteps):
+                    steps = StepGraphs(steps.full, steps.tail, warmup, device)
+                    ways[shared] = (steps, warmup)
+                steps.run(n // shape["batch"])
+                val_sum, correct = eval_sums(stack.forward, data.val_x, data.val_y, precision)
+        except Exception:
+            yield from pending  # the trials that ended before the failure keep their results
+            raise
         loss_sum = stack.loss_sum
-        # the host's share of the next epoch, done while the GPU still runs this one (asynchronous)
+        # the host's share of the next epoch, done while the GPU still runs this one (asynchronous):
+        # stepping the schedules, the last boundary's results (their trials told, on a study), and
+        # the jobs for the rows the next boundary will free (their trials asked and sampled)
+        launched = time.perf_counter()
         for t in stack.trials:
             if t.epoch + 1 < epochs:
-                t.look_ahead(steps_per_epoch)
+                t.look_ahead(shape["steps"])
+        if ahead:
+            yield from pending
+            pending.clear()
+            # for the rows idle now and the ones the next boundary frees: the trials in their last
+            # epoch, and as many stops as the last boundary had
+            wanted = stack.k - len(flight) + sum(t.epoch + 1 == epochs for t in flight) + expect
+            reserve.extend(take(min(wanted, stack.k) - len(reserve)))
+        if times is not None:
+            times.during += time.perf_counter() - launched
         train_l, val_l, acc = torch.stack([loss_sum / n, val_sum / n_val, correct / n_val]).tolist()  # the epoch's one sync
         seconds = time.perf_counter() - t0
+        if times is not None:
+            times.synced = time.perf_counter()
+            times.boundaries += 1
 
         blown: set[int] = set()  # indices of the trials that diverged in this epoch
         for t in stack.trials:
@@ -181,16 +245,17 @@ def train_stream(
         for t in stack.trials:
             if t.index in blown or t.index in stops or t.epoch == epochs:
                 ended.append((t, t.index in blown, t.index in stops))
+        expect = sum(blew_up or stopped for _, blew_up, stopped in ended)
         for t, blew_up, stopped in ended:
             flight.remove(t)
             result = make_result(
                 t.val, t.acc, t.train, t.sec, blew_up, stopped,
                 initial_lrs=t.config.initial_lrs(),
                 final_lrs={layer: t.lr(layer, t.ahead[0] if t.ahead else t.schedule.factor) for layer in LAYERS},
-                model=stack.model(t),
+                model=stack.model(t),  # a copy, ordered on the device before the row's next trial
             )
             stack.free(t)  # its row is idle until a new trial is placed in it
-            yield t.index, result
+            pending.append((t.index, result))
 
 
 def train_many(

@@ -1,10 +1,12 @@
 """`study.run --parallel-trials K`: K trials in flight per worker, trained fused by `train_stream`.
 
 Optuna's ``study.optimize`` runs one trial per thread, so this loop uses ask-and-tell instead:
-a trial is asked when a slot of the fused trainer is free, reports its validation loss after
-each of its epochs (the pruner decides on it as usual) and is told as soon as it ends, before
-its slot is refilled, so the sampler (TPE with the constant liar) always knows every finished
-trial. What ``study.optimize`` does around a trial is done here too: a WAITING retry is asked
+a trial is asked for a row of the fused trainer that is free or about to be, reports its
+validation loss after each of its epochs (the pruner decides on it as usual) and is told once it
+ends. ``train_stream`` does the asks and tells while the device trains the next epoch (its
+``ahead`` order), so a trial placed at a boundary was sampled knowing every trial finished up
+to the boundary before (TPE's constant liar covers the ones in flight): the price of a device
+that does not wait for the sampler (``python -m benchmarks.host_overlap``). What ``study.optimize`` does around a trial is done here too: a WAITING retry is asked
 first, stale trials of dead workers are failed before each ask, and every trial in flight has
 a heartbeat (Optuna records heartbeats only inside ``optimize``), so a killed process leaves
 trials that the next run fails and retries, never a trial RUNNING for good.

@@ -56,3 +56,10 @@ def test_fused_study(tmp_path: Path) -> None:
 def test_pruning_overhead(tmp_path: Path) -> None:
     out = _bench("pruning_overhead", "--ks", "1,2", "--finished", "6", cwd=tmp_path)
     assert re.search(rf"^ +2 \| +{NUMBER} ", out, re.M), out
+
+
+def test_host_overlap(tmp_path: Path) -> None:
+    out = _bench("host_overlap", *TINY, "--k", "2", "--trials", "3", "--epochs", "2", cwd=tmp_path)
+    rows = [line.split() for line in out.splitlines() if re.match(r" +(between|ahead) +0 ", line)]
+    assert [row[0] for row in rows] == ["between", "ahead"], out
+    assert re.search(rf"waits for per boundary: {NUMBER} ms in between, {NUMBER} ms ahead", out), out

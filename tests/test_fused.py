@@ -95,11 +95,16 @@ def test_bad_arguments(data64) -> None:
         next(train_stream([(CONFIGS[0], 0)], data64, epochs=1, slots=0))
 
 
-def test_refilled_slots_train_like_separate_runs(data64) -> None:
+@pytest.mark.parametrize("ahead", [False, True], ids=["in-between", "ahead"])
+def test_refilled_slots_train_like_separate_runs(data64, ahead, monkeypatch) -> None:
     # 2 slots for 5 jobs; stopping two trials early frees slots at different epochs, so the
     # later jobs start while the others are in later epochs (each slot its own batches)
+    from objectives.graphs import EagerSteps
+
     stop_after = {0: 1, 3: 2}
     events = []
+    real_run = EagerSteps.run
+    monkeypatch.setattr(EagerSteps, "run", lambda self, steps: (events.append(("epoch",)), real_run(self, steps)))
 
     def jobs():
         for i, config in enumerate(CONFIGS[:5]):
@@ -110,12 +115,20 @@ def test_refilled_slots_train_like_separate_runs(data64) -> None:
         return stop_after.get(index) == epoch
 
     got = {}
-    for index, result in train_stream(jobs(), data64, epochs=3, slots=2, report=report, shuffle_seed=7):
+    for index, result in train_stream(jobs(), data64, epochs=3, slots=2, report=report, shuffle_seed=7, ahead=ahead):
         events.append(("done", index))
         got[index] = result
-    # lazily taken: a job is taken only after a trial finished and was handed out
-    assert events[:2] == [("take", 0), ("take", 1)]
-    assert events.index(("take", 2)) == events.index(("done", 0)) + 1
+    assert events[:3] == [("take", 0), ("take", 1), ("epoch",)]
+    if ahead:  # trial 0 stopped at the first boundary, unforeseen: the second epoch starts at once,
+        # its row idle, and trial 0's result is handed out while that epoch trains (a study tells
+        # it then); then jobs are taken for the idle row and for one more stop like the last
+        # boundary's, before any row is free for the second
+        assert events[3:7] == [("epoch",), ("done", 0), ("take", 2), ("take", 3)]
+        # trial 2's last epoch is foreseen: job 4 is taken while that epoch trains, before trial
+        # 2's row is free
+        assert events.index(("take", 4)) < events.index(("done", 2))
+    else:  # lazily taken: a job is taken only after a trial finished and was handed out
+        assert events[3:6] == [("done", 0), ("take", 2), ("epoch",)]
     assert sorted(got) == [0, 1, 2, 3, 4]
     for i, result in got.items():
         want = train(CONFIGS[i], data64, epochs=3, seed=SEEDS[i], shuffle_seed=7,

@@ -1,0 +1,98 @@
+"""The host's share of a fused study's epoch boundaries: how much of it the device waits for.
+
+    python -m benchmarks.host_overlap [--device auto] [--k 16] [--trials 48] [--epochs 6] [--train-samples N]
+                                      [--repeats 1]
+
+Runs the same study (``python -m study.run --parallel-trials K --seed r``, TPE, the in-flight
+median pruner, a fresh SQLite file) twice per repeat: with the boundary's host work done in
+between epochs (``train_stream(ahead=False)``: the ended trials told, new ones asked and
+sampled, then the next epoch launched) and ahead (the default: the next epoch launched first,
+the tells and asks done while it trains, the next boundary's trials asked in advance). Prints,
+per run, the host seconds between an epoch's sync and the next launch (on a GPU, time the
+device waits for the host) and the host seconds between a launch and its sync (overlapped with
+the device's work on a GPU; on a CPU the steps run first, so nothing overlaps there and the
+wall time does not change), each per boundary, and the ratio of the first.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import functools
+import io
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import optuna
+import torch
+
+import study.parallel
+from benchmarks._common import device_label
+from objectives import MnistDataError, load_mnist, resolve_device
+from objectives.fused import StreamTimes, train_stream
+from study import run
+from study.cli import add_device_arguments, set_threads
+from study.experiment import DEFAULT_STUDY_NAME
+from study.progress import trial_epochs
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    add_device_arguments(p)
+    p.add_argument("--k", type=int, default=16, help="--parallel-trials")
+    p.add_argument("--trials", type=int, default=48)
+    p.add_argument("--epochs", type=int, default=6)
+    p.add_argument("--repeats", type=int, default=1)
+    p.add_argument("--train-samples", type=int, default=2000)
+    args = p.parse_args(argv)
+    set_threads(1, args.threads)
+    try:
+        device = resolve_device(args.device)
+        load_mnist(args.data_dir, device=device, train_samples=args.train_samples)  # cached for every study
+    except (ValueError, MnistDataError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    print(f"device: {device_label(device)}; torch {torch.__version__}; {args.trials} trials x {args.epochs} epochs, "
+          f"K = {args.k}, {args.train_samples or 'all'} training images")
+    print(f"{'host work':>10} {'seed':>4} {'wall s':>7} {'boundaries':>10} {'waited for, ms/boundary':>24} "
+          f"{'overlapped, ms/boundary':>24} {'trial-epochs':>12} {'best value':>10}")
+    waited: dict[bool, list[float]] = {False: [], True: []}
+    real = study.parallel.train_stream
+    try:
+        with tempfile.TemporaryDirectory() as tmp:
+            for r in range(args.repeats):
+                for ahead in (False, True):
+                    times = StreamTimes()
+                    study.parallel.train_stream = functools.partial(train_stream, ahead=ahead, times=times)
+                    url = f"sqlite:///{Path(tmp) / f'r{r}-{ahead}.db'}"
+                    command = ["--trials", str(args.trials), "--epochs", str(args.epochs), "--device", str(device),
+                               "--parallel-trials", str(args.k), "--seed", str(r), "--storage", url]
+                    for flag, value in (("--data-dir", args.data_dir), ("--threads", args.threads),
+                                        ("--train-samples", args.train_samples)):
+                        if value:
+                            command += [flag, str(value)]
+                    t0 = time.perf_counter()
+                    with contextlib.redirect_stdout(io.StringIO()):
+                        code = run.main(command)
+                    wall = time.perf_counter() - t0
+                    if code != 0:
+                        print(f"error: study.run {' '.join(command)} exited with {code}", file=sys.stderr)
+                        return 1
+                    found = optuna.load_study(study_name=DEFAULT_STUDY_NAME, storage=url)
+                    n = max(1, times.boundaries)
+                    waited[ahead].append(1000 * times.between / n)
+                    print(f"{'ahead' if ahead else 'between':>10} {r:>4} {wall:>7.1f} {times.boundaries:>10} "
+                          f"{1000 * times.between / n:>24.1f} {1000 * times.during / n:>24.1f} "
+                          f"{trial_epochs(found):>12} {found.best_value:>10.4f}", flush=True)
+    finally:
+        study.parallel.train_stream = real
+    before, after = sum(waited[False]) / len(waited[False]), sum(waited[True]) / len(waited[True])
+    print(f"host time the device waits for per boundary: {before:.1f} ms in between, {after:.1f} ms ahead "
+          f"({before / max(after, 1e-9):.1f}x less)")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
