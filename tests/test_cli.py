@@ -283,7 +283,9 @@ def test_parallel_trials_run_fused_with_the_values_of_the_one_trial_engine(tmp_p
     assert "3 trial(s) at once per worker" in fused.stdout and "[6/6] trial" in fused.stdout
     trials = load(fused_url).trials
     assert len(trials) == 6 and all(t.state in FINISHED for t in trials)  # the budget exactly, nothing RUNNING
-    assert _most_at_once(trials) == 3  # the slots were kept full, and never overfilled
+    # the slots were kept full, and never overfilled: a trial is asked (RUNNING) while the epoch
+    # before its row frees trains, so up to K more are RUNNING in the storage than train
+    assert 3 <= _most_at_once(trials) <= 2 * 3
     assert len({t.user_attrs["worker"] for t in trials}) == 1  # one process ran them all
     for t in trials:
         assert t.user_attrs["shuffle_seed"] == 0 and t.user_attrs["seed"] == t.number

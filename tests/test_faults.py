@@ -439,12 +439,12 @@ def test_out_of_memory_of_many_trials_at_once_halves_the_slots_instead_of_stoppi
 
     real_update, sizes = stack_module.Stack.update, []
 
-    def update_with_oom(self, grads, lrs):
+    def update_with_oom(self, *args):
         sizes.append(len(self.trials))
         if len(self.trials) > 3:
             raise RuntimeError("DefaultCPUAllocator: can't allocate memory: you tried to allocate 1073741824 bytes. "
                                "Error code 12 (Cannot allocate memory)")
-        return real_update(self, grads, lrs)
+        return real_update(self, *args)
 
     monkeypatch.setattr(stack_module.Stack, "update", update_with_oom)
     url = f"sqlite:///{tmp_path / 'oom.db'}"

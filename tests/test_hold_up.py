@@ -186,11 +186,11 @@ def test_the_cpu_running_out_of_memory_halves_the_slots_as_a_gpu_does(tmp_path: 
 
     real_update, sizes = stack_module.Stack.update, []
 
-    def update_without_memory(self, grads, lrs):
+    def update_without_memory(self, *args):
         sizes.append(len(self.trials))
         if len(self.trials) == 4:
             raise RuntimeError(CPU_ALLOC_FAILURE)
-        return real_update(self, grads, lrs)
+        return real_update(self, *args)
 
     monkeypatch.setattr(stack_module.Stack, "update", update_without_memory)
     url = f"sqlite:///{tmp_path / 'oom.db'}"
@@ -222,7 +222,7 @@ def test_the_cpu_running_out_of_memory_halves_the_slots_as_a_gpu_does(tmp_path: 
 def test_a_bug_is_not_taken_for_a_full_memory(tmp_path: Path, monkeypatch) -> None:
     import objectives.stack as stack_module
 
-    def broken(self, grads, lrs):
+    def broken(self, *args):
         raise RuntimeError("shape mismatch: a real bug")
 
     monkeypatch.setattr(stack_module.Stack, "update", broken)

@@ -313,11 +313,11 @@ def test_out_of_memory_with_trials_in_flight_fails_them_and_halves_the_slots(tmp
 
     real_update, sizes = stack_module.Stack.update, []
 
-    def update_with_oom(self, grads, lrs):
+    def update_with_oom(self, *args):
         sizes.append(len(self.trials))
         if len(self.trials) == 4:  # four trials at once do not fit; two do
             raise torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB")
-        return real_update(self, grads, lrs)
+        return real_update(self, *args)
 
     monkeypatch.setattr(stack_module.Stack, "update", update_with_oom)
     url = f"sqlite:///{tmp_path / 'oom.db'}"
