@@ -16,6 +16,14 @@ from optuna.trial import TrialState
 
 from cli_helpers import FINISHED, SMALL, load, run_cli, running_trials, start_cli, wait_until
 
+
+def _made(argv: list[str]) -> bool:
+    """A study made for a test to work on, by study.run in this process (a process of its own
+    costs 3.6 s of imports, for a step that checks nothing)."""
+    from study.run import main
+
+    return main(argv) == 0
+
 pytestmark = pytest.mark.slow
 
 
@@ -276,7 +284,7 @@ def test_ctrl_c_in_the_report_and_the_range_test_is_one_line_and_130(tmp_path: P
     from cli_helpers import ENV
 
     url = f"sqlite:///{tmp_path / 'c.db'}"
-    assert run_cli("--storage", url, "--trials", "1", *SMALL, cwd=tmp_path).returncode == 0
+    assert _made(["--storage", url, "--trials", "1", *SMALL])
     import subprocess
     import sys
 
@@ -482,7 +490,7 @@ def test_a_read_only_or_damaged_storage_is_one_line_and_left_as_it_is(postgres_u
     (and failed later with a traceback)."""
     import hashlib
 
-    assert run_cli("--storage", postgres_url, "--trials", "1", *SMALL, cwd=tmp_path).returncode == 0
+    assert _made(["--storage", postgres_url, "--trials", "1", *SMALL])
     before = _everything_stored(postgres_url)
     read_only = postgres_url + "?options=-c%20default_transaction_read_only%3Don"
     for module in ("study.run", "study.report"):
@@ -494,7 +502,7 @@ def test_a_read_only_or_damaged_storage_is_one_line_and_left_as_it_is(postgres_u
     assert _everything_stored(postgres_url) == before
 
     path = tmp_path / "d.db"
-    assert run_cli("--storage", f"sqlite:///{path}", "--trials", "2", *SMALL, cwd=tmp_path).returncode == 0
+    assert run_cli("--storage", f"sqlite:///{path}", "--trials", "2", *SMALL, cwd=tmp_path).returncode == 0  # closed: no WAL
     assert not path.with_name("d.db-wal").exists() or path.with_name("d.db-wal").stat().st_size == 0
     with open(path, "r+b") as f:  # garbage over the second page (a b-tree page of Optuna's tables)
         f.seek(4096)
@@ -513,7 +521,7 @@ def test_an_immutable_database_is_one_line_and_left_as_it_is(tmp_path: Path) -> 
     import subprocess
 
     path = tmp_path / "i.db"
-    assert run_cli("--storage", f"sqlite:///{path}", "--trials", "1", *SMALL, cwd=tmp_path).returncode == 0
+    assert run_cli("--storage", f"sqlite:///{path}", "--trials", "1", *SMALL, cwd=tmp_path).returncode == 0  # closed: no WAL
     if subprocess.run(["chattr", "+i", str(path)], capture_output=True).returncode != 0:
         pytest.skip("chattr +i needs root on a file system with attributes")
     try:

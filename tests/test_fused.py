@@ -200,3 +200,24 @@ def test_a_fused_study_builds_one_stack_per_k(tmp_path, monkeypatch) -> None:
     url = f"sqlite:///{tmp_path / 's.db'}"
     assert main(["--trials", "9", "--parallel-trials", "3", "--storage", url, "--pruner", "sha", *SMALL]) == 0
     assert Stack.builds - before == 1
+
+
+def test_an_epochs_seconds_leave_out_the_callers_work(data64) -> None:
+    """Working ahead, the caller's share (a study's tells, asks and sampling) runs inside an
+    epoch's window; on a CPU, where it cannot overlap, it is not the epoch's time (a trial's
+    seconds_per_epoch, the progress bar's ETA, the slow-epoch warning)."""
+    import time
+
+    pause = 1.0  # an epoch here takes about 0.4 s
+
+    def jobs():
+        for i in range(4):
+            if i >= 2:  # taken ahead, while the second epoch trains
+                time.sleep(pause)
+            yield CONFIGS[i], SEEDS[i]
+
+    seconds = []
+    for _, result in train_stream(jobs(), data64, epochs=2, slots=2):
+        time.sleep(pause)  # the caller's tell, while the next epoch trains
+        seconds += result.epoch_seconds
+    assert len(seconds) == 8 and max(seconds) < pause, seconds
