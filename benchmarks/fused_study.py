@@ -17,22 +17,15 @@ or bf16, does not cost search quality.
 from __future__ import annotations
 
 import argparse
-import contextlib
-import io
 import statistics
 import sys
 import tempfile
-import time
 from pathlib import Path
 
-import optuna
 import torch
 from optuna.trial import TrialState
 
-from benchmarks._common import device_label
-from objectives import MnistDataError, load_mnist, resolve_device
-from study import run
-from study.experiment import DEFAULT_STUDY_NAME
+from benchmarks._common import device_and_data, device_label, run_study
 from study.progress import trial_epochs
 from study.cli import add_device_arguments, set_threads
 
@@ -54,12 +47,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--train-samples", type=int, default=None)
     args = p.parse_args(argv)
     set_threads(1, args.threads)
-    try:
-        device = resolve_device(args.device)
-        load_mnist(args.data_dir, device=device, train_samples=args.train_samples)  # cached for every study
-    except (ValueError, MnistDataError) as e:
-        print(f"error: {e}", file=sys.stderr)
+    if (loaded := device_and_data(args)) is None:
         return 2
+    device = loaded[0]
     print(f"device: {device_label(device)}; torch {torch.__version__}; {args.trials} trials x {args.epochs} epochs, "
           f"{args.train_samples or 'all'} training images, {args.repeats} repeats (seed = repeat)")
     print(f"{'K':>5} {'prec':>4} {'pruner':>9} {'seed':>4} {'wall s':>8} {'complete':>8} {'pruned':>6} {'trial-epochs':>12} "
@@ -72,24 +62,11 @@ def main(argv: list[str] | None = None) -> int:
             walls, bests, costs = rows.setdefault((k, prec, pruner), ([], [], []))
             for r in range(args.repeats):
                 url = f"sqlite:///{Path(tmp) / f'k{k}-{prec}-{pruner}-r{r}.db'}"
-                command = ["--trials", str(args.trials), "--epochs", str(args.epochs), "--device", str(device),
-                           "--parallel-trials", k, "--precision", prec, "--pruner", pruner, "--seed", str(r),
-                           "--storage", url]
-                if args.data_dir:
-                    command += ["--data-dir", args.data_dir]
-                if args.threads:
-                    command += ["--threads", str(args.threads)]
-                if args.train_samples:
-                    command += ["--train-samples", str(args.train_samples)]
-                out = io.StringIO()
-                t0 = time.perf_counter()
-                with contextlib.redirect_stdout(out):
-                    code = run.main(command)
-                wall = time.perf_counter() - t0
-                if code != 0:
-                    print(f"error: study.run {' '.join(command)} exited with {code}", file=sys.stderr)
+                flags = ["--trials", str(args.trials), "--epochs", str(args.epochs), "--parallel-trials", k,
+                         "--precision", prec, "--pruner", pruner, "--seed", str(r)]
+                if (done := run_study(flags, args, device, url)) is None:
                     return 1
-                study = optuna.load_study(study_name=DEFAULT_STUDY_NAME, storage=url)
+                wall, study = done
                 states = [t.state for t in study.trials]
                 cost = trial_epochs(study)
                 walls.append(wall)

@@ -17,24 +17,17 @@ wall time does not change), each per boundary, and the ratio of the first.
 from __future__ import annotations
 
 import argparse
-import contextlib
 import functools
-import io
 import sys
 import tempfile
-import time
 from pathlib import Path
 
-import optuna
 import torch
 
 import study.parallel
-from benchmarks._common import device_label
-from objectives import MnistDataError, load_mnist, resolve_device
+from benchmarks._common import device_and_data, device_label, run_study
 from objectives.fused import StreamTimes, train_stream
-from study import run
 from study.cli import add_device_arguments, set_threads
-from study.experiment import DEFAULT_STUDY_NAME
 from study.progress import trial_epochs
 
 
@@ -48,12 +41,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--train-samples", type=int, default=2000)
     args = p.parse_args(argv)
     set_threads(1, args.threads)
-    try:
-        device = resolve_device(args.device)
-        load_mnist(args.data_dir, device=device, train_samples=args.train_samples)  # cached for every study
-    except (ValueError, MnistDataError) as e:
-        print(f"error: {e}", file=sys.stderr)
+    if (loaded := device_and_data(args)) is None:
         return 2
+    device = loaded[0]
     print(f"device: {device_label(device)}; torch {torch.__version__}; {args.trials} trials x {args.epochs} epochs, "
           f"K = {args.k}, {args.train_samples or 'all'} training images")
     print(f"{'host work':>10} {'seed':>4} {'wall s':>7} {'boundaries':>10} {'waited for, ms/boundary':>24} "
@@ -67,20 +57,11 @@ def main(argv: list[str] | None = None) -> int:
                     times = StreamTimes()
                     study.parallel.train_stream = functools.partial(train_stream, ahead=ahead, times=times)
                     url = f"sqlite:///{Path(tmp) / f'r{r}-{ahead}.db'}"
-                    command = ["--trials", str(args.trials), "--epochs", str(args.epochs), "--device", str(device),
-                               "--parallel-trials", str(args.k), "--seed", str(r), "--storage", url]
-                    for flag, value in (("--data-dir", args.data_dir), ("--threads", args.threads),
-                                        ("--train-samples", args.train_samples)):
-                        if value:
-                            command += [flag, str(value)]
-                    t0 = time.perf_counter()
-                    with contextlib.redirect_stdout(io.StringIO()):
-                        code = run.main(command)
-                    wall = time.perf_counter() - t0
-                    if code != 0:
-                        print(f"error: study.run {' '.join(command)} exited with {code}", file=sys.stderr)
+                    flags = ["--trials", str(args.trials), "--epochs", str(args.epochs), "--parallel-trials", str(args.k),
+                             "--seed", str(r)]
+                    if (done := run_study(flags, args, device, url)) is None:
                         return 1
-                    found = optuna.load_study(study_name=DEFAULT_STUDY_NAME, storage=url)
+                    wall, found = done
                     n = max(1, times.boundaries)
                     waited[ahead].append(1000 * times.between / n)
                     print(f"{'ahead' if ahead else 'between':>10} {r:>4} {wall:>7.1f} {times.boundaries:>10} "
