@@ -28,9 +28,9 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from benchmarks._common import device_label, sync
-from objectives import PRECISIONS, TrainConfig, build_model, load_mnist, resolve_device, train
-from objectives.data import MNIST_FILES, SPLIT_SEED, TRAIN_SIZE, VAL_SIZE, MnistDataError, default_data_dir, find_mnist_files, read_verified
+from benchmarks._common import device_and_data, device_label, sync
+from objectives import PRECISIONS, TrainConfig, build_model, train
+from objectives.data import MNIST_FILES, SPLIT_SEED, TRAIN_SIZE, VAL_SIZE, default_data_dir, find_mnist_files, read_verified
 from study.cli import add_device_arguments, set_threads
 
 
@@ -83,12 +83,9 @@ def main(argv: list[str] | None = None) -> int:
     from torchvision import datasets, transforms
     from torch.utils.data import DataLoader, Subset
 
-    try:
-        device = resolve_device(args.device)
-        data = load_mnist(args.data_dir, device=device, train_samples=args.train_samples)
-    except (ValueError, MnistDataError) as e:
-        print(f"error: {e}", file=sys.stderr)
+    if (loaded := device_and_data(args)) is None:
         return 2
+    device, data = loaded
     root = Path(args.data_dir) if args.data_dir else default_data_dir()
     config = TrainConfig(optimizer="sgd", lr=0.05, momentum=0.9, batch_size=args.batch_size)
 

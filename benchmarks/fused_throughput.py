@@ -25,9 +25,8 @@ import torch
 
 from torch.utils._python_dispatch import TorchDispatchMode
 
-from benchmarks._common import device_label, sync
-from objectives import (MnistData, MnistDataError, SearchSpace, load_mnist, resolve_device, suggest_config, train,
-                        train_many)
+from benchmarks._common import device_and_data, device_label, sync
+from objectives import MnistData, SearchSpace, load_mnist, suggest_config, train, train_many
 from study.cli import add_device_arguments, set_threads
 
 _VIEWS = {"view", "_unsafe_view", "_reshape_alias", "reshape", "slice", "select", "unsqueeze", "squeeze", "expand",
@@ -83,12 +82,13 @@ def main(argv: list[str] | None = None) -> int:
     set_threads(1, args.threads)
     optuna.logging.set_verbosity(optuna.logging.ERROR)
     try:
-        device = resolve_device(args.device)
-        data = load_mnist(args.data_dir, device=device, train_samples=args.train_samples)
         ks = [int(k) for k in args.ks.split(",")]
-    except (ValueError, MnistDataError) as e:
-        print(f"error: {e}", file=sys.stderr)
+    except ValueError:
+        print(f"error: --ks must be comma-separated numbers, but got {args.ks!r}", file=sys.stderr)
         return 2
+    if (loaded := device_and_data(args)) is None:
+        return 2
+    device, data = loaded
     print(f"device: {device_label(device)}; torch {torch.__version__}; {data.train_x.shape[0]} training images, "
           f"batch {args.batch_size}, {args.epochs} epochs per trial")
 
