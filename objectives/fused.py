@@ -23,8 +23,9 @@ stack's first epoch and replayed for every step of the stream. The host's per-ep
 (stepping the schedules for the next epoch's LR table, a caller's tells and asks) is done while
 the GPU trains the epoch (``ahead``): between epochs the device waits only for the pruning
 decisions and the rows' refill (on the CPU, ``python -m benchmarks.host_overlap --device cpu``,
-2026-11-30: 15 ms of host time per boundary instead of 317). Measured on an H100 before the rows were fixed and the update made one formula
-(``python -m benchmarks.fused_throughput --device cuda``, 50k images, 2 epochs, 2026-11-26):
+2026-11-30: 15 ms of host time per boundary instead of 317). Measured on an H100 before the
+rows were fixed and the update made one formula (``python -m benchmarks.fused_throughput
+--device cuda``, 50k images, 2 epochs, 2026-11-26):
 56.5 trial-epochs/s at K = 32 against 23.0 eagerly and 10.1 for the one-trial engine
 (docs/measurements.md); not re-measured since, no GPU having been lent.
 """
@@ -35,7 +36,7 @@ import collections
 import math
 import time
 from collections.abc import Callable, Iterable, Iterator, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 import torch
 
@@ -67,7 +68,6 @@ class StreamTimes:
     between: float = 0.0
     during: float = 0.0
     boundaries: int = 0
-    synced: float | None = field(default=None, repr=False)
 
 
 def train_stream(
@@ -126,17 +126,18 @@ def train_stream(
     graphed = cuda_graphs and device.type == "cuda"
     n, n_val = data.train_x.shape[0], data.val_x.shape[0]
     source = iter(enumerate(jobs))
-    shape: dict[str, int] = {}  # the batch size and steps per epoch, from the first job
+    batch_size = steps_per_epoch = 0  # from the first job
     flight: list[FusedTrial] = []
     reserve: collections.deque[FusedTrial] = collections.deque()  # taken ahead, for the rows the next boundary frees
     pending: list[tuple[int, TrainResult]] = []  # ended at the last boundary, not yet yielded
     expect = 0  # rows the next boundary frees: trials in their last epoch, and as many stops as the last boundary had
     stack: Stack | None = None
     exhausted = False
+    synced: float | None = None  # when the last epoch's losses were read back
 
     def take(count: int) -> list[FusedTrial]:
         """Up to ``count`` new trials from ``jobs`` (fewer once it is exhausted)."""
-        nonlocal exhausted
+        nonlocal exhausted, batch_size, steps_per_epoch
         out: list[FusedTrial] = []
         while not exhausted and len(out) < count:
             try:
@@ -144,12 +145,12 @@ def train_stream(
             except StopIteration:
                 exhausted = True
                 break
-            if not shape:
-                shape.update(batch=config.batch_size, steps=math.ceil(n / config.batch_size))
-            elif config.batch_size != shape["batch"]:
-                raise ValueError(f"trials trained together must share the batch size {shape['batch']}, "
+            if not batch_size:
+                batch_size, steps_per_epoch = config.batch_size, math.ceil(n / config.batch_size)
+            elif config.batch_size != batch_size:
+                raise ValueError(f"trials trained together must share the batch size {batch_size}, "
                                  f"but job {index} has batch_size={config.batch_size}")
-            out.append(FusedTrial(index, config, seed, LRSchedule(config, shape["steps"], epochs),
+            out.append(FusedTrial(index, config, seed, LRSchedule(config, steps_per_epoch, epochs),
                                   build_model(seed, device, dtype), shuffle_seed=(own or [shuffle_seed])[0],
                                   plateau_losses=own[1] if len(own) > 1 else None))
         return out
@@ -172,7 +173,7 @@ def train_stream(
             return
         if stack is None:  # K rows for the whole stream: the first wave's size (at most slots)
             stack = Stack(len(flight), device, dtype)
-            stack.buffers(n, shape["steps"])
+            stack.buffers(n, steps_per_epoch)
             # two ways to read the batches (one order for all rows, or one per row), each built,
             # and captured on CUDA, once, when first needed: at most 4 graphs per stream
             ways: dict[bool, tuple[StepGraphs | EagerSteps, Callable[[], None]]] = {}
@@ -180,15 +181,15 @@ def train_stream(
             stack.place(trial)
         shared = stack.shared()
         if shared not in ways:
-            full, tail, warmup = stack_steps(stack, data, shape["batch"], precision, shared)
+            full, tail, warmup = stack_steps(stack, data, batch_size, precision, shared)
             ways[shared] = (EagerSteps(full, tail), warmup)
         steps, warmup = ways[shared]
-        if times is not None and times.synced is not None:
-            times.between += time.perf_counter() - times.synced
+        if times is not None and synced is not None:
+            times.between += time.perf_counter() - synced
         t0 = time.perf_counter()
         try:
             (stack.shared_perm if shared else stack.row_perm).copy_(stack.order(n))  # the epoch's inputs: one copy each
-            stack.lr_table.copy_(stack.table(shape["steps"]))
+            stack.lr_table.copy_(stack.table(steps_per_epoch))
             stack.loss_sum.zero_()
             stack.cursor.zero_()
             with precision_context(device, precision):
@@ -197,21 +198,19 @@ def train_stream(
                 if graphed and isinstance(steps, EagerSteps):
                     steps = StepGraphs(steps.full, steps.tail, warmup, device)
                     ways[shared] = (steps, warmup)
-                steps.run(n // shape["batch"])
+                steps.run(n // batch_size)
                 val_sum, correct = eval_sums(stack.forward, data.val_x, data.val_y, precision)
         except Exception:
             yield from pending  # the trials that ended before the failure keep their results
             raise
         loss_sum = stack.loss_sum
-        # the epoch's wall time: on a CPU its work is done here, before the caller's share below
-        computed = time.perf_counter() if device.type == "cpu" else None
         # the host's share of the next epoch, done while the GPU still runs this one (asynchronous):
         # stepping the schedules, the last boundary's results (their trials told, on a study), and
         # the jobs for the rows the next boundary will free (their trials asked and sampled)
         launched = time.perf_counter()
         for t in stack.trials:
             if t.epoch + 1 < epochs:
-                t.look_ahead(shape["steps"])
+                t.look_ahead(steps_per_epoch)
         if ahead:
             yield from pending
             pending.clear()
@@ -222,9 +221,10 @@ def train_stream(
         if times is not None:
             times.during += time.perf_counter() - launched
         train_l, val_l, acc = torch.stack([loss_sum / n, val_sum / n_val, correct / n_val]).tolist()  # the epoch's one sync
-        seconds = (computed or time.perf_counter()) - t0
+        # the epoch's wall time; on a CPU its work was done at the launch, before the caller's share
+        seconds = (launched if device.type == "cpu" else time.perf_counter()) - t0
+        synced = time.perf_counter()
         if times is not None:
-            times.synced = time.perf_counter()
             times.boundaries += 1
 
         blown: set[int] = set()  # indices of the trials that diverged in this epoch

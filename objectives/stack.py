@@ -124,19 +124,18 @@ class Stack:
         # and the four the update reads per element as [K, 1] device columns; an idle row's keep
         # it at zero
         self.host_coefficients = torch.tensor([IDLE] * slots, dtype=torch.float64)
-        self.coefficients = {name: torch.zeros(slots, 1, device=device, dtype=dtype) for name in _DEVICE_COEFFICIENTS}
-        self._set_coefficients(range(slots), IDLE)
+        self.coefficients = {name: self.host_coefficients[:, COEFFICIENTS.index(name), None].to(device, dtype, copy=True)
+                             for name in _DEVICE_COEFFICIENTS}
 
     @property
     def trials(self) -> list[FusedTrial]:
         """The trials in flight, in row order."""
         return [t for t in self.rows if t is not None]
 
-    def _set_coefficients(self, rows: Sequence[int] | range, values: tuple[float, ...]) -> None:
-        for row in rows:
-            self.host_coefficients[row] = torch.tensor(values, dtype=torch.float64)
-            for name in _DEVICE_COEFFICIENTS:
-                self.coefficients[name][row] = values[COEFFICIENTS.index(name)]
+    def _set_coefficients(self, row: int, values: tuple[float, ...]) -> None:
+        self.host_coefficients[row] = torch.tensor(values, dtype=torch.float64)
+        for name in _DEVICE_COEFFICIENTS:
+            self.coefficients[name][row] = values[COEFFICIENTS.index(name)]
 
     @torch.no_grad()
     def place(self, t: FusedTrial) -> None:
@@ -148,7 +147,7 @@ class Stack:
         t.fresh = None
         self.m[row].zero_()
         self.v[row].zero_()
-        self._set_coefficients([row], coefficients(t.config))
+        self._set_coefficients(row, coefficients(t.config))
 
     @torch.no_grad()
     def free(self, t: FusedTrial) -> None:
@@ -157,7 +156,7 @@ class Stack:
         self.rows[row] = None
         for buffer in (self.flat, self.m, self.v):
             buffer[row].zero_()  # a diverged trial's inf or NaN must not linger: 0·NaN is NaN
-        self._set_coefficients([row], IDLE)
+        self._set_coefficients(row, IDLE)
 
     def buffers(self, n: int, steps: int) -> None:
         """Allocate what the steps read and write, filled per epoch: the minibatch order, one for
