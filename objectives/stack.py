@@ -24,6 +24,7 @@ from dataclasses import dataclass, field
 
 import torch
 import torch.nn.functional as F
+from torch.nn.utils import parameters_to_vector
 
 from objectives.checks import check_int
 from objectives.config import TrainConfig
@@ -143,7 +144,7 @@ class Stack:
         (as torch's before the first step) and its coefficients."""
         row = self.rows.index(None)
         self.rows[row], t.row = t, row
-        self.flat[row].copy_(torch.cat([q.detach().reshape(-1) for q in t.fresh.parameters()]))
+        self.flat[row].copy_(parameters_to_vector(t.fresh.parameters()))  # in the order of BOUNDS
         t.fresh = None
         self.m[row].zero_()
         self.v[row].zero_()
