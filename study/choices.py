@@ -12,7 +12,7 @@ import optuna
 from study.constants import PRUNERS, SAMPLERS
 from study.pruning import InFlightMedianPruner, SameStrategyPruner
 
-__all__ = ["MEDIAN_STARTUP_TRIALS", "PRUNERS", "SAMPLERS", "SamplerUnavailable", "TrialSeededSampler", "make_pruner",
+__all__ = ["FALLBACK_PERCENTILE", "MEDIAN_STARTUP_TRIALS", "PRUNERS", "SAMPLERS", "SamplerUnavailable", "TrialSeededSampler", "make_pruner",
            "make_sampler", "warmup_epochs"]
 
 
@@ -113,10 +113,14 @@ def warmup_epochs(epochs: int) -> int:
     return max(2, math.ceil(epochs / 5))
 
 
-#: The median rule prunes a trial only once this many trials of its decay strategy have a value
-#: at that epoch (complete ones, one trial at a time): each strategy the sampler tries keeps at
-#: least this many complete trials.
+#: The median rule judges a trial against its decay strategy once this many other trials of it
+#: have a value at that epoch; before, against every strategy's trials at
+#: :data:`FALLBACK_PERCENTILE`.
 MEDIAN_STARTUP_TRIALS = 3
+#: A trial of a strategy with fewer than MEDIAN_STARTUP_TRIALS peers is pruned only when its best
+#: value so far is worse than this percentile of all trials' values at that epoch (the worst
+#: quarter): looser than the median, since those peers anneal on other schedules.
+FALLBACK_PERCENTILE = 75.0
 
 
 def make_pruner(name: str, epochs: int, *, in_flight: bool = False) -> optuna.pruners.BasePruner:
@@ -124,20 +128,25 @@ def make_pruner(name: str, epochs: int, *, in_flight: bool = False) -> optuna.pr
 
     ``median`` and ``patient`` judge a trial against the trials of its own decay strategy and not
     before its LR has peaked (:class:`study.pruning.SameStrategyPruner`): fair to schedules that
-    anneal late. ``in_flight``: several trials run at once (``--parallel-trials``). The median
-    rule then takes as peers every trial that reported the epoch, running ones included
-    (:class:`study.pruning.InFlightMedianPruner`): Optuna's ``MedianPruner`` waits for complete
-    trials, and the first wave has none until its last epoch. Both judge a trial's best value so
-    far. Successive halving and Hyperband already judge against running trials; they are
+    anneal late; ``median`` judges a strategy with fewer than 3 trials against all trials, at
+    their worst quarter. The median rule takes as peers every trial that reported the epoch,
+    running ones included (:class:`study.pruning.InFlightMedianPruner`), on both paths: Optuna's
+    ``MedianPruner`` waits for complete trials, so the first wave of ``--parallel-trials`` or of
+    ``--workers`` had none until its last epoch. It judges a trial's best value so far.
+    ``in_flight`` is kept for callers; the rule no longer depends on it. Successive halving and Hyperband already judge against running trials; they are
     Optuna's, on both paths, over all trials.
     """
     if name not in PRUNERS:
         raise ValueError(f"pruner must be one of {PRUNERS}, but got {name=}")
     warmup = warmup_epochs(epochs)
-    median = (InFlightMedianPruner(n_startup_trials=MEDIAN_STARTUP_TRIALS, n_warmup_steps=warmup) if in_flight else
-              optuna.pruners.MedianPruner(n_startup_trials=MEDIAN_STARTUP_TRIALS, n_warmup_steps=warmup))
+    # one rule on both paths: running trials are peers (--workers N one trial at a time has N in
+    # flight too, and Optuna's MedianPruner, counting complete trials only, could not prune the
+    # first of them), pruned trials at their last value
+    median = InFlightMedianPruner(n_startup_trials=MEDIAN_STARTUP_TRIALS, n_warmup_steps=warmup)
+    fallback = InFlightMedianPruner(n_startup_trials=MEDIAN_STARTUP_TRIALS, n_warmup_steps=warmup,
+                                    percentile=FALLBACK_PERCENTILE)
     if name == "median":
-        return SameStrategyPruner(median, epochs)
+        return SameStrategyPruner(median, epochs, fallback)
     if name == "patient":  # prune only after 2 more epochs that do not improve on the trial's best
         with warnings.catch_warnings():  # marked experimental since Optuna 2.8; its interface is what we use
             warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)

@@ -60,12 +60,20 @@ class InFlightMedianPruner(BasePruner):
     value stands for where it would be; with it the reference stays the whole population.
     """
 
-    def __init__(self, n_startup_trials: int = 5, n_warmup_steps: int = 0) -> None:
+    def __init__(self, n_startup_trials: int = 5, n_warmup_steps: int = 0, percentile: float = 50.0) -> None:
         check_int(n_startup_trials=n_startup_trials, n_warmup_steps=n_warmup_steps, low=0)
+        if not (isinstance(percentile, (int, float)) and 0.0 <= percentile <= 100.0):
+            raise ValueError(f"percentile must be a number in [0, 100], but got {percentile=}")
         self.n_startup_trials = n_startup_trials
         self.n_warmup_steps = n_warmup_steps
+        self.percentile = float(percentile)
 
     def prune(self, study: optuna.Study, trial: FrozenTrial) -> bool:
+        return bool(self.verdict(study, trial))
+
+    def verdict(self, study: optuna.Study, trial: FrozenTrial) -> bool | None:
+        """As :meth:`prune`, but None where too few other trials have a value at the trial's step
+        (fewer than ``n_startup_trials``): :class:`SameStrategyPruner` then asks its fallback."""
         step = trial.last_step
         if step is None or step < self.n_warmup_steps:
             return False
@@ -86,9 +94,11 @@ class InFlightMedianPruner(BasePruner):
         own = trial.intermediate_values.get(step) if trial.number in numbers else None
         n = len(peers) - (own is not None)
         if n < max(1, self.n_startup_trials):
-            return False
-        median = _median_without(peers, own)
-        return value < median if study.direction == StudyDirection.MAXIMIZE else value > median
+            return None
+        # the bar: the median, or for a looser rule a higher percentile (the worse end, minimising)
+        q = self.percentile if study.direction == StudyDirection.MINIMIZE else 100.0 - self.percentile
+        bar = _percentile_without(peers, own, q)
+        return value < bar if study.direction == StudyDirection.MAXIMIZE else value > bar
 
 
 def _peer_values(trials: list[FrozenTrial], step: int) -> tuple[list[float], set[int]]:
@@ -117,13 +127,22 @@ def _median_without(values: list[float], own: float | None) -> float:
     O(log n): the peers of a trial are every trial's values but its own."""
     if own is None:
         return statistics.median(values)
-    skip = bisect.bisect_left(values, own)
-    n = len(values) - 1
+    return _percentile_without(values, own, 50.0)
+
+
+def _percentile_without(values: list[float], own: float | None, q: float) -> float:
+    """The ``q``-th percentile (linear interpolation, as ``numpy.percentile``) of sorted ``values``
+    with one occurrence of ``own`` left out (None: none), in O(log n)."""
+    skip = len(values) if own is None else bisect.bisect_left(values, own)
+    n = len(values) - (own is not None)
 
     def kth(k: int) -> float:  # the k-th smallest without values[skip]
         return values[k if k < skip else k + 1]
 
-    return kth(n // 2) if n % 2 else (kth(n // 2 - 1) + kth(n // 2)) / 2
+    position = q / 100.0 * (n - 1)
+    low = math.floor(position)
+    high = min(low + 1, n - 1)
+    return kth(low) + (position - low) * (kth(high) - kth(low))
 
 
 def _boundary_memo(study: Any) -> dict | None:
@@ -177,19 +196,29 @@ class SameStrategyPruner(BasePruner):
     one-cycle trials were pruned at epoch 4, and the comparison of strategies then had no complete
     one-cycle trial. Against its own strategy a trial is compared with curves of the same shape;
     and until its warm-up or one-cycle's rise is over (:func:`lr_peak_epoch`) its loss says
-    little. A strategy with fewer trials than the wrapped pruner's startup count is not pruned
-    at all, so every strategy the sampler tries keeps complete trials to compare.
+    little. A strategy with fewer trials than the wrapped pruner's startup count is judged by
+    ``fallback`` (when given, and the wrapped pruner is an :class:`InFlightMedianPruner`) against
+    the trials of every strategy: before it, the first 3 trials of each of the 7 strategies,
+    and every trial of a strategy the sampler rarely tries, could not be pruned at all. The
+    fallback is looser than the median (``study.run``: the 75th percentile), so a rare late
+    annealer is pruned only when it is among the worst of all.
     """
 
-    def __init__(self, pruner: BasePruner, epochs: int) -> None:
+    def __init__(self, pruner: BasePruner, epochs: int, fallback: InFlightMedianPruner | None = None) -> None:
         check_int(epochs=epochs)
-        self.pruner, self.epochs = pruner, epochs
+        self.pruner, self.epochs, self.fallback = pruner, epochs, fallback
 
     def prune(self, study: optuna.Study, trial: FrozenTrial) -> bool:
         step = trial.last_step
         if step is None or step <= lr_peak_epoch(trial.params, self.epochs):
             return False
-        return self.pruner.prune(_Strategy(study, trial.params.get("decay")), trial)  # type: ignore[arg-type]
+        own = _Strategy(study, trial.params.get("decay"))
+        if self.fallback is not None and isinstance(self.pruner, InFlightMedianPruner):
+            verdict = self.pruner.verdict(own, trial)  # type: ignore[arg-type]
+            # a strategy with too few trials of its own yet: judged against every strategy's trials
+            # (past their own LR peak) by the looser fallback, so that no trial is beyond pruning
+            return self.fallback.prune(study, trial) if verdict is None else verdict
+        return self.pruner.prune(own, trial)  # type: ignore[arg-type]
 
 
 class _SnapshotStorage:

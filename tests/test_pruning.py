@@ -332,3 +332,37 @@ def test_a_boundary_costs_one_read_and_one_write_whatever_k_and_the_pruner(name:
             costs.append(commits[0] - before)
         per_boundary[k] = costs
     assert per_boundary[3] == per_boundary[9] == [2] * 4, per_boundary
+
+
+@pytest.mark.parametrize("in_flight", [False, True])
+def test_a_strategy_with_too_few_trials_is_judged_against_all_at_their_worst_quarter(in_flight: bool) -> None:
+    """Before, a trial of a strategy with fewer than 3 trials could not be pruned at all (up to 21
+    trials of a study, and every trial of a strategy the sampler rarely tries). Now it is judged
+    against every strategy's trials, past its own LR peak, by the looser 75th percentile."""
+    epochs = 10
+    study = optuna.create_study(pruner=make_pruner("median", epochs, in_flight=in_flight))
+    for level in (0.20, 0.25, 0.30, 0.35, 0.40):  # five cosine trials: at epoch 4, 75th percentile 0.35
+        _with_params(study, {"decay": "cosine"}, [level] * epochs, level)
+
+    def pruned_at(level: float) -> int | None:
+        trial = _with_params(study, {"decay": "onecycle", "onecycle_pct_start": 0.3}, [], None)
+        for epoch in range(1, epochs + 1):
+            trial.report(level, epoch)
+            if trial.should_prune():
+                study.tell(trial, state=TrialState.PRUNED)
+                return epoch
+        study.tell(trial, level)
+        return None
+
+    assert pruned_at(5.0) == 4  # among the worst of all: pruned after its rise (ceil(0.3 * 10) = 3)
+    assert pruned_at(0.33) is None  # worse than the median of all, not than their worst quarter
+
+
+def test_one_trial_at_a_time_with_several_workers_prunes_against_running_trials() -> None:
+    """--workers N, one trial each: the first N trials are all RUNNING at once. Optuna's
+    MedianPruner counts complete trials only, so none of them could be pruned; the study's median
+    takes running trials as peers on this path too."""
+    study = optuna.create_study(pruner=make_pruner("median", 10, in_flight=False))
+    _running(study, [{1: 0.3, 2: 0.3, 3: 0.3}] * 3)  # three workers' trials, still running
+    bad = _running(study, [{1: 2.0, 2: 2.0, 3: 2.0}])[0]
+    assert study.pruner.prune(study, study.trials[bad.number])
