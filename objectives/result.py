@@ -101,11 +101,13 @@ def check_metric(metric: str) -> None:
 
 def metric_value(result: TrainResult, metric: str) -> tuple[float, int | None]:
     """``(value, epoch)``: what ``metric`` (one of :data:`METRICS`) measures of ``result``, and the
-    1-based epoch whose model it measures (None when no epoch finished with a finite loss)."""
+    1-based epoch whose model it measures; ``(inf, None)`` for a run that diverged (infeasible,
+    for every metric: a recipe that diverged is none to recommend, whatever its earlier epochs)
+    or that finished no epoch."""
     check_metric(metric)
+    if result.diverged or not result.val_losses:  # infeasible, whatever its epochs before (every metric)
+        return math.inf, None
     if metric == "min_val_loss":
         return result.best_val_loss, result.best_epoch
-    if result.diverged or not result.val_losses:
-        return math.inf, None
     value = result.last_val_loss if metric == "last_val_loss" else 1.0 - result.last_val_accuracy
     return value, result.epochs_run

@@ -2,15 +2,16 @@
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, fields, replace
 
 import optuna
 
-from objectives.checks import check_int, check_pair
+from objectives.checks import check_int, check_pair, check_real
 from objectives.config import DECAYS, OPTIMIZERS, TrainConfig
 from objectives.model import LAYERS
 
-__all__ = ["EPOCH_CAPS", "LIMITS", "SearchSpace", "suggest_config"]
+__all__ = ["EPOCH_CAPS", "LIMITS", "SearchSpace", "config_params", "suggest_config", "trial_lr"]
 
 #: Where a sampled parameter can go no further, whatever the range (TrainConfig's bounds; None:
 #: no bound): a best value at such an end of its range asks for no wider range.
@@ -33,9 +34,13 @@ class SearchSpace:
 
     A range is ``(low, high)``; ``low == high`` fixes the value (it is still recorded as a
     param). LR ranges are per optimizer because a sane initial LR differs by orders of
-    magnitude between SGD and Adam; each is sampled log-uniformly under its own name
-    (``lr_sgd``, ``lr_adam``, …) so that a sampler models each optimizer's LR on its own
-    trials instead of mixing scales under one name.
+    magnitude between SGD and Adam. The LR is sampled as one parameter for every optimizer,
+    ``lr_position``: its position in the optimizer's log range (0 its low end, 1 its high end;
+    uniform, so the LR is log-uniform), so that every trial has it and a multivariate sampler
+    models it jointly with the optimizer, the decay, the warm-up and the layer multipliers
+    (TPE's ``group=True`` puts the parameters every trial has in one group). Before this, each
+    optimizer's LR was a parameter of its own (``lr_sgd``, ``lr_adam``, …), which TPE could
+    only model alone; the trial records the LR itself as its ``lr`` user attr.
 
     Layer-wise multipliers: only the layers in ``lr_mult_layers`` (default fc1 and fc2) get a
     sampled multiplier; the other layers (default fc3, the output layer) keep multiplier 1 and
@@ -121,6 +126,24 @@ class SearchSpace:
         """The initial-LR range of ``optimizer``."""
         return getattr(self, f"lr_{optimizer}")
 
+    def lr_at(self, optimizer: str, position: float) -> float:
+        """The initial LR at ``position`` (0..1) of ``optimizer``'s log range: ``low * (high / low) ** position``."""
+        check_real(position=position, low=0.0, high=1.0)
+        low, high = self.lr_range(optimizer)
+        if position == 0 or low == high:
+            return low
+        if position == 1:
+            return high
+        # to 12 significant digits: an LR queued through its position (a baseline of 2e-3) comes
+        # back as 2e-3, not 2.0000000000000005e-3
+        return min(high, max(low, float(f"{math.exp(math.log(low) + position * (math.log(high) - math.log(low))):.12g}")))
+
+    def lr_position(self, optimizer: str, lr: float) -> float:
+        """Where ``lr`` sits in ``optimizer``'s log range (the inverse of :meth:`lr_at`; 0 for a
+        fixed range)."""
+        low, high = self.lr_range(optimizer)
+        return 0.0 if high == low else (math.log(lr) - math.log(low)) / (math.log(high) - math.log(low))
+
     def as_dict(self) -> dict[str, object]:
         """The ranges as plain JSON-able values (for a study's user attrs)."""
         return {f.name: _plain(getattr(self, f.name)) for f in fields(self)}
@@ -132,19 +155,22 @@ def suggest_config(
     """Sample a :class:`TrainConfig` from ``space`` through ``trial``.
 
     Parameter names (stable; conditional ones only when their condition holds):
-    ``optimizer``; ``lr_<optimizer>``; ``sgd_momentum`` (SGD only); ``adamw_weight_decay`` (AdamW
+    ``optimizer``; ``lr_position`` (the LR's position in the optimizer's log range,
+    :meth:`SearchSpace.lr_at`); ``sgd_momentum`` (SGD only); ``adamw_weight_decay`` (AdamW
     only); ``decay``; ``step_size``,
     ``step_gamma`` (step); ``exp_gamma`` (exponential); ``cosine_eta_min_ratio`` (cosine);
     ``plateau_patience``, ``plateau_factor`` (plateau); ``onecycle_pct_start``,
     ``onecycle_div_factor``, ``onecycle_final_div_factor`` (onecycle); ``restart_period``,
-    ``restart_mult``, ``restart_eta_min_ratio`` (cosine_restarts); ``warmup_epochs`` (every decay
-    but onecycle) and ``warmup_start_ratio`` (when it is above 0); ``lr_mult_<layer>`` for each layer of
-    ``space.lr_mult_layers``. The space is conditional: with TPE use ``group=True`` so that each
-    conditional parameter is modelled on the trials that have it.
+    ``restart_mult``, ``restart_eta_min_ratio`` (cosine_restarts); ``warmup_epochs`` (every trial:
+    one-cycle, which has its own rise to the peak, records it and trains without one) and
+    ``warmup_start_ratio`` (when it acts: above 0, not one-cycle); ``lr_mult_<layer>`` for each layer
+    of ``space.lr_mult_layers``. The space is conditional: with TPE use ``group=True`` so that each
+    conditional parameter is modelled on the trials that have it; ``optimizer``, ``lr_position``,
+    ``decay``, ``warmup_epochs`` and the multipliers are in every trial, one group.
     """
     space = space or SearchSpace()
     optimizer = trial.suggest_categorical("optimizer", list(space.optimizers))
-    lr = trial.suggest_float(f"lr_{optimizer}", *space.lr_range(optimizer), log=True)
+    lr = space.lr_at(optimizer, trial.suggest_float("lr_position", 0.0, 1.0))
     values: dict[str, object] = {"optimizer": optimizer, "lr": lr, "batch_size": batch_size}
     if optimizer == "sgd":
         values["momentum"] = trial.suggest_float("sgd_momentum", *space.sgd_momentum)
@@ -173,15 +199,89 @@ def suggest_config(
         values["restart_mult"] = trial.suggest_int("restart_mult", *space.restart_mult)
         values["restart_eta_min_ratio"] = trial.suggest_float("restart_eta_min_ratio", *space.restart_eta_min_ratio,
                                                               log=True)
-    if decay != "onecycle":  # one-cycle has its own rise to the peak
-        values["warmup_epochs"] = trial.suggest_int("warmup_epochs", *space.warmup_epochs)
-        if values["warmup_epochs"]:
+    # in every trial, so that the sampler models it with the LR; one-cycle has its own rise to the peak
+    warmup = trial.suggest_int("warmup_epochs", *space.warmup_epochs)
+    if decay != "onecycle":
+        values["warmup_epochs"] = warmup
+        if warmup:
             values["warmup_start_ratio"] = trial.suggest_float("warmup_start_ratio", *space.warmup_start_ratio,
                                                                log=True)
 
     for layer in space.lr_mult_layers:
         values[f"lr_mult_{layer}"] = trial.suggest_float(f"lr_mult_{layer}", *space.lr_mult, log=True)
     return TrainConfig(**values)
+
+
+def config_params(config: TrainConfig, space: SearchSpace | None = None) -> dict[str, object]:
+    """The params through which :func:`suggest_config` gives ``config`` (its inverse): what
+    ``study.enqueue_trial`` takes to train ``config`` as a trial of ``space``.
+
+    Raises ``ValueError`` naming the first field of ``config`` that ``space`` cannot give: a value
+    outside its range, or a setting it does not search (an L2 weight decay for an optimizer other
+    than AdamW, a multiplier on a reference layer). Fields that ``config.decay`` ignores are not
+    looked at; the batch size is the study's, not the space's.
+    """
+    space = space or SearchSpace()
+
+    def within(name: str, value: float, bounds: tuple[float, float], field: str | None = None) -> float:
+        low, high = bounds
+        slack = 1e-9 * max(abs(low), abs(high))
+        if not low - slack <= value <= high + slack:
+            raise ValueError(f"{field or name}={value!r} is outside the search space: {name} ranges over "
+                             f"[{low:g}, {high:g}]")
+        return min(max(value, low), high)
+
+    opt = config.optimizer
+    if opt not in space.optimizers:
+        raise ValueError(f"optimizer={opt!r} is outside the search space: it searches {', '.join(space.optimizers)}")
+    params: dict[str, object] = {"optimizer": opt}
+    lr = within(f"lr_{opt}", config.lr, space.lr_range(opt), "lr")
+    params["lr_position"] = min(1.0, max(0.0, space.lr_position(opt, lr)))
+    if opt == "sgd":
+        params["sgd_momentum"] = within("sgd_momentum", config.momentum, space.sgd_momentum, "momentum")
+    if opt == "adamw":
+        params["adamw_weight_decay"] = within("adamw_weight_decay", config.weight_decay, space.adamw_weight_decay,
+                                              "weight_decay")
+    elif config.weight_decay:
+        raise ValueError(f"weight_decay={config.weight_decay!r} is outside the search space: it searches a weight "
+                         f"decay for adamw only (with {opt}: 0)")
+    decay = config.decay
+    if decay not in space.decays:
+        raise ValueError(f"decay={decay!r} is outside the search space: it searches {', '.join(space.decays)}")
+    params["decay"] = decay
+    for name in _DECAY_PARAMS[decay]:
+        params[name] = within(name, getattr(config, name), getattr(space, name))
+    if decay == "onecycle":  # recorded, not used (one-cycle rises by itself): any value of the range
+        params["warmup_epochs"] = space.warmup_epochs[0]
+    else:
+        params["warmup_epochs"] = within("warmup_epochs", config.warmup_epochs, space.warmup_epochs)
+    if config.warmup_epochs and decay != "onecycle":
+        params["warmup_start_ratio"] = within("warmup_start_ratio", config.warmup_start_ratio, space.warmup_start_ratio)
+    for layer in LAYERS:
+        if layer in space.lr_mult_layers:
+            params[f"lr_mult_{layer}"] = within("lr_mult", config.lr_mult(layer), space.lr_mult, f"lr_mult_{layer}")
+        elif config.lr_mult(layer) != 1.0:
+            raise ValueError(f"lr_mult_{layer}={config.lr_mult(layer)!r} is outside the search space: {layer} is a "
+                             "reference layer (multiplier 1)")
+    return params
+
+
+#: The params of each decay strategy (as suggest_config names them: TrainConfig's field names).
+_DECAY_PARAMS = {
+    "constant": (), "step": ("step_size", "step_gamma"), "exponential": ("exp_gamma",),
+    "cosine": ("cosine_eta_min_ratio",), "plateau": ("plateau_patience", "plateau_factor"),
+    "onecycle": ("onecycle_pct_start", "onecycle_div_factor", "onecycle_final_div_factor"),
+    "cosine_restarts": ("restart_period", "restart_mult", "restart_eta_min_ratio"),
+}
+
+
+def trial_lr(trial: optuna.trial.FrozenTrial) -> float:
+    """The initial LR a trial trained with: its ``lr`` user attr (recorded at its start), else
+    its ``lr_<optimizer>`` param (studies made before ``lr_position``); NaN if neither."""
+    lr = trial.user_attrs.get("lr")
+    if lr is None:
+        lr = trial.params.get(f"lr_{trial.params.get('optimizer')}")
+    return float(lr) if lr is not None else math.nan
 
 
 def _members(*, allowed: tuple[str, ...], **values: tuple[str, ...]) -> None:

@@ -16,22 +16,24 @@ import platform
 import shlex
 import sys
 import time
-from dataclasses import dataclass, field, replace
+from dataclasses import asdict, dataclass, field, replace
 
 import optuna
 import sqlalchemy
 import torch
 
-from objectives import DEFAULT_METRIC, SearchSpace, check_mnist, load_mnist
+from objectives import DEFAULT_METRIC, SearchSpace, TrainConfig, check_mnist, load_mnist
 from objectives.data import SPLIT_SEED, TRAIN_SIZE, VAL_SIZE, describe_mnist
 from objectives.lr_range import lr_range_test
+from objectives.space import config_params
 from storage import hide_password, open_storage
 from storage.batch import storage_of
+from study.baseline import start_trials
 from study.choices import warmup_epochs
 from study.cli import usable_cores
 from study.constants import DEFAULT_STUDY_NAME
 
-__all__ = ["CREATION_WAIT", "DEFAULT_STUDY_NAME", "LEGACY_SETTINGS", "Settings", "UsageError", "device_name", "fingerprint", "open_study",
+__all__ = ["CREATION_WAIT", "queue_start", "DEFAULT_STUDY_NAME", "LEGACY_SETTINGS", "Settings", "UsageError", "device_name", "fingerprint", "open_study",
            "storage_at", "study_metric", "study_storage"]
 
 
@@ -65,6 +67,8 @@ class Settings:
     lr_range: bool
     metric: str = DEFAULT_METRIC  # what a trial's value measures (objectives.METRICS)
     space: SearchSpace = field(default_factory=SearchSpace)  # the default, or narrowed by --lr-range
+    baseline_spec: str = "default"  # --baseline as given: default, none, key=value pairs, a JSON file
+    baseline: TrainConfig | None = None  # the recipe it names (study.baseline.parse_baseline), once checked
 
 
 def fingerprint(s: Settings) -> dict[str, object]:
@@ -84,6 +88,10 @@ def fingerprint(s: Settings) -> dict[str, object]:
         "metric": s.metric,
         # the minibatch order of every trial (and trial n's initial weights: seed + n)
         "seed": s.seed,
+        # the LR is one parameter of every trial (objectives.space.suggest_config); before, lr_<optimizer>
+        "lr_parameter": "lr_position",
+        # the recipe the study starts from and must beat (its first trials; the final word's yardstick)
+        "baseline": asdict(s.baseline) if s.baseline is not None else None,
     }
 
 
@@ -223,6 +231,11 @@ def open_study(s: Settings, argv: list[str], device: torch.device) -> tuple[optu
     if s.lr_range:  # a resumed study reuses its stored ranges: the same experiment, exactly
         space, ranges = lr_range_space(s, device, study.user_attrs.get("lr_range") if study else None)
         s = replace(s, space=space)
+        if s.baseline is not None and study is None:  # the baseline must lie in the narrowed space too
+            try:
+                config_params(s.baseline, s.space)
+            except ValueError as e:
+                raise UsageError(f"--baseline: {e} (the LR range test's range; --baseline none, or without --lr-range)") from None
     fingerprint_now = fingerprint(s)
     attrs = {
         "data": describe_mnist(check_mnist(s.data_dir), s.train_samples),
@@ -235,6 +248,7 @@ def open_study(s: Settings, argv: list[str], device: torch.device) -> tuple[optu
         "pruner": s.pruner,
         "median_warmup_epochs": warmup_epochs(s.epochs),
         "seed": s.seed,
+        "baseline": asdict(s.baseline) if s.baseline is not None else None,
         "versions": _versions(),
         "command": command,
         **({"lr_range": ranges} if ranges is not None else {}),
@@ -247,6 +261,7 @@ def open_study(s: Settings, argv: list[str], device: torch.device) -> tuple[optu
             study = optuna.load_study(study_name=s.study_name, storage=storage)
         else:
             _record_settings(study, attrs)
+            queue_start(study, s)
             return study, s
     if len(study.directions) != 1:
         raise UsageError(f"study {s.study_name!r} in {hide_password(s.storage)} has {len(study.directions)} objectives; "
@@ -259,6 +274,7 @@ def open_study(s: Settings, argv: list[str], device: torch.device) -> tuple[optu
             print(f"study {s.study_name!r} was left without its settings (its creation was interrupted); "
                   "recording them now", flush=True)
             _record_settings(study, attrs)
+            queue_start(study, s)
     stored = study.user_attrs.get("fingerprint")
     if stored is not None:  # studies made before --precision, --metric and the seed in the fingerprint
         stored = {**LEGACY_SETTINGS, "seed": study.user_attrs.get("seed", s.seed), **stored}
@@ -275,6 +291,19 @@ def open_study(s: Settings, argv: list[str], device: torch.device) -> tuple[optu
     study.set_user_attr("last_command", command)
     study.set_user_attr("target_trials", s.trials)  # the report says when a study is short of it
     return study, s
+
+
+def queue_start(study: optuna.Study, s: Settings) -> None:
+    """Queue a new study's first trials (:func:`study.baseline.start_trials`: the baseline, its
+    neighbours, a covering start), at most ``--trials`` of them, each labelled in its ``start``
+    user attr; recorded in the study's ``start_trials`` attr, so that they are queued once only:
+    a resume, or a study that already has trials, queues nothing."""
+    if "start_trials" in study.user_attrs or study.get_trials(deepcopy=False):
+        return
+    queued = start_trials(s.baseline, s.space, s.trials)
+    for params, label in queued:
+        study.enqueue_trial(params, user_attrs={"start": label})
+    study.set_user_attr("start_trials", [label for _, label in queued])
 
 
 def _record_strategy_change(study: optuna.Study, s: Settings) -> None:

@@ -13,6 +13,7 @@ from optuna.trial import FrozenTrial, TrialState
 
 from objectives import LRSchedule
 from objectives.data import TRAIN_SIZE
+from objectives.space import trial_lr
 from study.findings import DecayRow, trial_config
 
 __all__ = ["METRIC_WORDS", "decay_comparison", "learning_curves", "lr_schedules", "lr_slice", "lr_view",
@@ -42,23 +43,24 @@ def epoch_axis(epochs: int) -> dict:
 
 
 def lr_view(study: optuna.Study) -> optuna.Study:
-    """An in-memory copy of the complete trials with the per-optimizer LR as one ``lr`` param.
+    """An in-memory copy of the complete trials with the initial LR itself as one ``lr`` param.
 
     Optuna's importances, parallel coordinates and slices use the parameters that every trial
-    has; ``lr_sgd``, ``lr_adam``, … are conditional, so the LR itself would be left out. Here
-    it is one log-scaled parameter over the union of the ranges.
+    has; the study samples the LR as its position in the optimizer's range (``lr_position``;
+    older studies as ``lr_sgd``, ``lr_adam``, …, conditional), which does not say the LR. Here
+    it is one log-scaled parameter over the LRs the trials had (:func:`objectives.space.trial_lr`).
     """
-    complete = study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))
-    lr_dists = [d for t in complete for n, d in t.distributions.items() if n.startswith("lr_") and not n.startswith("lr_mult")]
+    complete = [t for t in study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))
+                if math.isfinite(trial_lr(t)) and trial_lr(t) > 0]
     view = optuna.create_study(direction="minimize")
-    if not lr_dists:
+    if not complete:
         return view
-    lr = FloatDistribution(min(d.low for d in lr_dists), max(d.high for d in lr_dists), log=True)
+    lrs = [trial_lr(t) for t in complete]
+    lr = FloatDistribution(min(lrs), max(lrs) * (1 + 1e-9), log=True)
     for t in complete:
-        opt = t.params["optimizer"]
         keep = {n: t.params[n] for n in ("optimizer", "decay", "lr_mult_fc1", "lr_mult_fc2", "lr_mult_fc3") if n in t.params}
         dists = {n: t.distributions[n] for n in keep}
-        keep["lr"], dists["lr"] = t.params[f"lr_{opt}"], lr
+        keep["lr"], dists["lr"] = trial_lr(t), lr
         view.add_trial(optuna.trial.create_trial(params=keep, distributions=dists, value=t.value))
     return view
 
@@ -104,8 +106,8 @@ def lr_slice(study: optuna.Study) -> go.Figure:
     words = METRIC_WORDS.get(_metric(study), _metric(study))
     lrs, values = [], []
     for optimizer in sorted({t.params.get("optimizer") for t in complete if "optimizer" in t.params}):
-        trials = [t for t in complete if t.params.get("optimizer") == optimizer and f"lr_{optimizer}" in t.params]
-        x = [t.params[f"lr_{optimizer}"] for t in trials]
+        trials = [t for t in complete if t.params.get("optimizer") == optimizer and math.isfinite(trial_lr(t))]
+        x = [trial_lr(t) for t in trials]
         y = [t.value for t in trials]
         lrs += x
         values += y

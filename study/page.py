@@ -12,14 +12,57 @@ import optuna
 from optuna.trial import TrialState
 
 from storage import hide_password
+from objectives.space import trial_lr
 from study.findings import DecayRow, warmup_rows
 from study.progress import metric_name
 
-__all__ = ["answer_markdown", "decay_table_html", "final_html", "markdown_html", "summary_markdown", "write_page"]
+__all__ = ["answer_markdown", "verdict_lines", "decay_table_html", "final_html", "markdown_html", "summary_markdown", "write_page"]
 
 
 def _pct(mean: float, sd: float, n: int) -> str:
     return f"{100 * mean:.2f} % ± {100 * sd:.2f}" if n > 1 else f"{100 * mean:.2f} % (one seed: no sd)"
+
+
+def _interval(p: dict | None, scale: float, unit: str) -> str:
+    """A paired difference in words: ``+0.08 points (95 % interval -0.02 to +0.18, 5 seeds)``."""
+    if not p or not p["n"]:
+        return "no pair of finite runs"
+    text = f"{scale * p['mean']:+.2f}{unit}"
+    if p["low"] is None:
+        return f"{text} (one seed: no interval)"
+    return f"{text} (95 % interval {scale * p['low']:+.2f} to {scale * p['high']:+.2f}, {p['n']} seeds)"
+
+
+def verdict_lines(final: dict) -> list[str]:
+    """The final word's verdict, first on the terminal, the summary and the page: whether the study
+    found anything better than the baseline, with the paired differences over the same seeds."""
+    seeds, n = len(final["seeds"]), len(final["candidates"])
+    base, a = final.get("baseline"), final.get("answer")
+    if a is None:
+        return [f"No answer: every one of the {n} candidates diverged with at least one of the {seeds} new seeds; "
+                "nothing was tested."]
+    if final.get("answer_is_baseline"):
+        return [f"The study found nothing better than your baseline ({base['label']}): it had the lowest mean "
+                f"{final['metric']} over {seeds} new seeds among the {n} candidates. Keep it; its test accuracy: "
+                f"{_pct(a['test_accuracy_mean'], a['test_accuracy_sd'], seeds)}."]
+    if base is None:
+        return [f"The answer is the best of the {n} candidates on validation (no baseline was trained beside it)."]
+    pv, pt = final.get("paired_validation"), final.get("paired_test")
+    lines = [f"The study found a recipe that beats your baseline ({base['label']}) on validation: mean "
+             f"{final['metric']} {a['val_mean']:.4f} against {base['val_mean']:.4f}, paired over the same seeds "
+             f"{_interval(pv, 1.0, '').replace('+', '+').replace(' (95', ' (95')}."]
+    if pt and pt["n"]:
+        resolved = pt["low"] is not None and (pt["low"] > 0 or pt["high"] < 0)
+        better = pt["mean"] > 0
+        if resolved:
+            judged = "the answer tests better" if better else "the answer tests worse: keep your baseline"
+        else:
+            need = f"; about {pt['seeds_needed']} seeds would tell a difference of this size" if pt["seeds_needed"] else ""
+            judged = f"not resolved at {pt['n']} seeds: the interval holds 0{need}"
+        lines.append(f"On the test set, once: {_pct(a['test_accuracy_mean'], a['test_accuracy_sd'], seeds)} against "
+                     f"{_pct(base['test_accuracy_mean'], base['test_accuracy_sd'], seeds)}; answer - baseline "
+                     f"{_interval(pt, 100.0, ' points')}: {judged}.")
+    return lines
 
 
 def _mults(r: dict) -> str:
@@ -36,39 +79,60 @@ def _decay_cells(row: DecayRow) -> list[str]:
         return [row.decay, "–", "–", "–", "–", "–", "–", behind, str(row.n_trials), str(row.n_pruned), "–"]
     opt = str(b.params.get("optimizer", "?"))
     mults = "/".join(f"{b.params[k]:.3g}" for k in sorted(b.params) if k.startswith("lr_mult_")) or "1"
-    return [row.decay, opt, f"{b.params.get(f'lr_{opt}', math.nan):.3g}", mults, f"{b.value:.4f}",
+    return [row.decay, opt, f"{trial_lr(b):.3g}", mults, f"{b.value:.4f}",
             f"{100 * b.user_attrs.get('val_accuracy', math.nan):.2f} %", str(b.user_attrs.get("epochs_run", "?")),
             behind, str(row.n_trials), str(row.n_pruned), str(b.number)]
 
 
 def answer_markdown(final: dict) -> list[str]:
-    """The answer first: its recipe, its test accuracy, the code that reproduces it, and the
-    candidates it was chosen from on validation (the others marked as not selected)."""
+    """The verdict first, then the answer: its recipe, its test accuracy beside the baseline's, the
+    code that reproduces it, and the candidates it was chosen from on validation (the others
+    marked as not selected)."""
     a, seeds = final["answer"], len(final["seeds"])
-    lines = [
-        "## The answer", "",
-        f"**{a['recipe']}**", "",
-        f"Test accuracy **{_pct(a['test_accuracy_mean'], a['test_accuracy_sd'], seeds)}** over {seeds} seeds, "
-        f"trained on all {final['train_images']:,} training images and tested once on the {final['test_images']:,} "
-        f"test images (trial {a['trial']}: {', '.join(a['labels'])}).",
-    ]
-    ref = final.get("reference")
-    if ref:
-        lines += ["", f"Beside it, the hand-picked {ref['label'].split(': ', 1)[-1]} ({ref['epochs']} epochs), trained "
-                      f"and tested the same way: {_pct(ref['test_accuracy_mean'], ref['test_accuracy_sd'], seeds)} "
-                      "(not selected: a yardstick)."]
-    lines += ["", f"As a config of this library: `{a['config_line']}`", "",
-              "How it was chosen: the candidates below were trained again with new seeds on the "
-              f"{final['selection_images']:,}/{final['validation_images']:,} split and the lowest mean "
-              f"{final['metric']} on the validation images was chosen; the test set decided nothing.", "",
+    lines = ["## The answer", "", *[f"**{line}**" if i == 0 else line for i, line in enumerate(verdict_lines(final))]]
+    if a is not None:
+        lines += [
+            "", f"**{a['recipe']}**", "",
+            f"Test accuracy **{_pct(a['test_accuracy_mean'], a['test_accuracy_sd'], seeds)}** over {seeds} seeds"
+            f"{_diverged(a)}, trained on all {final['train_images']:,} training images and tested once on the "
+            f"{final['test_images']:,} test images ({_who(final['candidates'], a)}).",
+        ]
+        base = final.get("baseline")
+        if base and not final.get("answer_is_baseline"):
+            lines += ["", f"Beside it, your baseline, {base['label']} ({base['epochs']} epochs), trained and tested the "
+                          f"same way with the same seeds: {_pct(base['test_accuracy_mean'], base['test_accuracy_sd'], seeds)}"
+                          f"{_diverged(base)}."]
+        lines += ["", f"As a config of this library: `{a['config_line']}`", "", "In plain PyTorch:", "", "```python",
+                  *a["pytorch"].splitlines(), "```"]
+    lines += ["", "How it was chosen: the candidates below, the baseline among them, were trained again with new seeds "
+              f"on the {final['selection_images']:,}/{final['validation_images']:,} split and the lowest mean "
+              f"{final['metric']} on the validation images was chosen (a candidate that diverged with any seed is "
+              "left out); the test set decided nothing.", "",
               f"| candidate | trial | optimizer | LR | multipliers | decay | warm-up | study's {final['metric']} | "
               f"mean {final['metric']} over {seeds} new seeds | |",
               "|---|---|---|---|---|---|---|---|---|---|"]
     for r in final["candidates"]:
-        lines.append(f"| {', '.join(r['labels'])} | {r['trial']} | {r['optimizer']} | {r['lr']:.3g} | {_mults(r)} | "
-                     f"{r['decay']} | {r['warmup_epochs']} ep | {r['study_value']:.4f} | "
-                     f"{r['val_mean']:.4f} ± {r['val_sd']:.4f} | {'**the answer**' if r['selected'] else 'not selected'} |")
+        lines.append("| " + " | ".join(_candidate_cells(r)) + " |")
     return lines
+
+
+def _who(candidates: list[dict], a: dict) -> str:
+    return "the baseline" if a["trial"] is None else f"trial {a['trial']}: {', '.join(a['labels'])}"
+
+
+def _diverged(r: dict) -> str:
+    gone = sum(r.get("diverged", []))
+    return f" ({gone} of {len(r['diverged'])} runs diverged: left out of the mean)" if gone else ""
+
+
+def _candidate_cells(r: dict) -> list[str]:
+    study_value = "–" if r.get("study_value") is None else f"{r['study_value']:.4f}"
+    val = (f"diverged with {r.get('diverged_seeds') or 'some'} seed(s): left out" if not math.isfinite(r["val_mean"])
+           else f"{r['val_mean']:.4f} (one seed: no sd)" if len(r.get("val_values", [])) == 1
+           else f"{r['val_mean']:.4f} ± {r['val_sd']:.4f}")
+    return [", ".join(r["labels"]), "–" if r["trial"] is None else str(r["trial"]), r["optimizer"], f"{r['lr']:.3g}",
+            _mults(r), r["decay"], f"{r['warmup_epochs']} ep", study_value, val,
+            "**the answer**" if r["selected"] else "not selected"]
 
 
 def unfinished(study: optuna.Study) -> list[str]:
@@ -125,35 +189,41 @@ def decay_table_html(rows: list[DecayRow]) -> str:
 
 
 def final_html(final: dict) -> str:
-    """The answer as the page's opening: the recipe, its test accuracy, the candidates it was
-    chosen from on validation (``#final-candidates``; the others marked as not selected), the
-    test accuracies (``#final-test``) and the code that reproduces it."""
+    """The answer as the page's opening: the verdict (``#verdict``), the recipe, its test accuracy,
+    the candidates it was chosen from on validation (``#final-candidates``; the others marked as
+    not selected), the test accuracies (``#final-test``) and the code that reproduces it."""
     a, seeds = final["answer"], len(final["seeds"])
-    parts = [f'<p id="answer"><strong>{html.escape(a["recipe"])}</strong></p>',
-             f"<p>Test accuracy <strong>{html.escape(_pct(a['test_accuracy_mean'], a['test_accuracy_sd'], seeds))}"
-             f"</strong> over {seeds} seeds: trained on all {final['train_images']:,} training images in "
-             f"{html.escape(final['precision'])} and evaluated once on the {final['test_images']:,} test images, the "
-             "test set's only use.</p>"]
+    verdict = verdict_lines(final)
+    parts = [f'<p id="verdict"><strong>{html.escape(verdict[0])}</strong></p>',
+             *(f"<p>{html.escape(line)}</p>" for line in verdict[1:])]
+    if a is not None:
+        parts += [f'<p id="answer"><strong>{html.escape(a["recipe"])}</strong></p>',
+                  f"<p>Test accuracy <strong>{html.escape(_pct(a['test_accuracy_mean'], a['test_accuracy_sd'], seeds))}"
+                  f"</strong> over {seeds} seeds{html.escape(_diverged(a))}: trained on all {final['train_images']:,} "
+                  f"training images in {html.escape(final['precision'])} and evaluated once on the "
+                  f"{final['test_images']:,} test images, the test set's only use.</p>"]
     head = ("<tr><th>candidate</th><th>trial</th><th>optimizer</th><th>LR</th><th>multipliers</th><th>decay</th>"
             f"<th>warm-up</th><th>study's value</th><th>mean {html.escape(final['metric'])} over {seeds} new seeds "
             "(validation)</th><th></th></tr>")
     body = []
     for r in final["candidates"]:
-        cells = [", ".join(r["labels"]), str(r["trial"]), r["optimizer"], f"{r['lr']:.3g}", _mults(r), r["decay"],
-                 f"{r['warmup_epochs']} ep", f"{r['study_value']:.4f}", f"{r['val_mean']:.4f} ± {r['val_sd']:.4f}",
-                 "the answer" if r["selected"] else "not selected"]
+        cells = [c.replace("**", "") for c in _candidate_cells(r)]
         body.append("<tr>" + "".join(f"<td>{html.escape(c)}</td>" for c in cells) + "</tr>")
-    parts.append(f"<p>Chosen among these on the {final['selection_images']:,}/{final['validation_images']:,} split, "
-                 f"by the lowest mean {html.escape(final['metric'])} on the validation images:</p>"
-                 f'<table id="final-candidates">{head}{"".join(body)}</table>')
-    tested = [("the answer (trial %d)" % a["trial"], a)]
-    if final.get("reference"):
-        tested.append((final["reference"]["label"] + " (not selected: a yardstick)", final["reference"]))
+    parts.append(f"<p>Chosen among these, the baseline among them, on the {final['selection_images']:,}/"
+                 f"{final['validation_images']:,} split, by the lowest mean {html.escape(final['metric'])} on the "
+                 f'validation images:</p><table id="final-candidates">{head}{"".join(body)}</table>')
+    if a is None:
+        return "".join(parts)
+    tested = [("the answer" + ("" if a["trial"] is None else " (trial %d)" % a["trial"]), a)]
+    base = final.get("baseline")
+    if base and not final.get("answer_is_baseline"):
+        tested.append(("your baseline: " + base["label"], base))
     rows = "".join(f"<tr><td>{html.escape(label)}</td><td>{r['epochs']}</td>"
                    f"<td>{html.escape(_pct(r['test_accuracy_mean'], r['test_accuracy_sd'], seeds))}</td>"
-                   f"<td>{' '.join(f'{100 * x:.2f}' for x in r['test_accuracies'])}</td></tr>" for label, r in tested)
+                   f"<td>{' '.join(f'{100 * x:.2f}' + ('*' if d else '') for x, d in zip(r['test_accuracies'], r.get('diverged', [False] * seeds)))}</td></tr>"
+                   for label, r in tested)
     parts.append('<table id="final-test"><tr><th>trained on 60k, tested once</th><th>epochs</th>'
-                 f"<th>test accuracy (mean ± sd)</th><th>per seed (%)</th></tr>{rows}</table>")
+                 f"<th>test accuracy (mean ± sd)</th><th>per seed (%; * diverged)</th></tr>{rows}</table>")
     parts.append(f"<p>As a config of this library:</p><pre>{html.escape(a['config_line'])}</pre>"
                  f"<p>In plain PyTorch:</p><pre id=\"pytorch\">{html.escape(a['pytorch'])}</pre>")
     return "".join(parts)

@@ -29,7 +29,7 @@ from objectives.device import as_out_of_memory
 from storage.batch import TrialWrites, storage_of, trial_id, write_trials, write_user_attrs
 from study.progress import count_states
 from study.pruning import judge_boundary
-from study.recovery import INTERRUPTED, Heartbeats, requeue_interrupted
+from study.recovery import INTERRUPTED, Heartbeats, requeue_interrupted, retries_waiting
 
 __all__ = ["optimize_fused"]
 
@@ -70,7 +70,7 @@ def optimize_fused(
         if stop():
             return False
         counts = count_states(study)
-        if counts[TrialState.WAITING]:
+        if counts[TrialState.WAITING] and retries_waiting(study):
             return True  # a dead worker's retry: runs even past the budget or the timeout
         in_hand = counts[TrialState.COMPLETE] + counts[TrialState.PRUNED] + counts[TrialState.RUNNING]
         return trials > in_hand and time.monotonic() < deadline

@@ -14,7 +14,7 @@ from typing import TextIO
 import optuna
 from tqdm import tqdm
 
-from objectives.space import EPOCH_CAPS, LIMITS
+from objectives.space import EPOCH_CAPS, LIMITS, trial_lr
 from optuna.distributions import FloatDistribution, IntDistribution
 from optuna.trial import FrozenTrial, TrialState
 
@@ -41,9 +41,9 @@ def _key_params(trial: FrozenTrial) -> str:
     params = trial.params
     opt = params.get("optimizer", "?")
     decay = str(params.get("decay", "?"))
-    if params.get("warmup_epochs"):
+    if params.get("warmup_epochs") and decay != "onecycle":  # one-cycle records it and rises by itself
         decay = f"warmup {params['warmup_epochs']} ep + {decay}"
-    parts = [str(opt), f"lr {_fmt(params.get(f'lr_{opt}', math.nan))}", decay]
+    parts = [str(opt), f"lr {_fmt(trial_lr(trial))}", decay]
     mults = [f"{_fmt(v)}" for k, v in sorted(params.items()) if k.startswith("lr_mult_")]
     if mults:
         parts.append("mult " + "/".join(mults))
@@ -215,6 +215,8 @@ def edge_warnings(trial: FrozenTrial, epochs: int | None = None, margin: float =
     for name, dist in trial.distributions.items():
         if not isinstance(dist, (FloatDistribution, IntDistribution)) or dist.low == dist.high:
             continue
+        if name == "warmup_epochs" and trial.params.get("decay") == "onecycle":
+            continue  # recorded, not used: one-cycle rises to its peak by itself
         value = trial.params[name]
         if dist.log:
             pos = (math.log(value) - math.log(dist.low)) / (math.log(dist.high) - math.log(dist.low))
@@ -228,6 +230,11 @@ def edge_warnings(trial: FrozenTrial, epochs: int | None = None, margin: float =
         if limit is not None and end == limit:
             continue  # the range already reaches as far as the parameter goes
         where = f"{name} = {_fmt(value)} is at the {edge} edge of [{_fmt(dist.low)}, {_fmt(dist.high)}]"
+        if name == "lr_position":  # the LR's place in its optimizer's range: the range to widen is lr_<optimizer>
+            opt = trial.params.get("optimizer")
+            out.append(f"the LR ({opt}) = {_fmt(trial_lr(trial))} is at the {edge} edge of lr_{opt}'s range: the best "
+                       "may lie outside it; widen it")
+            continue
         if edge == "upper" and epochs is not None and name in EPOCH_CAPS and end == epochs - EPOCH_CAPS[name]:
             out.append(f"{where} (capped by --epochs {epochs}): more epochs would let it go higher")
         else:

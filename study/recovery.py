@@ -32,7 +32,7 @@ from storage import hide_password, storage_failure
 from storage import batch
 from study.experiment import Settings, study_storage
 
-__all__ = ["INTERRUPTED", "Heartbeats", "fail_and_retry", "owner", "requeue_interrupted", "running", "settle_orphans",
+__all__ = ["retries_waiting", "INTERRUPTED", "Heartbeats", "fail_and_retry", "owner", "requeue_interrupted", "running", "settle_orphans",
            "storage_failed"]
 
 
@@ -150,6 +150,13 @@ def fail_and_retry(storage: optuna.storages.RDBStorage, study: optuna.Study,
 
 #: The ``error`` of a trial that Ctrl-C or SIGTERM ended: it is queued again once, for the next run.
 INTERRUPTED = "interrupted"
+
+
+def retries_waiting(study: optuna.Study) -> int:
+    """How many WAITING trials are retries of failed ones (``failed_trial``, as Optuna's heartbeat
+    check and :func:`fail_and_retry` queue them), which run even past the budget; a new study's
+    queued start (:func:`study.experiment.queue_start`) is not, and counts against it."""
+    return sum("failed_trial" in t.system_attrs for t in study.get_trials(deepcopy=False, states=(TrialState.WAITING,)))
 
 
 def _own_unretried(study: optuna.Study, me: str) -> list[optuna.trial.FrozenTrial]:

@@ -5,7 +5,7 @@
 Writes ``OUT/index.html`` (plotly figures: optimisation history, learning curves with pruned
 trials drawn faintly, importances, parallel coordinates, slice of the initial LR, timeline,
 the decay-strategy comparison and the per-layer LR schedules of the best trials) and
-``OUT/summary.md``. With ``--final-seeds K`` (default 3) the best configuration, and the best
+``OUT/summary.md``. With ``--final-seeds K`` (default 5) the best configuration, and the best
 of each decay strategy, are retrained on all 60k training images with K seeds and their test
 accuracy is reported as mean ± sd: the test set's only use. The results go into the study's
 user attrs, the summary becomes the study's note in optuna-dashboard, and the page is uploaded
@@ -35,15 +35,16 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", type=Path, default=None,
                    help="folder for index.html, summary.md and trials.csv (default: reports/STUDY_NAME, any character but "
                         "letters, digits, '.', '_', '-' made '_'); a folder of other files is refused")
-    p.add_argument("--final-seeds", type=int_at_least(0, 100), default=3,
+    p.add_argument("--final-seeds", type=int_at_least(0, 100), default=5,
                    help="new seeds for the final word: each candidate is retrained with them on the 50k/10k split to choose "
                         "the answer on validation, then the answer is trained on all 60k images and tested; 0 skips it")
     p.add_argument("--candidates", type=int_at_least(1, 100), default=None,
                    help="how many configurations the final word chooses the answer from (the best of each decay "
                         "strategy, then the study's 3 best, in order of value); default: all of them on a GPU, "
                         f"{CPU_CANDIDATES} on a CPU")
-    p.add_argument("--no-reference", dest="reference", action="store_false",
-                   help="do not train and test the hand-picked reference recipe beside the answer")
+    p.add_argument("--no-baseline", "--no-reference", dest="baseline", action="store_false",
+                   help="do not retrain the study's baseline (study.run --baseline) as a candidate, nor test it beside "
+                        "the answer")
     add_device_arguments(p, device_help="device for the final retraining: auto|cpu|cuda|cuda:N")
     add_cuda_graphs_argument(p)
     p.add_argument("--artifact-dir", type=Path, default=None,

@@ -27,7 +27,8 @@ from study.export import write_trials_csv
 from study.figures import report_figures
 from study.final_word import final_word
 from study.findings import decay_rows
-from study.page import decay_table_html, final_html, markdown_html, summary_markdown, unfinished, write_page
+from study.page import (decay_table_html, final_html, markdown_html, summary_markdown, unfinished, verdict_lines,
+                        write_page)
 from study.progress import edge_warnings, metric_name
 
 __all__ = ["report", "terminal_lines"]
@@ -62,15 +63,11 @@ def terminal_lines(study: optuna.Study, final: dict | None) -> list[str]:
              f"{best.number}: {metric} {best.value:.4f}, validation accuracy "
              f"{100 * best.user_attrs.get('val_accuracy', float('nan')):.2f} %"]
     if final:
-        a, seeds = final["answer"], len(final["seeds"])
-        lines += [f"the answer: {a['recipe']}",
-                  f"  test accuracy {100 * a['test_accuracy_mean']:.2f} % ± {100 * a['test_accuracy_sd']:.2f} over {seeds} "
-                  f"seeds (trial {a['trial']}, chosen on validation among {len(final['candidates'])} candidates)"]
-        ref = final.get("reference")
-        if ref:
-            lines.append(f"  the hand-picked reference: {100 * ref['test_accuracy_mean']:.2f} % ± "
-                         f"{100 * ref['test_accuracy_sd']:.2f}")
-        lines.append(f"  as a config: {a['config_line']}  (in plain PyTorch: summary.md)")
+        lines += verdict_lines(final)
+        a = final["answer"]
+        if a is not None:
+            lines += [f"the answer: {a['recipe']}",
+                      f"  as a config: {a['config_line']}  (in plain PyTorch: summary.md)"]
     return lines
 
 
@@ -142,7 +139,7 @@ def _report(args: argparse.Namespace) -> int:
             data = load_mnist(args.data_dir, device=device)
             gpu = device.type == "cuda"
             final = final_word(study, rows, args.final_seeds, data, data.for_final_training(), fused=gpu,
-                               limit=args.candidates or (None if gpu else CPU_CANDIDATES), reference=args.reference,
+                               limit=args.candidates or (None if gpu else CPU_CANDIDATES), baseline=args.baseline,
                                cuda_graphs=args.cuda_graphs, log=lambda line: print(line, flush=True))
         except (ValueError, MnistDataError) as e:
             print(f"error: {e}", file=sys.stderr)

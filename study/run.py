@@ -61,6 +61,12 @@ def build_parser() -> argparse.ArgumentParser:
                         "the trials still to run (per worker), and 1 on the CPU")
     p.add_argument("--heartbeat-interval", type=int_at_least(1, 86_400), default=60,
                    help="seconds between a running trial's heartbeats; a trial silent for twice this is FAIL and retried once")
+    p.add_argument("--baseline", dest="baseline_spec", default="default", metavar="RECIPE",
+                   help="the recipe the study must beat, trained as its first trial with a few neighbours (LR x1/2, x2, "
+                        "weight decay x1/3, x3, a warm-up) and retrained beside the answer by study.report: 'default' "
+                        "(AdamW 2e-3, weight decay 0.05, cosine), key=value pairs of TrainConfig fields "
+                        "('optimizer=adam,lr=1e-3,decay=step'), a JSON file of them, or 'none'; it must lie in the "
+                        "search space; part of the experiment")
     p.add_argument("--lr-range", action="store_true",
                    help="off by default: first run the LR range test for each optimizer and sample each one's initial LR from its "
                         "suggested range (suggestion / 10 .. LR of the lowest smoothed loss); stored in the study")

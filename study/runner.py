@@ -15,7 +15,9 @@ import optuna
 
 from objectives import MnistDataError, check_mnist, resolve_device
 from objectives.precision import check_precision
+from objectives.space import config_params
 from storage import DEFAULT_STORAGE, StorageError, dashboard_command, hide_password, sqlite_path, storage_failure
+from study.baseline import parse_baseline
 from study.choices import SamplerUnavailable, make_sampler
 from study.cli import (EXIT_FAILED, EXIT_INTERRUPTED, EXIT_OK, EXIT_STORAGE, EXIT_USAGE, busy_cores, max_workers,
                        report_folder, set_threads, threads_per_process, usable_cores)
@@ -40,6 +42,11 @@ def run(args: argparse.Namespace, argv: list[str]) -> int:
         print(f"error: storage {hide_password(s.storage)} failed: {reason}; run the same command to resume once it "
               "works", file=sys.stderr)
         return EXIT_STORAGE
+
+
+def _taken(study: optuna.Study) -> list:
+    """The trials that some run has taken (all but the WAITING ones)."""
+    return [t for t in study.get_trials(deepcopy=False) if t.state != optuna.trial.TrialState.WAITING]
 
 
 def _files(s: Settings) -> list[str]:
@@ -79,6 +86,12 @@ def _run(s: Settings, argv: list[str]) -> int:
         device = resolve_device(s.device)
         check_precision(s.precision, device=device)
         make_sampler(s.sampler, s.seed)
+        s = replace(s, baseline=parse_baseline(s.baseline_spec, s.batch_size))
+        if s.baseline is not None:  # the sampler learns from it: it must be a point of the space
+            try:
+                config_params(s.baseline, s.space)
+            except ValueError as e:
+                raise ValueError(f"--baseline: {e}") from None
         check_mnist(s.data_dir)
         study, s = open_study(s, argv, device)
     except (ValueError, UsageError, SamplerUnavailable, MnistDataError, StorageError) as e:
@@ -95,7 +108,7 @@ def _run(s: Settings, argv: list[str]) -> int:
               file=sys.stderr)
         return EXIT_INTERRUPTED
 
-    n_existing = len(study.get_trials(deepcopy=False))
+    n_existing = len(_taken(study))  # the queued ones (a new study's start, retries) are not this run's yet
     before = finished(study)
     dashboard = dashboard_command(s.storage)
     if before >= s.trials:
@@ -137,7 +150,7 @@ def _run(s: Settings, argv: list[str]) -> int:
 
     try:
         study = optuna.load_study(study_name=s.study_name, storage=study_storage(s))
-        new = len(study.get_trials(deepcopy=False)) - n_existing
+        new = len(_taken(study)) - n_existing
         spent = trial_epochs(study)
         if code != EXIT_STORAGE:
             study.set_user_attr("trial_epochs", spent)  # the study's real cost, for the record

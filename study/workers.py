@@ -28,7 +28,7 @@ from study.parallel import dropped_line, optimize_fused, taken_away
 from study.progress import FINISHED, ProgressBar, TrialLog
 from storage.batch import trial_id, write_user_attrs
 from study.interrupt import raise_interrupt
-from study.recovery import INTERRUPTED, owner, requeue_interrupted, settle_orphans, storage_failed
+from study.recovery import INTERRUPTED, owner, requeue_interrupted, retries_waiting, settle_orphans, storage_failed
 
 __all__ = ["AUTO_SHARE_OF_TRIALS", "WorkerError", "finished", "optimize", "raise_interrupt", "run_workers",
            "trials_in_flight", "worker_device"]
@@ -112,8 +112,7 @@ def optimize(s: Settings, worker: int, prefix: str = "", bar: ProgressBar | None
     slots = trials_in_flight(s, objective.device, study)
     study.sampler = make_sampler(s.sampler, s.seed)  # trial n draws from (seed, n): see make_sampler
     study.pruner = make_pruner(s.pruner, s.epochs, in_flight=slots > 1)
-    waiting = study.get_trials(deepcopy=False, states=(TrialState.WAITING,))
-    if finished(study) >= s.trials and not waiting:
+    if finished(study) >= s.trials and not retries_waiting(study):
         return
     objective.data  # noqa: B018 - load once, before the first trial, so no trial pays for it
     me = owner()

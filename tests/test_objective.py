@@ -29,7 +29,7 @@ def test_study_records_params_curves_and_user_attrs(mnist_dir, metric: str) -> N
     assert [t.state for t in study.trials] == [TrialState.COMPLETE] * 4
     for trial in study.trials:
         opt = trial.params["optimizer"]
-        assert {"optimizer", f"lr_{opt}", "decay", "lr_mult_fc1", "lr_mult_fc2"} <= set(trial.params)
+        assert {"optimizer", "lr_position", "decay", "lr_mult_fc1", "lr_mult_fc2"} <= set(trial.params)
         curve = trial.intermediate_values
         assert sorted(curve) == [1, 2, 3]  # one validation loss per epoch, whatever the metric
         assert USER_ATTRS <= set(trial.user_attrs)
@@ -42,7 +42,7 @@ def test_study_records_params_curves_and_user_attrs(mnist_dir, metric: str) -> N
             assert attrs["value_epoch"] == 3 and attrs["val_accuracy"] == attrs["last_val_accuracy"]
             assert trial.value == (curve[3] if metric == "last_val_loss" else 1 - attrs["last_val_accuracy"])
         assert attrs["seed"] == trial.number and attrs["epochs_run"] == 3 and attrs["diverged"] is False
-        assert attrs["lr"] == trial.params[f"lr_{opt}"] == attrs["initial_lr_fc3"]
+        assert attrs["lr"] == space.lr_at(opt, trial.params["lr_position"]) == attrs["initial_lr_fc3"]
         assert attrs["initial_lr_fc1"] == pytest.approx(attrs["lr"] * trial.params["lr_mult_fc1"])
         assert 0 <= attrs["val_accuracy"] <= 1 and attrs["seconds_per_epoch"] > 0
 

@@ -78,12 +78,19 @@ def test_final_word_note_and_artifact_are_in_the_study(reported) -> None:
     assert len(chosen) == 1 and chosen[0]["trial"] == answer["trial"]
     # the answer is the candidate with the lowest mean validation value over the new seeds
     assert chosen[0]["val_mean"] == min(r["val_mean"] for r in final["candidates"])
-    assert len(final["candidates"]) == report_module.CPU_CANDIDATES  # on the CPU, by default
+    # on the CPU, by default: CPU_CANDIDATES, and the baseline if it is not among them
+    assert len(final["candidates"]) - (not any(r["baseline"] and r["labels"] != ["baseline"] for r in final["candidates"])) \
+        == report_module.CPU_CANDIDATES
     assert 0.8 < answer["test_accuracy_mean"] <= 1.0  # 3 epochs on all 60k images
     assert final["train_images"] == 60_000 and final["selection_images"] == 50_000 and len(final["seeds"]) == 1
     assert final["precision"] == "fp32" and final["metric"] == "last_val_error"  # the study's
     assert answer["epochs"] == 3  # last_val_error measures the model after the whole schedule
-    assert final["reference"]["config"]["optimizer"] == "adamw" and len(final["reference"]["test_accuracies"]) == 1
+    # the baseline (study.run's default) is among the candidates, retrained with the same seed
+    base = next(r for r in final["candidates"] if r["baseline"])
+    assert base["labels"][0] == "baseline" and base["optimizer"] == "adamw"
+    if not final["answer_is_baseline"]:
+        assert final["baseline"]["config"]["optimizer"] == "adamw" and len(final["baseline"]["test_accuracies"]) == 1
+    assert final["paired_test"]["n"] == 1 and final["paired_test"]["low"] is None  # one seed: no interval
     summary = (out / "summary.md").read_text()
     assert summary.index("## The answer") < summary.index("## Decay strategies")  # the summary opens with it
     assert answer["recipe"] in summary and answer["config_line"] in summary and "not selected" in summary
@@ -92,11 +99,16 @@ def test_final_word_note_and_artifact_are_in_the_study(reported) -> None:
     sections = re.findall(r"<section><h2>([^<]*)</h2>(.*?)</section>", page, flags=re.S)
     assert [heading for heading, _ in sections[:2]] == ["The answer", "Summary"]
     table = re.search(r'<table id="final-candidates">(.*?)</table>', sections[0][1], flags=re.S).group(1)
-    rows = re.findall(r"<tr><td>([^<]+)</td><td>(\d+)</td>.*?<td>(the answer|not selected)</td></tr>", table)
-    assert [(int(t), mark) for _, t, mark in rows] == [
-        (r["trial"], "the answer" if r["selected"] else "not selected") for r in final["candidates"]]
+    rows = re.findall(r"<tr><td>([^<]+)</td><td>(\d+|–)</td>.*?<td>(the answer|not selected)</td></tr>", table)
+    assert [(t, mark) for _, t, mark in rows] == [
+        (str(r["trial"]) if r["trial"] is not None else "–", "the answer" if r["selected"] else "not selected")
+        for r in final["candidates"]]
     tested = re.search(r'<table id="final-test">(.*?)</table>', sections[0][1], flags=re.S).group(1)
-    assert f"{100 * answer['test_accuracy_mean']:.2f} %" in tested and "reference" in tested
+    assert f"{100 * answer['test_accuracy_mean']:.2f} %" in tested
+    assert ("your baseline" in tested) != final["answer_is_baseline"]
+    verdict = re.search(r'<p id="verdict"><strong>([^<]+)</strong>', sections[0][1]).group(1)
+    assert verdict.startswith("The study found nothing better than your baseline" if final["answer_is_baseline"]
+                              else "The study found a recipe that beats your baseline")
     assert 'id="pytorch"' in sections[0][1] and "|---|" not in page
     assert "<h4>Decay strategies</h4>" in sections[1][1] and "<table>" in sections[1][1]  # the summary, rendered
     from optuna_dashboard import get_note
@@ -200,13 +212,15 @@ def test_the_fused_final_word_gives_the_accuracies_of_one_run_at_a_time(reported
     fused, one_by_one = finals
     assert fused["answer"]["trial"] == one_by_one["answer"]["trial"]
     assert fused["answer"]["test_accuracies"] == pytest.approx(one_by_one["answer"]["test_accuracies"], abs=1e-4)
-    assert fused["reference"]["test_accuracies"] == pytest.approx(one_by_one["reference"]["test_accuracies"], abs=1e-4)
+    if fused["baseline"] is not None:
+        assert fused["baseline"]["test_accuracies"] == pytest.approx(one_by_one["baseline"]["test_accuracies"], abs=1e-4)
     for a, b in zip(fused["candidates"], one_by_one["candidates"]):  # the validation values, to float64 rounding
         assert (a["trial"], a["selected"]) == (b["trial"], b["selected"])
         assert a["val_values"] == pytest.approx(b["val_values"], rel=1e-9)
-    assert len(fused["candidates"]) == 3 and all(len(r["val_values"]) == 2 for r in fused["candidates"])
+    n = len(fused["candidates"])  # 3, and the baseline if it is not among them
+    assert n in (3, 4) and all(len(r["val_values"]) == 2 for r in fused["candidates"])
     # the seeds really differ, and so do the configurations
-    assert len({v for r in fused["candidates"] for v in r["val_values"]}) == 6
+    assert len({v for r in fused["candidates"] for v in r["val_values"]}) == 2 * n
 
 
 def test_the_final_word_chooses_without_the_test_set(reported, mnist_dir) -> None:
@@ -221,7 +235,7 @@ def test_the_final_word_chooses_without_the_test_set(reported, mnist_dir) -> Non
         selection, final_data = _small(mnist_dir, labels)
         study = _copy(source)
         finals.append(final_module.final_word(study, findings.decay_rows(study), 1, selection, final_data,
-                                              fused=False, limit=3, reference=False))
+                                              fused=False, limit=3, baseline=False))
     kept, shuffled = finals
     assert kept["candidates"] == shuffled["candidates"]
     assert kept["answer"]["trial"] == shuffled["answer"]["trial"]
@@ -269,8 +283,8 @@ def test_the_trials_are_written_as_a_csv_table(reported) -> None:
         assert row["params_optimizer"] == trial.params["optimizer"]
         assert int(row["epochs_run"]) == trial.user_attrs["epochs_run"]
         assert float(row["duration"]) > 0
-        lr_name = f"params_lr_{trial.params['optimizer']}"
-        assert float(row[lr_name]) == trial.params[f"lr_{trial.params['optimizer']}"]  # floats round-trip exactly
+        assert float(row["params_lr_position"]) == trial.params["lr_position"]  # floats round-trip exactly
+        assert float(row["user_attrs_lr"]) == trial.user_attrs["lr"]
 
 
 def _study_of(*trials: tuple[dict, dict[int, float]]) -> optuna.Study:
@@ -365,7 +379,7 @@ def test_the_figures_name_what_they_plot_on_readable_axes(reported) -> None:
     for trace in data:  # each point is the real trial, of that optimizer, at its LR
         for number, lr in zip(trace["customdata"], trace["x"]):
             assert complete[number].params["optimizer"] == trace["name"]
-            assert lr == pytest.approx(complete[number].params[f"lr_{trace['name']}"])
+            assert lr == pytest.approx(complete[number].user_attrs["lr"])
     data, _ = figures["LR schedule per layer of the best trials (fc1 solid, fc2 dashed, fc3 dotted)"]
     by_trial: dict[str, set] = {}
     for trace in data:

@@ -37,13 +37,13 @@ def test_names_ranges_and_conditional_params() -> None:
         opt, decay = params["optimizer"], params["decay"]
         seen_optimizers.add(opt)
         seen_decays.add(decay)
-        expected = {"optimizer", f"lr_{opt}", "decay", "lr_mult_fc1", "lr_mult_fc2"} | DECAY_PARAMS[decay]
+        # the LR's position in its optimizer's range and the warm-up are in every trial (one group for TPE)
+        expected = {"optimizer", "lr_position", "decay", "warmup_epochs", "lr_mult_fc1", "lr_mult_fc2"} | DECAY_PARAMS[decay]
         if opt == "sgd":
             expected.add("sgd_momentum")
         if opt == "adamw":
             expected.add("adamw_weight_decay")
-        if decay != "onecycle":  # one-cycle rises to its peak by itself
-            expected.add("warmup_epochs")
+        if decay != "onecycle":  # one-cycle rises to its peak by itself: it records a warm-up, trains without
             if params["warmup_epochs"]:
                 expected.add("warmup_start_ratio")
                 assert 0.01 <= config.warmup_start_ratio <= 0.5 and frozen.distributions["warmup_start_ratio"].log
@@ -52,8 +52,8 @@ def test_names_ranges_and_conditional_params() -> None:
             assert config.warmup_epochs == 0
         assert set(params) == expected
         low, high = space.lr_range(opt)
-        assert low <= params[f"lr_{opt}"] <= high and config.lr == params[f"lr_{opt}"]
-        assert frozen.distributions[f"lr_{opt}"].log
+        assert low <= config.lr <= high and config.lr == pytest.approx(low * (high / low) ** params["lr_position"])
+        assert frozen.distributions["lr_position"] == optuna.distributions.FloatDistribution(0.0, 1.0)
         assert config.optimizer == opt and config.decay == decay
         assert config.lr_mult_fc3 == 1.0  # the reference layer: no redundant degree of freedom
         assert 0.1 <= config.lr_mult_fc1 <= 10 and config.lr_mult_fc1 == params["lr_mult_fc1"]
@@ -67,8 +67,8 @@ def test_names_ranges_and_conditional_params() -> None:
         for name in DECAY_PARAMS[decay]:
             assert getattr(config, name) == params[name]
     assert seen_optimizers == set(space.optimizers) and seen_decays == set(space.decays)
-    warmups = {frozen.params.get("warmup_epochs") for frozen, _ in sample(200)}
-    assert warmups == {None, 0, 1, 2, 3}  # none (onecycle), and 0 (no warm-up) stays possible
+    warmups = {config.warmup_epochs for _, config in sample(200)}
+    assert warmups == {0, 1, 2, 3}  # 0 (no warm-up) stays possible
 
 
 def test_narrowed_and_fixed_space() -> None:
@@ -76,7 +76,7 @@ def test_narrowed_and_fixed_space() -> None:
                         lr_mult_layers=("fc1",), lr_mult=(0.5, 2.0), warmup_epochs=(0, 0))
     for frozen, config in sample(10, space):
         assert config.optimizer == "adam" and config.lr == 1e-3 and config.decay == "cosine"
-        assert set(frozen.params) == {"optimizer", "lr_adam", "decay", "cosine_eta_min_ratio", "lr_mult_fc1",
+        assert set(frozen.params) == {"optimizer", "lr_position", "decay", "cosine_eta_min_ratio", "lr_mult_fc1",
                                       "warmup_epochs"}  # fixed at 0: no warm-up, so no start ratio
         assert config.warmup_epochs == 0
         assert config.lr_mult_fc2 == 1.0 and 0.5 <= config.lr_mult_fc1 <= 2.0
@@ -89,19 +89,23 @@ def test_sgd_momentum_can_be_sampled() -> None:
 
 
 def test_fixed_trial_gives_exact_config() -> None:
-    trial = optuna.trial.FixedTrial({"optimizer": "rmsprop", "lr_rmsprop": 3e-4, "decay": "step", "step_size": 2,
+    space = SearchSpace(lr_rmsprop=(3e-4, 3e-4))  # fixed: any position is that LR
+    trial = optuna.trial.FixedTrial({"optimizer": "rmsprop", "lr_position": 0.3, "decay": "step", "step_size": 2,
                                      "step_gamma": 0.2, "lr_mult_fc1": 2.0, "lr_mult_fc2": 0.5, "warmup_epochs": 2,
                                      "warmup_start_ratio": 0.05})
-    config = suggest_config(trial, batch_size=64)
+    config = suggest_config(trial, space, batch_size=64)
     assert config == TrainConfig(optimizer="rmsprop", lr=3e-4, decay="step", step_size=2, step_gamma=0.2,
                                  lr_mult_fc1=2.0, lr_mult_fc2=0.5, batch_size=64, warmup_epochs=2,
                                  warmup_start_ratio=0.05)
-    trial = optuna.trial.FixedTrial({"optimizer": "sgd", "lr_sgd": 0.1, "sgd_momentum": 0.9, "decay": "onecycle",
-                                     "onecycle_pct_start": 0.2,
+    trial = optuna.trial.FixedTrial({"optimizer": "sgd", "lr_position": 0.75, "sgd_momentum": 0.9, "decay": "onecycle",
+                                     "onecycle_pct_start": 0.2, "warmup_epochs": 2,
                                      "onecycle_div_factor": 10.0, "onecycle_final_div_factor": 100.0,
                                      "lr_mult_fc1": 1.0, "lr_mult_fc2": 1.0})
-    assert suggest_config(trial) == TrainConfig(optimizer="sgd", lr=0.1, decay="onecycle", onecycle_pct_start=0.2,
-                                                onecycle_div_factor=10.0, onecycle_final_div_factor=100.0)
+    # lr_sgd ranges over [1e-4, 1]: 3/4 of the way in log is 0.1; one-cycle ignores the warm-up it records
+    config = suggest_config(trial)
+    assert config.lr == pytest.approx(0.1) and config.warmup_epochs == 0
+    assert config == TrainConfig(optimizer="sgd", lr=config.lr, decay="onecycle", onecycle_pct_start=0.2,
+                                 onecycle_div_factor=10.0, onecycle_final_div_factor=100.0)
 
 
 @pytest.mark.parametrize(
@@ -184,3 +188,42 @@ def test_a_trial_of_an_older_study_is_retrained_as_it_trained() -> None:
     old = optuna.trial.create_trial(params=params, distributions=dists, value=0.1)
     config = trial_config(old)
     assert (config.weight_decay, config.warmup_epochs, config.lr_mult_fc1) == (0.01, 0, 2.0)
+
+
+def test_config_params_inverts_suggest_config_and_names_what_lies_outside() -> None:
+    """The baseline a study starts from is queued through these params: they give back the config."""
+    from objectives.space import config_params
+
+    space = SearchSpace().for_epochs(20)
+    configs = [TrainConfig(optimizer="adamw", lr=2e-3, weight_decay=0.05, decay="cosine", cosine_eta_min_ratio=1e-3),
+               TrainConfig(optimizer="sgd", lr=0.05, decay="step", step_size=3, step_gamma=0.5, warmup_epochs=2,
+                           warmup_start_ratio=0.1, lr_mult_fc1=2.0, lr_mult_fc2=0.5),
+               TrainConfig(optimizer="adam", lr=1e-3, decay="onecycle")]
+    for config in configs:
+        again = suggest_config(optuna.trial.FixedTrial(config_params(config, space)), space)
+        assert again.lr == pytest.approx(config.lr, rel=1e-12)
+        assert again == TrainConfig(**{**config.__dict__, "lr": again.lr})
+    base = configs[0]
+    for changed, name in ((dict(lr=1.0), "lr="), (dict(optimizer="adam"), "weight_decay="),
+                          (dict(lr_mult_fc3=2.0), "lr_mult_fc3="), (dict(cosine_eta_min_ratio=0.0), "cosine_eta_min_ratio="),
+                          (dict(lr_mult_fc1=20.0), "lr_mult_fc1="), (dict(decay="step", step_size=30), "step_size=")):
+        with pytest.raises(ValueError, match=name):
+            config_params(TrainConfig(**{**base.__dict__, **changed}), space)
+    with pytest.raises(ValueError, match="optimizer='sgd'"):
+        config_params(TrainConfig(optimizer="sgd", lr=0.05), SearchSpace(optimizers=("adam",)))
+
+
+def test_tpe_models_the_lr_in_one_group_with_the_decay_warmup_and_multipliers() -> None:
+    """TPE's group decomposition (Optuna's own, as TPESampler(group=True) uses it) puts the LR in the
+    group of the parameters every trial has; before, each lr_<optimizer> was a group of its own."""
+    from optuna.search_space import _GroupDecomposedSearchSpace
+
+    study = optuna.create_study(sampler=optuna.samplers.RandomSampler(seed=1))
+    for _ in range(60):
+        trial = study.ask()
+        suggest_config(trial)
+        study.tell(trial, 0.0)
+    groups = [set(g) for g in _GroupDecomposedSearchSpace().calculate(study).search_spaces]
+    main = next(g for g in groups if "lr_position" in g)
+    assert main == {"optimizer", "lr_position", "decay", "warmup_epochs", "lr_mult_fc1", "lr_mult_fc2"}, groups
+    assert not any(name.startswith("lr_") and name[3:] in SearchSpace().optimizers for g in groups for name in g)
