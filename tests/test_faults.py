@@ -209,7 +209,7 @@ def test_a_transient_storage_error_fails_the_trials_in_flight_and_queues_them_ag
     assert "disk I/O error" in capsys.readouterr().err
     trials = load(url).trials
     hit = [t for t in trials if t.state == TrialState.FAIL]
-    retries = [t for t in trials if t.state == TrialState.WAITING]
+    retries = [t for t in trials if t.state == TrialState.WAITING and "failed_trial" in t.system_attrs]
     assert len(hit) == int(parallel) and sorted(t.system_attrs["failed_trial"] for t in retries) == [t.number for t in hit]
     assert main(args) == 0  # the retries run, and the study reaches its target
     trials = load(url).trials
