@@ -46,6 +46,10 @@ def verdict_lines(final: dict) -> list[str]:
                 f"{final['metric']} over {seeds} new seeds among the {n} candidates. Keep it; its test accuracy: "
                 f"{_pct(a['test_accuracy_mean'], a['test_accuracy_sd'], seeds)}."]
     if base is None:
+        gone = next((r for r in final["candidates"] if r.get("baseline")), None)
+        if gone is not None:  # the baseline was a candidate, and diverged with some seed
+            return [f"Your baseline diverged with {gone.get('diverged_seeds') or 'some'} of the {seeds} new seeds: the "
+                    f"answer is the best of the other candidates on validation, and no paired comparison is made."]
         return [f"The answer is the best of the {n} candidates on validation (no baseline was trained beside it)."]
     pv, pt = final.get("paired_validation"), final.get("paired_test")
     lines = [f"The study found a recipe that beats your baseline ({base['label']}) on validation: mean "

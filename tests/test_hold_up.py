@@ -237,7 +237,9 @@ def test_a_full_disk_mid_run_ends_with_one_line_a_summary_and_a_database_that_re
 
     disk = tmp_path / "small-disk"
     disk.mkdir()
-    mounted = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=700k", "tmpfs", str(disk)], capture_output=True)
+    # 1000k: a new study queues its first 13 trials (the baseline, its neighbours, the covering start),
+    # which with the WAL fill 700k before the first trial ends; the disk must fill mid-run
+    mounted = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=1000k", "tmpfs", str(disk)], capture_output=True)
     if mounted.returncode != 0:
         pytest.skip(f"cannot mount a small tmpfs here (needs root): {mounted.stderr.decode().strip()}")
     try:
