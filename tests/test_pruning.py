@@ -366,3 +366,16 @@ def test_one_trial_at_a_time_with_several_workers_prunes_against_running_trials(
     _running(study, [{1: 0.3, 2: 0.3, 3: 0.3}] * 3)  # three workers' trials, still running
     bad = _running(study, [{1: 2.0, 2: 2.0, 3: 2.0}])[0]
     assert study.pruner.prune(study, study.trials[bad.number])
+
+
+def test_the_queued_start_runs_every_epoch() -> None:
+    """The baseline's neighbours are near-copies of it: the median of 3 of them pruned about half on
+    noise. A trial of the queued start (its ``start`` attr) is never pruned; the same curve without
+    it is."""
+    study = optuna.create_study(pruner=make_pruner("median", 10))
+    for level in (0.20, 0.21, 0.22):
+        _with_params(study, {"decay": "cosine"}, [level] * 10, level)
+    for start, pruned in (("baseline, weight decay x 3", False), (None, True)):
+        study.enqueue_trial({"decay": "cosine"}, user_attrs={"start": start} if start else None)
+        trial = _with_params(study, {"decay": "cosine"}, [0.25] * 4, None)
+        assert study.pruner.prune(study, study.trials[trial.number]) is pruned
