@@ -47,6 +47,8 @@ def _key_params(trial: FrozenTrial) -> str:
     mults = [f"{_fmt(v)}" for k, v in sorted(params.items()) if k.startswith("lr_mult_")]
     if mults:
         parts.append("mult " + "/".join(mults))
+    if trial.user_attrs.get("start"):  # one of a new study's queued first trials: which one
+        parts.append(f"[{trial.user_attrs['start']}]")
     return " ".join(parts)
 
 

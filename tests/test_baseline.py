@@ -91,6 +91,7 @@ def test_a_new_study_starts_with_the_baseline_and_queues_it_once(tmp_path, mnist
     assert findings.trial_config(base) == replace(DEFAULT_BASELINE, lr=base.user_attrs["lr"])
     assert base.user_attrs["lr"] == pytest.approx(2e-3)
     assert "this run: 9 trials" in out  # the queued start is this run's work
+    assert "[baseline]" in out + err and "[baseline, LR x 1/2]" in out + err  # each trial line says which
     # a resume queues nothing again: the start's labels stay once each
     code, out, err = run_main(["--trials", "12", *args], capsys)
     assert code == 0, err
