@@ -23,14 +23,15 @@ def _pct(mean: float, sd: float, n: int) -> str:
     return f"{100 * mean:.2f} % ± {100 * sd:.2f}" if n > 1 else f"{100 * mean:.2f} % (one seed: no sd)"
 
 
-def _interval(p: dict | None, scale: float, unit: str) -> str:
+def _interval(p: dict | None, scale: float, unit: str, digits: int = 2) -> str:
     """A paired difference in words: ``+0.08 points (95 % interval -0.02 to +0.18, 5 seeds)``."""
     if not p or not p["n"]:
         return "no pair of finite runs"
-    text = f"{scale * p['mean']:+.2f}{unit}"
+    text = f"{scale * p['mean']:+.{digits}f}{unit}"
     if p["low"] is None:
         return f"{text} (one seed: no interval)"
-    return f"{text} (95 % interval {scale * p['low']:+.2f} to {scale * p['high']:+.2f}, {p['n']} seeds)"
+    return (f"{text} (95 % interval {scale * p['low']:+.{digits}f} to {scale * p['high']:+.{digits}f}, "
+            f"{p['n']} seeds)")
 
 
 def verdict_lines(final: dict) -> list[str]:
@@ -54,7 +55,7 @@ def verdict_lines(final: dict) -> list[str]:
     pv, pt = final.get("paired_validation"), final.get("paired_test")
     lines = [f"The study found a recipe that beats your baseline ({base['label']}) on validation: mean "
              f"{final['metric']} {a['val_mean']:.4f} against {base['val_mean']:.4f}, paired over the same seeds "
-             f"{_interval(pv, 1.0, '').replace('+', '+').replace(' (95', ' (95')}."]
+             f"{_interval(pv, 100.0, ' points') if final['metric'] == 'last_val_error' else _interval(pv, 1.0, '', 4)}."]
     if pt and pt["n"]:
         resolved = pt["low"] is not None and (pt["low"] > 0 or pt["high"] < 0)
         better = pt["mean"] > 0
@@ -99,7 +100,7 @@ def answer_markdown(final: dict) -> list[str]:
             "", f"**{a['recipe']}**", "",
             f"Test accuracy **{_pct(a['test_accuracy_mean'], a['test_accuracy_sd'], seeds)}** over {seeds} seeds"
             f"{_diverged(a)}, trained on all {final['train_images']:,} training images and tested once on the "
-            f"{final['test_images']:,} test images ({_who(final['candidates'], a)}).",
+            f"{final['test_images']:,} test images ({_who(a)}).",
         ]
         base = final.get("baseline")
         if base and not final.get("answer_is_baseline"):
@@ -120,7 +121,7 @@ def answer_markdown(final: dict) -> list[str]:
     return lines
 
 
-def _who(candidates: list[dict], a: dict) -> str:
+def _who(a: dict) -> str:
     return "the baseline" if a["trial"] is None else f"trial {a['trial']}: {', '.join(a['labels'])}"
 
 
