@@ -59,7 +59,7 @@ def study_baseline(study: optuna.Study) -> TrainConfig | None:
 
 
 #: The two-sided 95 % quantile of Student's t for 1..30 degrees of freedom (beyond: the
-#: Cornish-Fisher expansion, within 1e-4). Written here because scipy is not a dependency of the
+#: Cornish-Fisher expansion, within 2e-3 of scipy). Written here because scipy is not a dependency of the
 #: study (only of its samplers extra) and torch's StudentT has no quantile function.
 _T975 = (12.706, 4.303, 3.182, 2.776, 2.571, 2.447, 2.365, 2.306, 2.262, 2.228, 2.201, 2.179, 2.160, 2.145, 2.131,
          2.120, 2.110, 2.101, 2.093, 2.086, 2.080, 2.074, 2.069, 2.064, 2.060, 2.056, 2.052, 2.048, 2.045, 2.042)
