@@ -147,10 +147,12 @@ def make_pruner(name: str, epochs: int, *, in_flight: bool = False) -> optuna.pr
                                     percentile=FALLBACK_PERCENTILE)
     if name == "median":
         return SameStrategyPruner(median, epochs, fallback)
-    if name == "patient":  # prune only after 2 more epochs that do not improve on the trial's best
+    if name == "patient":  # prune only after 2 more epochs that do not improve on the trial's best,
+        # then by the median rule, its fallback included (wrapped inside the strategy's median, a rare
+        # strategy's trial, with no 3 peers of its own, could never be pruned)
         with warnings.catch_warnings():  # marked experimental since Optuna 2.8; its interface is what we use
             warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
-            return SameStrategyPruner(optuna.pruners.PatientPruner(median, patience=2), epochs)
+            return optuna.pruners.PatientPruner(SameStrategyPruner(median, epochs, fallback), patience=2)
     if name == "hyperband":  # brackets hedge between early and late judgement themselves
         return optuna.pruners.HyperbandPruner(min_resource=1, max_resource=epochs, reduction_factor=3)
     if name == "sha":

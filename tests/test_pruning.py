@@ -334,20 +334,22 @@ def test_a_boundary_costs_one_read_and_one_write_whatever_k_and_the_pruner(name:
     assert per_boundary[3] == per_boundary[9] == [2] * 4, per_boundary
 
 
+@pytest.mark.parametrize("name", ["median", "patient"])
 @pytest.mark.parametrize("in_flight", [False, True])
-def test_a_strategy_with_too_few_trials_is_judged_against_all_at_their_worst_quarter(in_flight: bool) -> None:
+def test_a_strategy_with_too_few_trials_is_judged_against_all_at_their_worst_quarter(in_flight: bool, name: str) -> None:
     """Before, a trial of a strategy with fewer than 3 trials could not be pruned at all (up to 21
-    trials of a study, and every trial of a strategy the sampler rarely tries). Now it is judged
-    against every strategy's trials, past its own LR peak, by the looser 75th percentile."""
+    trials of a study, and every trial of a strategy the sampler rarely tries); under ``patient``
+    still so after the median got its fallback. Now it is judged against every strategy's trials,
+    past its own LR peak, by the looser 75th percentile (``patient``: once it stops improving)."""
     epochs = 10
-    study = optuna.create_study(pruner=make_pruner("median", epochs, in_flight=in_flight))
+    study = optuna.create_study(pruner=make_pruner(name, epochs, in_flight=in_flight))
     for level in (0.20, 0.25, 0.30, 0.35, 0.40):  # five cosine trials: at epoch 4, 75th percentile 0.35
         _with_params(study, {"decay": "cosine"}, [level] * epochs, level)
 
     def pruned_at(level: float) -> int | None:
         trial = _with_params(study, {"decay": "onecycle", "onecycle_pct_start": 0.3}, [], None)
         for epoch in range(1, epochs + 1):
-            trial.report(level, epoch)
+            trial.report(level + 0.01 * epoch, epoch)  # a little worse each epoch: patience is out at epoch 3
             if trial.should_prune():
                 study.tell(trial, state=TrialState.PRUNED)
                 return epoch
