@@ -11,6 +11,9 @@ import pytest
 
 from objectives import load_mnist
 
+# every test puts back the signal handlers, torch threads and Optuna verbosity an in-process command changed
+pytest_plugins = ["process_state"]
+
 
 def pytest_configure(config: pytest.Config) -> None:
     optuna.logging.set_verbosity(optuna.logging.WARNING)

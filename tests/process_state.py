@@ -1,0 +1,38 @@
+"""A pytest plugin: every test leaves the process-wide state as it found it.
+
+The commands' ``main(argv)`` run in this process in many tests (no interpreter start-up, no
+seconds of importing torch per case). Each command takes the process over the way a command
+should: Ctrl-C and SIGTERM raise ``KeyboardInterrupt`` (which the command turns into a clean
+stop), torch gets the command's thread count, Optuna's logging is quietened. Left in place, the
+suite would no longer end on SIGTERM (a CI runner's or a developer's ``timeout``): the next
+in-process command swallows the interrupt as its own clean stop and the run goes on. So each
+test's signal handlers, torch threads and Optuna verbosity are put back after it (the warnings
+filters pytest puts back itself). ``tests/test_process_state.py`` runs pytest with this plugin
+on a probe test and checks that SIGTERM still ends it.
+"""
+
+from __future__ import annotations
+
+import signal
+
+import optuna
+import pytest
+import torch
+
+SIGNALS = tuple(s for s in (signal.SIGINT, signal.SIGTERM, getattr(signal, "SIGHUP", None)) if s is not None)
+
+
+@pytest.fixture(autouse=True)
+def _restore_process_state():
+    handlers = {sig: signal.getsignal(sig) for sig in SIGNALS}
+    threads, verbosity = torch.get_num_threads(), optuna.logging.get_verbosity()
+    try:
+        yield  # the warnings filters: pytest puts them back after each phase of a test
+    finally:
+        for sig, handler in handlers.items():
+            if handler is not None and signal.getsignal(sig) is not handler:
+                signal.signal(sig, handler)
+        if torch.get_num_threads() != threads:
+            torch.set_num_threads(threads)
+        if optuna.logging.get_verbosity() != verbosity:
+            optuna.logging.set_verbosity(verbosity)

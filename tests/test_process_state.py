@@ -1,0 +1,59 @@
+"""The suite still ends on SIGTERM after commands ran in its process (tests/process_state.py)."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import textwrap
+import time
+from pathlib import Path
+
+from cli_helpers import ROOT
+
+PROBE = textwrap.dedent('''
+    import signal, sys, time
+
+    from study.report import main
+
+
+    def test_a_command_in_process(tmp_path):
+        try:
+            main(["--storage", f"sqlite:///{tmp_path / 'none.db'}", "--final-seeds", "0"])
+        except SystemExit:
+            pass
+        from study.interrupt import raise_interrupt
+        assert signal.getsignal(signal.SIGTERM) is raise_interrupt  # the command took SIGTERM over
+
+
+    def test_then_a_long_one():
+        print("ready", file=sys.__stdout__, flush=True)
+        time.sleep(60)
+''')
+
+
+def test_sigterm_ends_the_suite_after_an_in_process_command(tmp_path: Path) -> None:
+    (tmp_path / "test_probe.py").write_text(PROBE)
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(ROOT / "tests"), str(ROOT)])}
+    proc = subprocess.Popen([sys.executable, "-m", "pytest", "-p", "process_state", "-q", "-s", "-p", "no:cacheprovider",
+                             "test_probe.py"], cwd=tmp_path, env=env, text=True, stdout=subprocess.PIPE,
+                            stderr=subprocess.STDOUT)
+    try:
+        assert proc.stdout is not None
+        seen = []
+        for line in proc.stdout:  # the first test passed and the second one sleeps
+            seen.append(line)
+            if line.strip().endswith("ready"):
+                break
+        else:
+            raise AssertionError(f"the probe never got to its second test: {''.join(seen)}")
+        started = time.monotonic()
+        proc.send_signal(signal.SIGTERM)
+        rest, _ = proc.communicate(timeout=30)
+        assert proc.returncode == -signal.SIGTERM, (proc.returncode, "".join(seen) + rest)  # SIGTERM's default: ended
+        assert time.monotonic() - started < 10
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.communicate()
