@@ -199,12 +199,13 @@ def test_when_every_candidate_diverged_nothing_is_tested(mnist_dir, monkeypatch)
     assert verdict_lines(out)[0].startswith("No answer: every one of the 1 candidates diverged")
 
 
-def test_a_plateau_answer_and_baseline_replay_their_own_seeds_losses(mnist_dir, monkeypatch) -> None:
+@pytest.mark.parametrize("fused", [False, True])
+def test_a_plateau_answer_and_baseline_replay_their_own_seeds_losses(mnist_dir, monkeypatch, fused) -> None:
     selection, final_data = _small(mnist_dir)
     base = replace(PLATEAU, lr=1e-3)
     study = _study((PLATEAU, 0.01), (base, 0.02), baseline=base)
     finals = _diverging(monkeypatch, selection, final_data, seed=-1)  # nothing diverges: only recorded
-    out = final_module.final_word(study, findings.decay_rows(study), 2, selection, final_data, fused=False)
+    out = final_module.final_word(study, findings.decay_rows(study), 2, selection, final_data, fused=fused)
     assert len(finals) == (2 if out["answer_is_baseline"] else 4)
     assert all(decay == "plateau" and len(losses) == 3 for decay, losses in finals)
 

@@ -157,11 +157,18 @@ COMBINATIONS = [(s, "median") for s in ("tpe", "random", "cmaes", "gp", "qmc")] 
 def test_every_sampler_and_pruner_runs(tmp_path: Path, sampler: str, pruner: str, monkeypatch) -> None:
     """Each pruner is consulted on epochs it may judge. At 2 trials of 2 epochs none could judge
     anything (the median's warm-up is 2 epochs, and the last epoch is never judged), so a pruner
-    that was never called passed: 4 trials of 4 epochs for the pruners, and a count of the calls."""
+    that was never called passed: trials of 4 epochs, and a count of the calls. For ``median`` the
+    rule itself must compare a trial with its peers' bar before the last epoch (5 trials: 4
+    trials over 7 strategies never gave it 3 peers, and the queued start, never pruned, is left
+    out here); ``patient`` reaches that rule only once a trial stops improving, which 4 epochs do
+    not give (tests/test_pruning.py gives it one)."""
+    import study.experiment as experiment_module
+    import study.pruning as pruning_module
     import study.workers as workers_module
 
     judged: list[tuple[int, int]] = []
-    real_make = workers_module.make_pruner
+    compared: list[float] = []
+    real_make, real_bar = workers_module.make_pruner, pruning_module._percentile_without
 
     def counted(*args, **kwargs):
         made = real_make(*args, **kwargs)
@@ -174,16 +181,26 @@ def test_every_sampler_and_pruner_runs(tmp_path: Path, sampler: str, pruner: str
         monkeypatch.setattr(type(made), "prune", prune)
         return made
 
+    def bar(values, own, q):  # a trial measured against its peers' median (or the fallback's percentile)
+        compared.append(q)
+        return real_bar(values, own, q)
+
     monkeypatch.setattr(workers_module, "make_pruner", counted)
+    monkeypatch.setattr(pruning_module, "_percentile_without", bar)
     url = f"sqlite:///{tmp_path / 's.db'}"
-    trials, epochs = ("2", "2") if pruner == "median" else ("4", "4")
+    trials, epochs = ("2", "2") if pruner == "median" and sampler != "tpe" else ("5", "4") if pruner == "median" \
+        else ("4", "4")
+    if pruner == "median" and sampler == "tpe":
+        monkeypatch.setattr(experiment_module, "start_trials", lambda *args: [])  # sampled trials only
     code = main(["--trials", trials, "--storage", url, "--sampler", sampler, "--pruner", pruner,
                  *SMALL[:1], epochs, *SMALL[2:]])
     assert code == 0
     study = load(url)
     assert len(study.get_trials(states=FINISHED)) == int(trials) and study.user_attrs["sampler"] == sampler
-    if pruner in ("hyperband", "sha", "patient"):
+    if pruner in ("hyperband", "sha", "patient") or trials == "5":
         assert any(step < 4 for _, step in judged), judged  # judged before the last epoch
+    if trials == "5":
+        assert compared, judged  # and the median rule compared a trial with its peers
 
 
 def test_sampler_without_its_dependency_is_a_clear_error(tmp_path: Path, monkeypatch, capsys) -> None:

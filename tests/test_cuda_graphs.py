@@ -21,7 +21,8 @@ CONFIGS = [
     TrainConfig(optimizer="sgd", lr=0.05, momentum=0.9, decay="step", step_size=1, step_gamma=0.5, lr_mult_fc1=2.0),
     TrainConfig(optimizer="adam", lr=1e-3, decay="cosine", cosine_eta_min_ratio=0.01, lr_mult_fc2=0.3),
     TrainConfig(optimizer="adamw", lr=2e-3, weight_decay=0.01, decay="exponential", exp_gamma=0.8),
-    TrainConfig(optimizer="rmsprop", lr=5e-4, decay="plateau", plateau_patience=0, plateau_factor=0.5),
+    # its validation loss rises after epoch 2 with seed 3 (0.68, then 0.80 on the CPU): epoch 3 trains at half the LR
+    TrainConfig(optimizer="rmsprop", lr=3e-3, decay="plateau", plateau_patience=0, plateau_factor=0.5),
     TrainConfig(optimizer="adagrad", lr=0.02, weight_decay=1e-4, decay="constant", lr_mult_fc2=3.0),
     TrainConfig(optimizer="adam", lr=3e-3, decay="onecycle", onecycle_pct_start=0.25),
     TrainConfig(optimizer="sgd", lr=0.05, decay="cosine_restarts", restart_period=1, restart_mult=2),
@@ -46,6 +47,8 @@ def test_a_graphed_train_equals_the_eager_one(cuda_data, config) -> None:
     eager = train(config, cuda_data, EPOCHS, seed=3, cuda_graphs=False)
     assert close(graphed.val_losses, eager.val_losses), (graphed.val_losses, eager.val_losses)
     assert close(graphed.train_losses, eager.train_losses)
+    if config.decay == "plateau":  # compared after a drop, not only before one
+        assert graphed.val_losses[1] > graphed.val_losses[0] and graphed.final_lrs["fc3"] < config.lr
     # it trained, not just matched: the old check (last < 1.5 x first) passed for a model that
     # never moved; now below 90 % of chance's loss, ln 10, and every weight tensor moved
     assert graphed.val_losses[-1] < 0.9 * math.log(10), graphed.val_losses

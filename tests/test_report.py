@@ -223,29 +223,48 @@ def test_the_fused_final_word_gives_the_accuracies_of_one_run_at_a_time(reported
     assert len({v for r in fused["candidates"] for v in r["val_values"]}) == 2 * n
 
 
-def test_the_final_word_chooses_without_the_test_set(reported, mnist_dir) -> None:
-    """The answer and every validation value of the selection are the same when the test labels
-    are shuffled: the test set decides nothing (only the test accuracies change)."""
+@pytest.mark.parametrize("fused", [False, True])
+def test_the_final_word_chooses_without_the_test_set(mnist_dir, monkeypatch, fused) -> None:
+    """The answer, every validation value of the selection and every model the 60k runs train are
+    the same when the test labels are shuffled: the test set decides nothing (only the test
+    accuracies change). On the paths that could reach it: a plateau answer (its 60k runs'
+    "validation" set is the test set), the stop epoch of ``min_val_loss``, the baseline tested
+    beside it, and both engines (the default metric, one engine and no plateau answer could not)."""
     import torch
 
-    url, _ = reported
-    source = load(url)
-    finals = []
+    from test_baseline import PLATEAU, SLOW, _study
+
+    models: list[list[torch.Tensor]] = []
+    real_evaluate = final_module.evaluate
+
+    def evaluate(model, x, y, *args):
+        models.append([p.detach().clone() for p in model.parameters()])
+        return real_evaluate(model, x, y, *args)
+
+    monkeypatch.setattr(final_module, "evaluate", evaluate)
+    finals, trained = [], []
     for labels in (None, torch.randperm(2000, generator=torch.Generator().manual_seed(0)) % 10):
         selection, final_data = _small(mnist_dir, labels)
-        study = _copy(source)
-        finals.append(final_module.final_word(study, findings.decay_rows(study), 1, selection, final_data,
-                                              fused=False, limit=3, baseline=False))
+        study = _study((PLATEAU, 0.01), (SLOW, 0.5), metric="min_val_loss", baseline=SLOW, epochs=5)
+        models.clear()
+        finals.append(final_module.final_word(study, findings.decay_rows(study), 2, selection, final_data,
+                                              fused=fused))
+        trained.append(list(models))
     kept, shuffled = finals
+    assert kept["answer"]["config"]["decay"] == "plateau" and kept["metric"] == "min_val_loss"
     assert kept["candidates"] == shuffled["candidates"]
     assert kept["answer"]["trial"] == shuffled["answer"]["trial"]
+    assert len(trained[0]) == len(trained[1]) == 4  # the answer and the baseline, 2 seeds each
+    for a, b in zip(*trained):  # the same models: no test loss ever steered a 60k run
+        assert all(torch.equal(p, q) for p, q in zip(a, b))
     assert kept["answer"]["test_accuracies"] != shuffled["answer"]["test_accuracies"]  # the test set was used, once
 
 
 def test_a_plateau_answer_replays_its_validation_drops_in_the_final_run(mnist_dir) -> None:
     """A plateau decay in the 60k run, whose "validation" set is the test set, drops its LR where
-    its selection run did on the validation images: the test losses never steer it."""
-    from objectives import TrainConfig, train
+    its selection run did on the validation images: the test losses never steer it; in ``train``
+    and in ``train_stream`` (its jobs' 4th item), as the fused final word passes them."""
+    from objectives import TrainConfig, train, train_stream
 
     selection, final_data = _small(mnist_dir)
     config = TrainConfig(optimizer="sgd", lr=0.05, decay="plateau", plateau_patience=0, plateau_factor=0.5)
@@ -253,6 +272,11 @@ def test_a_plateau_answer_replays_its_validation_drops_in_the_final_run(mnist_di
     assert replayed.final_lrs["fc3"] == pytest.approx(0.05 * 0.5 ** 3)
     improving = train(config, final_data, 4, plateau_losses=[4.0, 3.0, 2.0, 1.0])
     assert improving.final_lrs["fc3"] == pytest.approx(0.05)
+    streamed = dict(train_stream(iter([(config, 0, 0, [1.0, 2.0, 3.0, 4.0]), (config, 0, 0, [4.0, 3.0, 2.0, 1.0])]),
+                                 final_data, 4, slots=2))
+    assert streamed[0].final_lrs["fc3"] == pytest.approx(0.05 * 0.5 ** 3)
+    assert streamed[1].final_lrs["fc3"] == pytest.approx(0.05)
+    assert streamed[0].val_losses != streamed[1].val_losses  # the drops changed the training
 
 
 @pytest.mark.slow

@@ -135,7 +135,7 @@ def test_a_fused_step_computes_into_the_stacks_buffers(two_sizes) -> None:
     four more; on a CPU a fresh buffer of that size costs more than the arithmetic on it)."""
     from objectives.model import build_model
     from objectives.schedules import LRSchedule
-    from objectives.stack import P, FusedTrial, Stack, stack_steps
+    from objectives.stack import BOUNDS, P, SEGMENTS, FusedTrial, Stack, stack_steps
 
     data = two_sizes[0]
     n, k = data.train_x.shape[0], len(ALL_OPTIMIZERS)
@@ -147,14 +147,18 @@ def test_a_fused_step_computes_into_the_stacks_buffers(two_sizes) -> None:
     stack.lr_table.copy_(stack.table(n // 128))
     full, _, _ = stack_steps(stack, data, 128, "fp32", shared=True)
     ours = {b.untyped_storage().data_ptr() for b in vars(stack).values() if isinstance(b, torch.Tensor)}
-    made: list[str] = []
+    # a whole stack, one layer's segment or one parameter of every trial: a temporary of fc1's
+    # weights alone is 0.75 of a stack, which a threshold at the stack's size did not see
+    sizes = {k * (hi - lo) for lo, hi in [*zip(BOUNDS, BOUNDS[1:]), *SEGMENTS]}
+    made: list[tuple[str, tuple[int, ...]]] = []
 
     class Watch(TorchDispatchMode):
         def __torch_dispatch__(self, func, types, args=(), kwargs=None):
             out = func(*args, **(kwargs or {}))
             for t in out if isinstance(out, (tuple, list)) else [out]:
-                if isinstance(t, torch.Tensor) and t.numel() >= k * P and t.untyped_storage().data_ptr() not in ours:
-                    made.append(func.overloadpacket.__name__)
+                if isinstance(t, torch.Tensor) and (t.numel() >= k * P or t.numel() in sizes) \
+                        and t.untyped_storage().data_ptr() not in ours:
+                    made.append((func.overloadpacket.__name__, tuple(t.shape)))
             return out
 
     before = stack.flat.clone()
