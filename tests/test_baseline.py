@@ -241,6 +241,11 @@ def test_a_better_answer_is_paired_with_the_baseline_on_the_same_seeds(mnist_dir
     assert pt["n"] == 3 and pt["mean"] > 0 and pt["low"] < pt["mean"] < pt["high"]
     words = " ".join(verdict_lines(out))
     assert "beats your baseline" in words and "answer - baseline" in words and "95 % interval" in words
+    # a lower mean whose interval holds 0 is not said to beat the baseline (seed 2's study, measured:
+    # -0.07 points, -0.20 to +0.06, and +0.02 on test)
+    unresolved = {**out, "paired_validation": {**pv, "low": pv["mean"] - 1.0, "high": 0.001}}
+    first = verdict_lines(unresolved)[0]
+    assert "beats" not in first and "did better than your baseline" in first and "noise" in first
 
 
 def test_one_seed_shows_no_spread() -> None:

@@ -107,8 +107,10 @@ def test_final_word_note_and_artifact_are_in_the_study(reported) -> None:
     assert f"{100 * answer['test_accuracy_mean']:.2f} %" in tested
     assert ("your baseline" in tested) != final["answer_is_baseline"]
     verdict = re.search(r'<p id="verdict"><strong>([^<]+)</strong>', sections[0][1]).group(1)
+    pv = final["paired_validation"]
     assert verdict.startswith("The study found nothing better than your baseline" if final["answer_is_baseline"]
-                              else "The study found a recipe that beats your baseline")
+                              else "The study found a recipe that beats your baseline" if pv["high"] is not None
+                              and pv["high"] < 0 else "The study found a recipe that did better than your baseline")
     assert 'id="pytorch"' in sections[0][1] and "|---|" not in page
     assert "<h4>Decay strategies</h4>" in sections[1][1] and "<table>" in sections[1][1]  # the summary, rendered
     from optuna_dashboard import get_note
