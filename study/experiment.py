@@ -10,7 +10,6 @@ and against being interrupted half-way (the fingerprint is written last).
 
 from __future__ import annotations
 
-import functools
 import importlib.metadata
 import platform
 import shlex
@@ -33,7 +32,7 @@ from study.choices import warmup_epochs
 from study.cli import usable_cores
 from study.constants import DEFAULT_STUDY_NAME
 
-__all__ = ["CREATION_WAIT", "queue_start", "DEFAULT_STUDY_NAME", "LEGACY_SETTINGS", "Settings", "UsageError", "device_name", "fingerprint", "open_study",
+__all__ = ["CREATION_WAIT", "close_storages", "queue_start", "DEFAULT_STUDY_NAME", "LEGACY_SETTINGS", "Settings", "UsageError", "device_name", "fingerprint", "open_study",
            "storage_at", "study_metric", "study_storage"]
 
 
@@ -122,8 +121,27 @@ def device_name(device: torch.device) -> str:
     return f"cpu ({platform.processor() or platform.machine()}, {usable_cores()} usable cores)"
 
 
-@functools.cache
+_OPEN: dict[tuple[str, int], optuna.storages.RDBStorage] = {}
+
+
 def storage_at(url: str, heartbeat_interval: int) -> optuna.storages.RDBStorage:
+    """The storage at ``url``, opened once per process."""
+    if (url, heartbeat_interval) not in _OPEN:
+        _OPEN[url, heartbeat_interval] = _open(url, heartbeat_interval)
+    return _OPEN[url, heartbeat_interval]
+
+
+def close_storages() -> None:
+    """Close every storage :func:`storage_at` opened in this process, as the process's exit does
+    (pooled connections closed, SQLite's write-ahead log folded back into the file): for a caller
+    that runs a command's ``main`` more than once in one process, where a relative SQLite URL
+    would otherwise keep meaning the file of the first run's folder."""
+    for storage in _OPEN.values():
+        storage.engine.dispose()
+    _OPEN.clear()
+
+
+def _open(url: str, heartbeat_interval: int) -> optuna.storages.RDBStorage:
     said = []
 
     def heartbeat_error(reason: str) -> None:  # once per process: the heartbeats go on retrying

@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
+import contextlib
+import io
 import os
 import socket
 import subprocess
 import urllib.request
 import sys
 import time
+import warnings
 from pathlib import Path
 
 import optuna
@@ -22,6 +25,40 @@ ENV = {**os.environ, "PYTHONPATH": str(ROOT)}
 def run_cli(*args: str, cwd: Path, timeout: float = 240, module: str = "study.run") -> subprocess.CompletedProcess[str]:
     return subprocess.run([sys.executable, "-m", module, *args], capture_output=True, text=True,
                           cwd=cwd, env=ENV, timeout=timeout)
+
+
+#: the warnings filters as the interpreter starts (pytest sets its own only around each test)
+STARTUP_FILTERS = list(warnings.filters)
+
+
+def run_here(*args: str, cwd: Path, module: str = "study.run", timeout: float | None = None) -> subprocess.CompletedProcess[str]:
+    """As :func:`run_cli`, in this process: ``MODULE.main(args)`` from ``cwd`` with its output
+    captured, for the tests that check what a command says, stores and writes, not what a process
+    does (signals, its exit through the OS, threads, a second process). No interpreter start-up
+    and no seconds of importing torch per command. Warnings print to its stderr as in a fresh
+    process (pytest would record them instead); tests/process_state.py puts back the signal
+    handlers, threads and verbosity it changes. ``timeout``: :func:`run_cli`'s, not used here."""
+    import importlib
+
+    main = importlib.import_module(module).main
+    out, err = io.StringIO(), io.StringIO()
+    here = os.getcwd()
+    os.chdir(cwd)
+    try:
+        with warnings.catch_warnings(), contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
+            warnings.filters[:] = STARTUP_FILTERS
+            warnings._filters_mutated()  # type: ignore[attr-defined]  # and "once per place" starts afresh
+            warnings.showwarning = warnings._showwarning_orig  # type: ignore[attr-defined]
+            try:
+                code = main(list(args))
+            except SystemExit as e:  # argparse's refusals
+                code = e.code if isinstance(e.code, int) else (0 if e.code is None else 1)
+    finally:
+        os.chdir(here)
+        from study.experiment import close_storages
+
+        close_storages()  # as the process's exit would: the next command opens its own
+    return subprocess.CompletedProcess([module, *args], code, out.getvalue(), err.getvalue())
 
 
 def start_cli(*args: str, cwd: Path, new_session: bool = False) -> subprocess.Popen[str]:

@@ -6,8 +6,8 @@ should: Ctrl-C and SIGTERM raise ``KeyboardInterrupt`` (which the command turns 
 stop), torch gets the command's thread count, Optuna's logging is quietened. Left in place, the
 suite would no longer end on SIGTERM (a CI runner's or a developer's ``timeout``): the next
 in-process command swallows the interrupt as its own clean stop and the run goes on. So each
-test's signal handlers, torch threads and Optuna verbosity are put back after it (the warnings
-filters pytest puts back itself). ``tests/test_process_state.py`` runs pytest with this plugin
+test's signal handlers, torch threads and Optuna verbosity are put back after it, and the
+storages its commands opened are closed (the warnings filters pytest puts back itself). ``tests/test_process_state.py`` runs pytest with this plugin
 on a probe test and checks that SIGTERM still ends it.
 """
 
@@ -18,6 +18,8 @@ import signal
 import optuna
 import pytest
 import torch
+
+from study.experiment import close_storages
 
 SIGNALS = tuple(s for s in (signal.SIGINT, signal.SIGTERM, getattr(signal, "SIGHUP", None)) if s is not None)
 
@@ -36,3 +38,4 @@ def _restore_process_state():
             torch.set_num_threads(threads)
         if optuna.logging.get_verbosity() != verbosity:
             optuna.logging.set_verbosity(verbosity)
+        close_storages()  # a command's storages, closed as its process's exit would

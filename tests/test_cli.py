@@ -17,7 +17,7 @@ import pytest
 import torch
 from optuna.trial import TrialState
 
-from cli_helpers import ENV, FINISHED, SMALL, free_port, load, run_cli, run_main, snapshot, start_cli, wait_for_running
+from cli_helpers import ENV, FINISHED, SMALL, free_port, load, run_cli, run_here, run_main, snapshot, start_cli, wait_for_running
 from study.run import main
 
 
@@ -25,7 +25,7 @@ from study.run import main
 def finished_study(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, str]:
     """A study of 3 finished trials written by study.run in its default place."""
     cwd = tmp_path_factory.mktemp("cli")
-    done = run_cli("--trials", "3", *SMALL, cwd=cwd)
+    done = run_here("--trials", "3", *SMALL, cwd=cwd)
     assert done.returncode == 0, done.stderr
     return cwd, f"sqlite:///{cwd / 'studies' / 'lr-study.db'}"
 
@@ -54,24 +54,24 @@ def test_the_recorded_command_reproduces_the_study(finished_study: tuple[Path, s
     cwd, url = finished_study
     command = shlex.split(load(url).user_attrs["command"])
     assert command[:3] == ["python", "-m", "study.run"]
-    again = run_cli(*command[3:], cwd=tmp_path)
+    again = run_here(*command[3:], cwd=tmp_path)
     assert again.returncode == 0, again.stderr
     assert snapshot(f"sqlite:///{tmp_path / 'studies' / 'lr-study.db'}") == snapshot(url)
 
 
 def test_rerun_with_same_n_adds_nothing_and_larger_n_resumes(tmp_path: Path) -> None:
     url = f"sqlite:///{tmp_path / 'deep' / 'er' / 'study.db'}"
-    first = run_cli("--trials", "2", "--storage", url, *SMALL, cwd=tmp_path)
+    first = run_here("--trials", "2", "--storage", url, *SMALL, cwd=tmp_path)
     assert first.returncode == 0, first.stderr
     assert "inspect: optuna-dashboard sqlite:///" in first.stdout and "[2/2] trial" in first.stdout
     # where the study is and what writes its report, printed at the end
     assert f"study: {(tmp_path / 'deep' / 'er' / 'study.db').resolve()} (SQLite)" in first.stdout
     assert f"report: python -m study.report --storage {url} --study-name mnist-mlp-lr" in first.stdout
     before = snapshot(url)
-    again = run_cli("--trials", "2", "--storage", url, *SMALL, cwd=tmp_path)
+    again = run_here("--trials", "2", "--storage", url, *SMALL, cwd=tmp_path)
     assert again.returncode == 0 and "nothing to do" in again.stdout
     assert snapshot(url) == before
-    more = run_cli("--trials", "4", "--storage", url, *SMALL, cwd=tmp_path)
+    more = run_here("--trials", "4", "--storage", url, *SMALL, cwd=tmp_path)
     assert more.returncode == 0, more.stderr
     after = snapshot(url)
     assert after[:2] == before and len([t for t in after if t[1] in FINISHED]) == 4
@@ -135,7 +135,7 @@ def test_bad_input_is_one_line_exit_2_and_changes_nothing(finished_study, tmp_pa
 def test_storage_that_is_not_a_database(tmp_path: Path) -> None:
     path = tmp_path / "notes.db"
     path.write_text("my notes, not a database\n")
-    done = run_cli("--storage", f"sqlite:///{path}", *SMALL, cwd=tmp_path)
+    done = run_here("--storage", f"sqlite:///{path}", *SMALL, cwd=tmp_path)
     assert done.returncode == 2 and len(done.stderr.strip().splitlines()) == 1
     assert "not a usable SQLite database" in done.stderr
     assert path.read_text() == "my notes, not a database\n"
@@ -143,7 +143,7 @@ def test_storage_that_is_not_a_database(tmp_path: Path) -> None:
 
 def test_storage_folder_that_cannot_be_created(tmp_path: Path) -> None:
     (tmp_path / "file").write_text("")
-    done = run_cli("--storage", f"sqlite:///{tmp_path / 'file' / 'sub' / 'x.db'}", *SMALL, cwd=tmp_path)
+    done = run_here("--storage", f"sqlite:///{tmp_path / 'file' / 'sub' / 'x.db'}", *SMALL, cwd=tmp_path)
     assert done.returncode == 2 and "cannot create the folder" in done.stderr
     assert len(done.stderr.strip().splitlines()) == 1
 
@@ -296,7 +296,7 @@ def _most_at_once(trials) -> int:
 def test_parallel_trials_run_fused_with_the_values_of_the_one_trial_engine(tmp_path: Path) -> None:
     args = ["--epochs", "2", "--train-samples", "2000", "--device", "cpu", "--pruner", "none"]
     fused_url, one_url = f"sqlite:///{tmp_path / 'fused.db'}", f"sqlite:///{tmp_path / 'one.db'}"
-    fused = run_cli("--trials", "6", *args, "--parallel-trials", "3", "--storage", fused_url, cwd=tmp_path)
+    fused = run_here("--trials", "6", *args, "--parallel-trials", "3", "--storage", fused_url, cwd=tmp_path)
     assert fused.returncode == 0, fused.stderr
     assert "3 trial(s) at once per worker" in fused.stdout and "[6/6] trial" in fused.stdout
     trials = load(fused_url).trials
@@ -310,7 +310,7 @@ def test_parallel_trials_run_fused_with_the_values_of_the_one_trial_engine(tmp_p
         assert t.user_attrs["parallel_trials"] == 3
         assert sorted(t.intermediate_values) == list(range(1, t.user_attrs["epochs_run"] + 1))
 
-    one = run_cli("--trials", "3", *args, "--storage", one_url, cwd=tmp_path)
+    one = run_here("--trials", "3", *args, "--storage", one_url, cwd=tmp_path)
     assert one.returncode == 0, one.stderr
     # TPE's first trials are random draws from the same seeded sampler: the same configs in both
     # studies, trained fused or alone, with the same seeds and batch order, give the same losses
@@ -319,7 +319,7 @@ def test_parallel_trials_run_fused_with_the_values_of_the_one_trial_engine(tmp_p
         assert a.params == b.params
         assert list(a.intermediate_values.values()) == pytest.approx(list(b.intermediate_values.values()), rel=1e-4)
 
-    more = run_cli("--trials", "8", *args, "--parallel-trials", "3", "--storage", fused_url, cwd=tmp_path)
+    more = run_here("--trials", "8", *args, "--parallel-trials", "3", "--storage", fused_url, cwd=tmp_path)
     assert more.returncode == 0, more.stderr
     states = [t.state for t in load(fused_url).trials]
     assert len(states) == 8 and all(s in FINISHED for s in states)  # resumed to the new budget
@@ -356,7 +356,7 @@ def test_no_trial_starts_after_the_timeout(parallel: str, tmp_path: Path, capsys
 
 @pytest.mark.parametrize("module", ["study.run", "study.report", "study.lr_range"])
 def test_help_states_each_default_once_and_the_exit_codes(module: str, tmp_path: Path) -> None:
-    done = run_cli("--help", cwd=tmp_path, module=module)
+    done = run_here("--help", cwd=tmp_path, module=module)
     assert done.returncode == 0, done.stderr
     text = " ".join(done.stdout.split())  # argparse wraps lines
     assert "(default: None)" not in text and "(default: False)" not in text
@@ -372,9 +372,9 @@ def test_help_states_each_default_once_and_the_exit_codes(module: str, tmp_path:
 
 def test_report_defaults_to_the_storage_of_study_run(tmp_path: Path) -> None:
     # the two README commands without flags: study.run writes studies/lr-study.db, study.report reads it
-    done = run_cli("--trials", "2", *SMALL, cwd=tmp_path)
+    done = run_here("--trials", "2", *SMALL, cwd=tmp_path)
     assert done.returncode == 0, done.stderr
-    report = run_cli("--final-seeds", "0", cwd=tmp_path, module="study.report")
+    report = run_here("--final-seeds", "0", cwd=tmp_path, module="study.report")
     assert report.returncode == 0, report.stderr
     assert (tmp_path / "reports" / "mnist-mlp-lr" / "index.html").is_file()
 

@@ -14,7 +14,7 @@ import pytest
 
 from optuna.trial import TrialState
 
-from cli_helpers import FINISHED, SMALL, load, run_cli, running_trials, start_cli, wait_until
+from cli_helpers import FINISHED, SMALL, load, run_cli, run_here, running_trials, start_cli, wait_until
 
 
 def _made(argv: list[str]) -> bool:
@@ -44,20 +44,20 @@ def test_the_database_password_is_never_printed_nor_stored(postgres_url: str, tm
     url = postgres_url.replace("://lrstudy@", f"://lrstudy:{secret}@")
     assert secret in url
     outputs = []
-    run = run_cli("--storage", url, "--trials", "2", *SMALL, cwd=tmp_path)
+    run = run_here("--storage", url, "--trials", "2", *SMALL, cwd=tmp_path)
     assert run.returncode == 0, run.stderr
     outputs.append(run.stdout + run.stderr)
     assert "lrstudy:***@" in run.stdout  # said, with the password hidden
     # a study made before passwords were hidden: its stored command holds the password
     load(url).set_user_attr("command", f"python -m study.run --storage {url} --trials 2")
-    other = run_cli("--storage", url, "--trials", "2", "--epochs", "3", "--train-samples", "2000", "--device", "cpu",
+    other = run_here("--storage", url, "--trials", "2", "--epochs", "3", "--train-samples", "2000", "--device", "cpu",
                     cwd=tmp_path)
     assert other.returncode == 2 and "another experiment" in other.stderr
     outputs.append(other.stdout + other.stderr)
-    report = run_cli("--storage", url, "--final-seeds", "0", cwd=tmp_path, module="study.report")
+    report = run_here("--storage", url, "--final-seeds", "0", cwd=tmp_path, module="study.report")
     assert report.returncode == 0, report.stderr
     outputs.append(report.stdout + report.stderr)
-    missing = run_cli("--storage", url, "--study-name", "nope", "--final-seeds", "0", cwd=tmp_path,
+    missing = run_here("--storage", url, "--study-name", "nope", "--final-seeds", "0", cwd=tmp_path,
                       module="study.report")
     assert missing.returncode == 2
     outputs.append(missing.stdout + missing.stderr)
@@ -82,12 +82,12 @@ def test_a_study_name_never_makes_the_report_write_outside_reports(tmp_path: Pat
     url = f"sqlite:///{tmp_path / 's.db'}"
     names = [str(victim), "../victim"]
     for name in names:
-        run = run_cli("--storage", url, "--study-name", name, "--trials", "1", *SMALL, cwd=work)
+        run = run_here("--storage", url, "--study-name", name, "--trials", "1", *SMALL, cwd=work)
         assert run.returncode == 0, run.stderr
         line = next(x for x in run.stdout.splitlines() if x.startswith("report: "))
         command = shlex.split(line.removeprefix("report: ").split("  (")[0])  # pasted into a shell
         assert command[command.index("--study-name") + 1] == name and "(writes reports/" in line, line
-        report = run_cli("--storage", url, "--study-name", name, "--final-seeds", "0", cwd=work, module="study.report")
+        report = run_here("--storage", url, "--study-name", name, "--final-seeds", "0", cwd=work, module="study.report")
         assert report.returncode == 0, report.stderr
     assert [p.name for p in victim.iterdir()] == ["index.html"] and (victim / "index.html").read_text() == "mine"
     folders = sorted(p for p in (work / "reports").iterdir())
@@ -97,13 +97,13 @@ def test_a_study_name_never_makes_the_report_write_outside_reports(tmp_path: Pat
     mine = tmp_path / "notes"
     mine.mkdir()
     (mine / "todo.txt").write_text("keep")
-    refused = run_cli("--storage", url, "--study-name", names[0], "--final-seeds", "0", "--out", str(mine),
+    refused = run_here("--storage", url, "--study-name", names[0], "--final-seeds", "0", "--out", str(mine),
                       cwd=work, module="study.report")
     assert refused.returncode == 2 and len(refused.stderr.strip().splitlines()) == 1, refused.stderr
     assert "did not write" in refused.stderr
     assert sorted(p.name for p in mine.iterdir()) == ["todo.txt"]
     # --out onto another study's report: replaced, and said
-    replaced = run_cli("--storage", url, "--study-name", names[1], "--final-seeds", "0", "--out", str(folders[0]),
+    replaced = run_here("--storage", url, "--study-name", names[1], "--final-seeds", "0", "--out", str(folders[0]),
                        cwd=work, module="study.report")
     assert replaced.returncode == 0 and "replaced by study" in replaced.stderr, replaced.stderr
 
@@ -494,22 +494,22 @@ def test_a_read_only_or_damaged_storage_is_one_line_and_left_as_it_is(postgres_u
     before = _everything_stored(postgres_url)
     read_only = postgres_url + "?options=-c%20default_transaction_read_only%3Don"
     for module in ("study.run", "study.report"):
-        done = run_cli("--storage", read_only, "--trials", "2", *SMALL, cwd=tmp_path, module=module) \
+        done = run_here("--storage", read_only, "--trials", "2", *SMALL, cwd=tmp_path, module=module) \
             if module == "study.run" else \
-            run_cli("--storage", read_only, "--final-seeds", "0", "--out", str(tmp_path / "r"), cwd=tmp_path, module=module)
+            run_here("--storage", read_only, "--final-seeds", "0", "--out", str(tmp_path / "r"), cwd=tmp_path, module=module)
         assert done.returncode in (2, 3) and len(done.stderr.strip().splitlines()) == 1, (module, done.stderr)
         assert "read-only transaction" in done.stderr and "Traceback" not in done.stderr
     assert _everything_stored(postgres_url) == before
 
     path = tmp_path / "d.db"
-    assert run_cli("--storage", f"sqlite:///{path}", "--trials", "2", *SMALL, cwd=tmp_path).returncode == 0  # closed: no WAL
+    assert run_here("--storage", f"sqlite:///{path}", "--trials", "2", *SMALL, cwd=tmp_path).returncode == 0  # closed: no WAL
     assert not path.with_name("d.db-wal").exists() or path.with_name("d.db-wal").stat().st_size == 0
     with open(path, "r+b") as f:  # garbage over the second page (a b-tree page of Optuna's tables)
         f.seek(4096)
         f.write(bytes(range(256)) * 16)
     digest = hashlib.sha256(path.read_bytes()).hexdigest()
     for module, extra in (("study.run", ["--trials", "3", *SMALL]), ("study.report", ["--final-seeds", "0"])):
-        done = run_cli("--storage", f"sqlite:///{path}", *extra, cwd=tmp_path, module=module)
+        done = run_here("--storage", f"sqlite:///{path}", *extra, cwd=tmp_path, module=module)
         assert done.returncode == 2 and len(done.stderr.strip().splitlines()) == 1, (module, done.stderr)
         assert "damaged" in done.stderr
         assert hashlib.sha256(path.read_bytes()).hexdigest() == digest

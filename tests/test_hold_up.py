@@ -14,7 +14,7 @@ from pathlib import Path
 import optuna
 import pytest
 
-from cli_helpers import ENV, FINISHED, SMALL, load, run_cli
+from cli_helpers import ENV, FINISHED, SMALL, load, run_cli, run_here
 from cli_helpers import run_main as run_captured
 from study.run import main as run_main
 
@@ -85,7 +85,7 @@ def test_a_study_of_another_program_is_still_refused(tmp_path: Path) -> None:
     url = f"sqlite:///{tmp_path / 's.db'}"
     study = optuna.create_study(storage=url, study_name="theirs")
     study.set_user_attr("owner", "someone else")
-    done = run_cli("--trials", "1", *SMALL, "--storage", url, "--study-name", "theirs", cwd=tmp_path)
+    done = run_here("--trials", "1", *SMALL, "--storage", url, "--study-name", "theirs", cwd=tmp_path)
     assert done.returncode == 2 and "was not created by study.run" in done.stderr
     assert load(url, "theirs").user_attrs == {"owner": "someone else"} and not load(url, "theirs").trials
 
@@ -102,7 +102,7 @@ def test_another_programs_sqlite_file_is_refused_and_left_byte_identical(tmp_pat
         db.close()
         before = hashlib.sha256(path.read_bytes()).hexdigest()
         siblings = sorted(p.name for p in tmp_path.iterdir())
-        done = run_cli("--trials", "1", *SMALL, "--storage", f"sqlite:///{path}", cwd=tmp_path)
+        done = run_here("--trials", "1", *SMALL, "--storage", f"sqlite:///{path}", cwd=tmp_path)
         assert done.returncode == 2 and len(done.stderr.strip().splitlines()) == 1, done.stderr
         assert "database of another program" in done.stderr and tables[0] in done.stderr
         assert hashlib.sha256(path.read_bytes()).hexdigest() == before
@@ -110,7 +110,7 @@ def test_another_programs_sqlite_file_is_refused_and_left_byte_identical(tmp_pat
 
 
 def test_a_report_never_creates_a_database(tmp_path: Path) -> None:
-    done = run_cli("--storage", f"sqlite:///{tmp_path / 'typo' / 'studdy.db'}", "--final-seeds", "0",
+    done = run_here("--storage", f"sqlite:///{tmp_path / 'typo' / 'studdy.db'}", "--final-seeds", "0",
                    cwd=tmp_path, module="study.report")
     assert done.returncode == 2 and len(done.stderr.strip().splitlines()) == 1
     assert "no database at" in done.stderr
@@ -128,7 +128,7 @@ def test_a_report_checks_where_it_writes_before_any_work(tmp_path: Path, flag: s
     if flag == "--artifact-dir":
         args += ["--out", str(tmp_path / "out")]
     started = time.monotonic()
-    done = run_cli(*args, cwd=tmp_path, module="study.report")
+    done = run_here(*args, cwd=tmp_path, module="study.report")
     assert done.returncode == 2 and len(done.stderr.strip().splitlines()) == 1, done.stderr
     assert flag in done.stderr and "cannot be written" in done.stderr
     assert "final word" not in done.stdout and time.monotonic() - started < 60  # nothing retrained

@@ -8,7 +8,7 @@ from pathlib import Path
 import optuna
 import pytest
 
-from cli_helpers import SMALL, load, run_cli
+from cli_helpers import SMALL, load, run_here
 from objectives.lr_range import lr_range_test, valley
 from study.run import main
 
@@ -40,7 +40,7 @@ def test_bad_arguments_name_the_value(mnist_2k) -> None:
 
 
 def test_cli_writes_the_figure_prints_the_suggestion_and_stores_nothing(tmp_path: Path) -> None:
-    done = run_cli("--optimizer", "adam", "--train-samples", "2000", "--device", "cpu", "--out", "figs/adam.html",
+    done = run_here("--optimizer", "adam", "--train-samples", "2000", "--device", "cpu", "--out", "figs/adam.html",
                    cwd=tmp_path, module="study.lr_range")
     assert done.returncode == 0, done.stderr
     assert "suggested initial LR:" in done.stdout and "suggested search range:" in done.stdout
@@ -53,7 +53,7 @@ def test_cli_writes_the_figure_prints_the_suggestion_and_stores_nothing(tmp_path
 
 
 def test_cli_bad_range_is_one_line(tmp_path: Path) -> None:
-    done = run_cli("--start-lr", "1", "--end-lr", "0.1", "--device", "cpu", cwd=tmp_path, module="study.lr_range")
+    done = run_here("--start-lr", "1", "--end-lr", "0.1", "--device", "cpu", cwd=tmp_path, module="study.lr_range")
     assert done.returncode == 2 and len(done.stderr.strip().splitlines()) == 1 and "--start-lr" in done.stderr
 
 
@@ -86,7 +86,7 @@ def test_a_meaningless_range_says_why_and_a_good_one_does_not(mnist_2k, tmp_path
     no_valley = lr_range_test("sgd", mnist_2k, start_lr=1e-9, end_lr=1e-7, steps=100)
     assert len(no_valley.problems) == 1 and "never fell" in no_valley.problems[0]
     # the command line says so on stderr, and still writes the figure
-    done = run_cli("--optimizer", "sgd", "--device", "cpu", "--train-samples", "2000", "--start-lr", "1e-9",
+    done = run_here("--optimizer", "sgd", "--device", "cpu", "--train-samples", "2000", "--start-lr", "1e-9",
                    "--end-lr", "1e-7", "--steps", "50", "--out", str(tmp_path / "f.html"), cwd=tmp_path,
                    module="study.lr_range")
     assert done.returncode == 0 and "warning: the suggestion means nothing here" in done.stderr
