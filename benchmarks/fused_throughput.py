@@ -1,6 +1,7 @@
 """Trial-epochs per second: `train_many` with K trials at once against K one-trial `train` runs.
 
     python -m benchmarks.fused_throughput [--device auto] [--ks 1,8,32,64] [--epochs 2] [--train-samples N]
+                                        [--precision fp32|bf16|tf32]
 
 Both engines train the same K configurations (drawn from the default search space with a seeded
 random sampler, all with the same batch size) on the same device, in one process; each figure
@@ -78,6 +79,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--epochs", type=int, default=2)
     p.add_argument("--train-samples", type=int, default=None)
     p.add_argument("--batch-size", type=int, default=128)
+    p.add_argument("--precision", choices=("fp32", "bf16", "tf32"), default="fp32",
+                   help="the arithmetic of both engines (bf16: autocast, as study.run --precision bf16)")
     args = p.parse_args(argv)
     set_threads(1, args.threads)
     optuna.logging.set_verbosity(optuna.logging.ERROR)
@@ -90,14 +93,14 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     device, data = loaded
     print(f"device: {device_label(device)}; torch {torch.__version__}; {data.train_x.shape[0]} training images, "
-          f"batch {args.batch_size}, {args.epochs} epochs per trial")
+          f"batch {args.batch_size}, {args.epochs} epochs per trial, {args.precision}")
 
     one = configs(1, args.batch_size, args.epochs)[0]
     # on CUDA each engine runs with its CUDA graphs and, for comparison, eagerly
     modes = [True, False] if device.type == "cuda" else [False]
 
     def single(cuda_graphs: bool) -> None:
-        train(one, data, args.epochs, cuda_graphs=cuda_graphs)
+        train(one, data, args.epochs, cuda_graphs=cuda_graphs, precision=args.precision)
         sync(device)
 
     single_rate = args.epochs / timed(lambda: single(True))  # trial-epochs per second of the one-trial engine
@@ -111,7 +114,7 @@ def main(argv: list[str] | None = None) -> int:
         cells = []
         for g in modes:
             def fused() -> None:
-                train_many(batch, data, args.epochs, seeds=list(range(k)), cuda_graphs=g)
+                train_many(batch, data, args.epochs, seeds=list(range(k)), cuda_graphs=g, precision=args.precision)
                 sync(device)
 
             rate = k * args.epochs / timed(fused)

@@ -220,7 +220,8 @@ def train_stream(
             reserve.extend(take(min(wanted, stack.k) - len(reserve)))
         if times is not None:
             times.during += time.perf_counter() - launched
-        train_l, val_l, acc = torch.stack([loss_sum / n, val_sum / n_val, correct / n_val]).tolist()  # the epoch's one sync
+        train_l, val_l, counts = torch.stack([loss_sum / n, val_sum / n_val, correct]).tolist()  # the epoch's one sync
+        acc = [c / n_val for c in counts]  # the error count divided on the host in float64, as train does
         # the epoch's wall time; on a CPU its work was done at the launch, before the caller's share
         seconds = (launched if device.type == "cpu" else time.perf_counter()) - t0
         synced = time.perf_counter()

@@ -194,7 +194,15 @@ class Stack:
         """``x``: ``[batch, 784]`` shared by all rows, or ``[K, batch, 784]`` one per row. Each
         layer's input is appended to ``inputs`` if given (what :meth:`gradients` needs)."""
         k = self.k
-        h = x.expand(k, *x.shape) if x.dim() == 2 else x
+        if x.dim() == 2:
+            kind = x.device.type
+            if torch.is_autocast_enabled(kind) and x.dtype != torch.get_autocast_dtype(kind):
+                # cast the one shared batch, then expand it: autocast casting the expanded view made K
+                # copies of the batch at every step (its values are the same either way)
+                x = x.to(torch.get_autocast_dtype(kind))
+            h = x.expand(k, *x.shape)
+        else:
+            h = x
         weights, biases = self.params[0::2], self.params[1::2]
         for i, (w, b) in enumerate(zip(weights, biases)):
             if inputs is not None:

@@ -29,9 +29,12 @@ from collections.abc import Callable, Iterator, Sequence
 from dataclasses import asdict, replace
 
 import optuna
+import torch
 from optuna.trial import FrozenTrial, TrialState
 
 from objectives import LAYERS, MnistData, TrainConfig, TrainResult, evaluate, metric_value, train, train_stream
+from objectives.device import as_out_of_memory
+from objectives.memory import auto_slots
 from study.baseline import baseline_label
 from study.experiment import study_metric
 from study.findings import DecayRow, trial_config
@@ -120,9 +123,28 @@ def _run_all(jobs: Sequence[tuple], data: MnistData, epochs: int, *, fused: bool
     ``(index, result)`` as each ends. ``stops``: the epoch each job stops after (default: all)."""
     stops = stops or [epochs] * len(jobs)
     if fused:  # each pair with its own seed for the weights and the batch order, as train uses
-        yield from train_stream(((c, s, s, *rest) for c, s, *rest in jobs), data, epochs, slots=len(jobs),
-                                precision=precision, cuda_graphs=cuda_graphs,
-                                report=lambda index, epoch, _loss: epoch >= stops[index])
+        # at once as many as the study's memory check allows on a GPU (up to 100 candidates x 100
+        # seeds by flags); out of memory, the runs not yet ended start again with half as many, as
+        # the study halves (a run's result depends on its own seeds only, not on its neighbours)
+        slots = len(jobs) if data.device.type != "cuda" else \
+            auto_slots(data.device, jobs[0][0].batch_size, data.dtype, cap=len(jobs))
+        left = list(range(len(jobs)))
+        while left:
+            order = list(left)
+            stream = train_stream(((c, s, s, *rest) for c, s, *rest in (jobs[j] for j in order)), data, epochs,
+                                  slots=slots, precision=precision, cuda_graphs=cuda_graphs,
+                                  report=lambda index, epoch, _loss, order=order: epoch >= stops[order[index]])
+            try:
+                for index, result in stream:
+                    left.remove(order[index])
+                    yield order[index], result
+            except Exception as e:
+                if as_out_of_memory(e) is None or slots == 1:
+                    raise
+                stream.close()
+                if data.device.type == "cuda":
+                    torch.cuda.empty_cache()
+                slots //= 2
         return
     for i, (config, seed, *rest) in enumerate(jobs):
         yield i, train(config, data, epochs, seed=seed, precision=precision, cuda_graphs=cuda_graphs,

@@ -280,3 +280,31 @@ def test_t_quantile_matches_scipy() -> None:
 
     for df in (1, 2, 4, 9, 30, 31, 45, 99, 1000):
         assert final_module.t_quantile(df) == pytest.approx(stats.t.ppf(0.975, df), abs=2e-3), df
+
+
+def test_the_fused_final_word_halves_its_runs_at_once_on_out_of_memory(mnist_dir, monkeypatch) -> None:
+    """Its fused runs had no cap (``slots`` = every run of the stage): out of memory ended the
+    report in a traceback. Now the runs not yet ended start again with half as many at once, and
+    every run gives the value it gives alone."""
+    import torch
+
+    selection, final_data = _small(mnist_dir)
+    study = _study((GOOD, 0.01), (SLOW, 0.5), baseline=GOOD)
+    real_stream = final_module.train_stream
+    slots_seen: list[int] = []
+
+    def short_of_memory(jobs, data, epochs, *, slots, **kw):
+        slots_seen.append(slots)
+        for n, item in enumerate(real_stream(jobs, data, epochs, slots=slots, **kw)):
+            if slots > 1 and n == 1:  # the second run to end finds the memory gone
+                raise torch.OutOfMemoryError("CUDA out of memory (simulated)")
+            yield item
+
+    monkeypatch.setattr(final_module, "train_stream", short_of_memory)
+    fused = final_module.final_word(study, findings.decay_rows(study), 2, selection, final_data, fused=True)
+    monkeypatch.undo()
+    alone = final_module.final_word(study, findings.decay_rows(study), 2, selection, final_data, fused=False)
+    assert slots_seen[:3] == [4, 2, 1]  # 2 candidates x 2 seeds, halved twice in the selection
+    for a, b in zip(fused["candidates"], alone["candidates"], strict=True):
+        assert a["val_values"] == pytest.approx(b["val_values"], rel=1e-9)
+    assert fused["answer"]["test_accuracies"] == pytest.approx(alone["answer"]["test_accuracies"], abs=1e-4)

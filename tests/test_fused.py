@@ -232,3 +232,17 @@ def test_an_epochs_seconds_leave_out_the_callers_work(data64) -> None:
         time.sleep(pause)  # the caller's tell, while the next epoch trains
         seconds += result.epoch_seconds
     assert len(seconds) == 8 and max(seconds) < pause, seconds
+
+
+def test_one_model_gives_one_accuracy_through_both_engines(mnist_dir) -> None:
+    """The fused engine divided the correct count by the validation size on the device, in the
+    data's dtype; ``train`` divides on the host in float64. In float32 the same count gave two
+    accuracies (1e-8 apart), and a study that switched engines near its end compared them. A step
+    so small that both engines keep the same predictions: the same count, the identical value."""
+    data = load_mnist(mnist_dir, device="cpu", train_samples=256)
+    config = TrainConfig(optimizer="sgd", lr=1e-9, decay="constant", batch_size=64)
+    fused = train_many([config], data, epochs=1, seeds=[3], shuffle_seed=1)[0]
+    alone = train(config, data, epochs=1, seed=3, shuffle_seed=1)
+    assert fused.val_accuracies == alone.val_accuracies
+    correct = round(alone.val_accuracies[0] * data.val_x.shape[0])
+    assert alone.val_accuracies[0] == correct / data.val_x.shape[0]  # float64 on the host

@@ -128,16 +128,12 @@ def test_a_fused_step_is_the_same_ops_for_any_mix_of_optimizers_and_any_k(two_si
     assert len(set(counts.values())) == 1, counts
 
 
-def test_a_fused_step_computes_into_the_stacks_buffers(two_sizes) -> None:
-    """Gradients land in the stack's flat ``[K, P]`` gradient buffer and the update runs in the
-    stack's buffers: no op of a step makes a tensor of a whole stack's size (through autograd the
-    gradients were concatenated into a new ``[K, P]`` tensor at every step, and the update made
-    four more; on a CPU a fresh buffer of that size costs more than the arithmetic on it)."""
+def _stack_step(data, precision: str):
+    """A stack of the five optimizers on ``data``, and its full step (as an epoch runs it)."""
     from objectives.model import build_model
     from objectives.schedules import LRSchedule
-    from objectives.stack import BOUNDS, P, SEGMENTS, FusedTrial, Stack, stack_steps
+    from objectives.stack import FusedTrial, Stack, stack_steps
 
-    data = two_sizes[0]
     n, k = data.train_x.shape[0], len(ALL_OPTIMIZERS)
     stack = Stack(k, data.device, data.dtype)
     stack.buffers(n, n // 128)
@@ -145,7 +141,44 @@ def test_a_fused_step_computes_into_the_stacks_buffers(two_sizes) -> None:
         stack.place(FusedTrial(i, config, i, LRSchedule(config, n // 128, 1), build_model(i, data.device, data.dtype)))
     stack.shared_perm.copy_(stack.order(n))
     stack.lr_table.copy_(stack.table(n // 128))
-    full, _, _ = stack_steps(stack, data, 128, "fp32", shared=True)
+    full, _, _ = stack_steps(stack, data, 128, precision, shared=True)
+    return stack, full
+
+
+def test_a_bf16_step_casts_the_shared_batch_once(two_sizes) -> None:
+    """Under autocast the batch, shared by the K trials as an expanded view, was cast as that view:
+    K copies of it in bfloat16 at every step, in the forward and again in the backward. Cast once,
+    then expanded: no op makes a ``[K, batch, 784]`` tensor."""
+    from objectives.precision import precision_context
+
+    stack, full = _stack_step(two_sizes[0], "bf16")
+    made: list[str] = []
+
+    class Watch(TorchDispatchMode):
+        def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+            out = func(*args, **(kwargs or {}))
+            for t in out if isinstance(out, (tuple, list)) else [out]:
+                if isinstance(t, torch.Tensor) and tuple(t.shape) == (stack.k, 128, 784) \
+                        and t.untyped_storage().nbytes() >= t.numel() * t.element_size():  # a copy, not a view
+                    made.append(func.overloadpacket.__name__)
+            return out
+
+    with precision_context(stack.device, "bf16"), Watch():
+        full()
+    assert not made, made
+    assert stack.grad.abs().sum() > 0
+
+
+def test_a_fused_step_computes_into_the_stacks_buffers(two_sizes) -> None:
+    """Gradients land in the stack's flat ``[K, P]`` gradient buffer and the update runs in the
+    stack's buffers: no op of a step makes a tensor of a whole stack's size (through autograd the
+    gradients were concatenated into a new ``[K, P]`` tensor at every step, and the update made
+    four more; on a CPU a fresh buffer of that size costs more than the arithmetic on it)."""
+    from objectives.stack import BOUNDS, P, SEGMENTS
+
+    data = two_sizes[0]
+    k = len(ALL_OPTIMIZERS)
+    stack, full = _stack_step(data, "fp32")
     ours = {b.untyped_storage().data_ptr() for b in vars(stack).values() if isinstance(b, torch.Tensor)}
     # a whole stack, one layer's segment or one parameter of every trial: a temporary of fc1's
     # weights alone is 0.75 of a stack, which a threshold at the stack's size did not see
