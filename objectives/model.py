@@ -36,9 +36,18 @@ def build_model(
     """A freshly initialised MLP, the same weights for the same seed on every device.
 
     The weights are drawn on the CPU from a forked RNG (the caller's global RNG state is left
-    as it was) and then moved, so a seed means one initialisation whatever the device.
+    as it was) and then moved, so a seed means one initialisation whatever the device. To a GPU
+    they go from pinned memory without blocking: a trial asked while the device trains (the
+    fused engine's work ahead) does not wait for the device, as a copy from pageable memory
+    does (the caching host allocator keeps the pinned block until the copy has run).
     """
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
         model = MLP()
-    return model.to(device=device, dtype=dtype)
+    device = torch.device(device)
+    if device.type != "cuda":
+        return model.to(device=device, dtype=dtype)
+    with torch.no_grad():
+        for p in model.parameters():
+            p.data = p.data.pin_memory().to(device=device, dtype=dtype, non_blocking=True)
+    return model

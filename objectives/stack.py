@@ -260,8 +260,12 @@ class Stack:
                   segments=SEGMENTS)
 
     def model(self, t: FusedTrial) -> MLP:
-        """A standalone copy of trial ``t``'s current weights."""
-        model = MLP().to(device=self.device, dtype=self.dtype)
+        """A standalone copy of trial ``t``'s current weights, made on the device (a model built
+        and initialised on the host and copied over, only to be overwritten, made every trial that
+        ended wait for a copy from pageable memory)."""
+        with torch.device("meta"):  # shapes only: no initialisation, no host memory
+            model = MLP()
+        model = model.to_empty(device=self.device).to(dtype=self.dtype)
         with torch.no_grad():
             for q, lo, hi in zip(model.parameters(), BOUNDS, BOUNDS[1:]):
                 q.copy_(self.flat[t.row, lo:hi].view_as(q))

@@ -157,3 +157,13 @@ def test_the_fused_final_word_equals_one_at_a_time(cuda_data) -> None:
     for config, seed, got in zip(configs, seeds * 3, fused):
         want = train(config, cuda_data, 2, seed=seed)
         assert got.val_losses == pytest.approx(want.val_losses, rel=1e-3)
+
+
+def test_a_model_built_on_the_gpu_has_the_cpus_weights() -> None:
+    """build_model copies the seed's weights from pinned memory without blocking: the same values
+    as on the CPU, in float32 and float64, once the stream has run the copies."""
+    for dtype in (torch.float32, torch.float64):
+        on_gpu, on_cpu = build_model(5, "cuda", dtype), build_model(5, "cpu", dtype)
+        torch.cuda.synchronize()
+        for p, q in zip(on_gpu.parameters(), on_cpu.parameters()):
+            assert p.device.type == "cuda" and p.dtype == dtype and torch.equal(p.cpu(), q)

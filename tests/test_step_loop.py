@@ -199,3 +199,26 @@ def test_a_fused_step_computes_into_the_stacks_buffers(two_sizes) -> None:
         full()
     assert not made, made
     assert stack.grad.abs().sum() > 0 and not torch.equal(stack.flat, before)  # it did compute and update
+
+
+def test_a_trial_that_ends_builds_no_model_on_the_host(two_sizes) -> None:
+    """``Stack.model`` built and randomly initialised a whole MLP on the host, then copied it to
+    the device, for every trial that ended, only to overwrite its weights: on a GPU a copy from
+    pageable memory that waits for the device. Now the copy is made on the device: no
+    initialisation, and the trial's weights exactly."""
+    stack, _ = _stack_step(two_sizes[0], "fp32")
+    trial = stack.trials[2]
+    ops: collections.Counter[str] = collections.Counter()
+
+    class Count(TorchDispatchMode):  # the ops on memory (shapes on the meta device are free)
+        def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+            out = func(*args, **(kwargs or {}))
+            if not any(isinstance(t, torch.Tensor) and t.is_meta for t in [*args, out]):
+                ops[func.overloadpacket.__name__] += 1
+            return out
+
+    with Count():
+        model = stack.model(trial)
+    assert not {"uniform_", "normal_", "kaiming_uniform_", "_to_copy"} & set(ops), ops
+    flat = torch.cat([p.detach().reshape(-1) for p in model.parameters()])
+    assert torch.equal(flat, stack.flat[trial.row, :flat.numel()])
