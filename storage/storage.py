@@ -18,6 +18,7 @@ import shlex
 import re
 import sqlite3
 import textwrap
+from urllib.parse import quote, unquote_plus
 import time
 import warnings
 from collections.abc import Callable
@@ -40,29 +41,67 @@ _EXAMPLES = "e.g. sqlite:///studies/lr-study.db or postgresql+psycopg://user:pas
 
 
 class StorageError(RuntimeError):
-    """A storage URL that cannot be used; the message is one line naming it and why."""
+    """A storage URL that cannot be used; the message is one line naming it and why, with every
+    password in it masked (:func:`hide_password`: a driver's own error may quote it)."""
+
+    def __init__(self, message: str) -> None:
+        super().__init__(hide_password(message))
 
 
-# the password of a URL (scheme://user:PASSWORD@host) and a password=... query parameter
-_PASSWORD = re.compile(r"(?P<head>://[^:/@\s'\"]*:)[^@\s'\"]*(?=@)|(?P<query>[?&]password=)[^&\s'\"]*")
+#: A database URL's password, whatever characters it holds: from ``scheme://user:`` to the first
+#: ``@`` that a host and the end of the authority follow (a raw ``@``, a space or a quote in the
+#: password is still the password; SQLAlchemy and libpq accept them), and a ``password=`` query
+#: value. Masking by a character class stopped at the first space or quote and left the rest.
+_PASSWORD = re.compile(r"(?P<head>\b[a-zA-Z][\w+.-]*://[^\s:/@'\"]*:)(?P<pw>.*?)@(?=[^@\s/?#'\"]*(?:[/?#\s'\"]|$))"
+                       r"|(?P<query>[?&]password=)(?P<qv>[^&#\s]*)", re.S)
+#: every password seen in a URL this process masked, in each spelling (as typed, percent-decoded,
+#: percent-encoded): an error message of a driver may quote it without its URL around it
+_SECRETS: set[str] = set()
+_SHORTEST_SECRET = 4  # shorter ones are masked in their URL only: "***" for every "ab" would garble the text
 
 
 def hide_password(text: str) -> str:
     """``text`` with the password of every database URL in it shown as ``***``, as SQLAlchemy's
     ``render_as_string(hide_password=True)`` shows it: for anything printed or stored (a command
-    line, a message, a stored attr), so that a study's readers never see the database password."""
-    return _PASSWORD.sub(lambda m: (m["head"] or m["query"]) + "***", text)
+    line, a message, a stored attr), so that a study's readers never see the database password,
+    whatever characters it holds; a password seen once is masked wherever it appears again."""
+    def mask(m: re.Match) -> str:
+        secret = m["pw"] if m["head"] else m["qv"]
+        # with a raw "@" the driver takes what follows it for the host, and says so in its errors
+        for piece in [secret, *(secret[i + 1:] for i, c in enumerate(secret) if c == "@")]:
+            if len(piece) >= _SHORTEST_SECRET:
+                _SECRETS.update({piece, unquote_plus(piece), quote(unquote_plus(piece), safe="")})
+        return m["head"] + "***@" if m["head"] else m["query"] + "***"
+
+    def known(text: str) -> str:
+        for secret in sorted(_SECRETS, key=len, reverse=True):  # the longest first: "a b" before "a"
+            text = text.replace(secret, "***")
+        return text
+
+    return known(_PASSWORD.sub(mask, known(text)))
 
 
 def _one_line(e: BaseException) -> str:
     return textwrap.shorten(str(e), width=300, placeholder=" …")  # whole words
 
 
+def _remember_secrets(parsed: URL) -> None:
+    """The password of a parsed URL, and any ``password`` query value, in every spelling, for
+    :func:`hide_password` (a query value may hold a space that ends the URL in a text)."""
+    query = parsed.query.get("password")
+    for secret in [parsed.password, *([query] if isinstance(query, str) else query or ())]:
+        if secret is not None and len(str(secret)) >= _SHORTEST_SECRET:
+            secret = str(secret)
+            _SECRETS.update({secret, quote(secret, safe=""), quote(secret, safe="").replace("%20", "+")})
+
+
 def _parse(url: str) -> URL:
+    hide_password(url)  # its password remembered, even in a URL SQLAlchemy cannot parse
     try:
         parsed = make_url(url)
     except (sqlalchemy.exc.ArgumentError, ValueError) as e:
         raise StorageError(f"malformed storage URL {url!r} ({_one_line(e)}); {_EXAMPLES}") from None
+    _remember_secrets(parsed)
     try:
         parsed.get_dialect()
     except sqlalchemy.exc.NoSuchModuleError:
@@ -220,7 +259,7 @@ def open_storage(
                          "connect_args": {"connect_timeout": CONNECT_TIMEOUT}}
     else:
         engine_kwargs = {"pool_pre_ping": True}
-    shown = parsed.render_as_string(hide_password=True)
+    shown = hide_password(url)  # SQLAlchemy's rendering left what follows a raw '@' in the password
     try:
         for attempt in range(_SCHEMA_TRIES):
             try:
