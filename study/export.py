@@ -12,10 +12,12 @@ Written with the csv module, not through ``trials_dataframe()``, so pandas stays
 from __future__ import annotations
 
 import csv
+import io
 from pathlib import Path
 
 import optuna
 
+from study.files import write_atomically
 from study.progress import epochs_run
 
 __all__ = ["write_trials_csv"]
@@ -30,17 +32,18 @@ def write_trials_csv(study: optuna.Study, path: Path) -> int:
     value = f"value_{study.metric_names[0]}" if study.metric_names else "value"  # as trials_dataframe() names it
     header = ["number", "state", value, "datetime_start", "datetime_complete", "duration", "epochs_run",
               *(f"params_{p}" for p in params), *(f"user_attrs_{a}" for a in attrs)]
-    with open(path, "w", newline="", encoding="utf-8") as f:
-        out = csv.writer(f)
-        out.writerow(header)
-        for t in trials:
-            duration = (t.datetime_complete - t.datetime_start).total_seconds() if t.datetime_complete and t.datetime_start else ""
-            out.writerow([
-                t.number, t.state.name, "" if t.value is None else t.value,
-                t.datetime_start.isoformat() if t.datetime_start else "",
-                t.datetime_complete.isoformat() if t.datetime_complete else "",
-                duration, epochs_run(t),
-                *(t.params.get(p, "") for p in params),
-                *("" if t.user_attrs.get(a) is None else t.user_attrs[a] for a in attrs),
-            ])
+    f = io.StringIO(newline="")  # the rows, built in memory and written whole (study.files)
+    out = csv.writer(f)
+    out.writerow(header)
+    for t in trials:
+        duration = (t.datetime_complete - t.datetime_start).total_seconds() if t.datetime_complete and t.datetime_start else ""
+        out.writerow([
+            t.number, t.state.name, "" if t.value is None else t.value,
+            t.datetime_start.isoformat() if t.datetime_start else "",
+            t.datetime_complete.isoformat() if t.datetime_complete else "",
+            duration, epochs_run(t),
+            *(t.params.get(p, "") for p in params),
+            *("" if t.user_attrs.get(a) is None else t.user_attrs[a] for a in attrs),
+        ])
+    write_atomically(path, f.getvalue())
     return len(trials)

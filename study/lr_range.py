@@ -17,6 +17,7 @@ from pathlib import Path
 
 from typing import TYPE_CHECKING
 
+from study.files import write_atomically
 from study.cli import EXIT_INTERRUPTED, EXIT_OK, EXIT_USAGE, Parser, add_device_arguments, float_in, int_at_least, set_threads
 from study.constants import MIN_LR, OPTIMIZERS, PRECISIONS, TRAIN_SIZE
 from study.interrupt import raise_on_interrupt, run_main
@@ -85,7 +86,7 @@ def main(argv: list[str] | None = None) -> int:
                                steps=args.steps, batch_size=args.batch_size, seed=args.seed,
                                precision=args.precision)
         out.parent.mkdir(parents=True, exist_ok=True)
-        range_figure(result).write_html(out, include_plotlyjs=True)
+        write_atomically(out, range_figure(result).to_html(include_plotlyjs=True))
     except (ValueError, MnistDataError, OSError) as e:
         print(f"error: {e}", file=sys.stderr)
         return EXIT_USAGE

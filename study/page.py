@@ -13,6 +13,7 @@ from optuna.trial import TrialState
 
 from storage import hide_password
 from objectives.space import trial_lr
+from study.files import write_atomically
 from study.findings import DecayRow, warmup_rows
 from study.progress import metric_name
 
@@ -289,4 +290,4 @@ def write_page(path: Path, title: str, sections: list[tuple[str, str]]) -> None:
     for heading, body in sections:
         parts.append(f"<section><h2>{html.escape(heading)}</h2>{body}</section>")
     parts.append("</body></html>")
-    path.write_text("\n".join(parts), encoding="utf-8")
+    write_atomically(path, "\n".join(parts))

@@ -19,6 +19,7 @@ from optuna.trial import TrialState
 from objectives import MnistDataError, load_mnist, resolve_device
 from storage import (StorageError, dashboard_command, hide_password, open_storage, sqlite_path,
                      storage_failure)
+from study.files import write_atomically
 from study.cli import (EXIT_INTERRUPTED, EXIT_OK, EXIT_STORAGE, EXIT_USAGE, REPORT_FILES, REPORT_MARKER, report_folder,
                        set_threads)
 from study.constants import CPU_CANDIDATES
@@ -162,10 +163,10 @@ def _report(args: argparse.Namespace) -> int:
         sections.append((heading, body))
     if replaced:
         print(f"warning: {replaced}", file=sys.stderr)
-    (args.out / REPORT_MARKER).write_text(study.study_name + "\n", encoding="utf-8")  # this folder is a report's
+    write_atomically(args.out / REPORT_MARKER, study.study_name + "\n")  # this folder is a report's
     page = args.out / "index.html"
     write_page(page, f"lr-study report: {study.study_name}", sections)
-    (args.out / "summary.md").write_text(md, encoding="utf-8")
+    write_atomically(args.out / "summary.md", md)
     write_trials_csv(study, args.out / "trials.csv")
 
     # the dashboard shows the summary as the study's note and offers the page as an artifact

@@ -554,3 +554,24 @@ def test_an_immutable_database_is_one_line_and_left_as_it_is(tmp_path: Path) -> 
         assert hashlib.sha256(path.read_bytes()).hexdigest() == digest
     finally:
         subprocess.run(["chattr", "-i", str(path)], capture_output=True)
+
+
+def test_a_link_planted_in_a_report_folder_is_replaced_not_written_through(tmp_path: Path) -> None:
+    """index.html replaced by a link to another file: the next report overwrote that file with
+    the page. Every file of the report is now written beside its name and moved over it."""
+    url = f"sqlite:///{tmp_path / 's.db'}"
+    assert run_here("--storage", url, "--trials", "1", *SMALL, cwd=tmp_path).returncode == 0
+    out = tmp_path / "r"
+    first = run_here("--storage", url, "--final-seeds", "0", "--out", str(out), cwd=tmp_path, module="study.report")
+    assert first.returncode == 0, first.stderr
+    victim = tmp_path / "victim.txt"
+    victim.write_text("mine")
+    for name in ("index.html", "summary.md", "trials.csv"):
+        (out / name).unlink()
+        (out / name).symlink_to(victim)
+    again = run_here("--storage", url, "--final-seeds", "0", "--out", str(out), cwd=tmp_path, module="study.report")
+    assert again.returncode == 0, again.stderr
+    assert victim.read_text() == "mine"
+    for name in ("index.html", "summary.md", "trials.csv"):
+        assert not (out / name).is_symlink() and (out / name).stat().st_size > 0
+    assert not [p for p in out.iterdir() if p.name.endswith(".tmp")]  # no temporary file left
