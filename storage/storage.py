@@ -25,6 +25,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 import optuna
+from optuna.storages._rdb import models as _optuna_models  # its table names only
 import sqlalchemy
 from optuna.storages import RDBStorage, RetryHeartbeatStaleTrialCallback
 from sqlalchemy.engine import URL, make_url
@@ -140,6 +141,26 @@ def filesystem_type(path: Path, mounts: str | None = None) -> str:
     return kind
 
 
+#: the tables an Optuna storage holds (its schema's, and Alembic's for its migrations)
+_OPTUNA_TABLES = frozenset({"studies", "study_directions", "study_system_attributes", "study_user_attributes",
+                            "trial_heartbeats", "trial_intermediate_values", "trial_params", "trial_system_attributes",
+                            "trial_user_attributes", "trial_values", "trials", "version_info", "alembic_version"}) \
+    | frozenset(_optuna_models.BaseModel.metadata.tables)  # and any a later Optuna adds
+
+
+def _optuna_tables(path: Path, tables: set[str]) -> bool:
+    """Whether ``tables`` of the SQLite file ``path`` are an Optuna storage's: Optuna's names only
+    (SQLite's own ``sqlite_*`` aside), version_info among them with Optuna's columns."""
+    if "version_info" not in tables or not {t for t in tables if not t.startswith("sqlite_")} <= _OPTUNA_TABLES:
+        return False
+    connection = sqlite3.connect(f"{path.resolve().as_uri()}?mode=ro", uri=True, timeout=60)
+    try:
+        columns = {row[1] for row in connection.execute("PRAGMA table_info(version_info)")}
+    finally:
+        connection.close()
+    return {"schema_version", "library_version"} <= columns
+
+
 def _sqlite_tables(path: Path) -> set[str]:
     """The tables of the SQLite file ``path``, read without changing a byte of it (a read-only
     connection; it still sees what other processes' open transactions have committed), after
@@ -178,13 +199,14 @@ def _prepare_sqlite(url: str, parsed: URL, create: bool = True) -> None:
         raise StorageError(f"storage {url!r} names a folder, not a database file: {path}")
     if path.exists() and path.stat().st_size > 0:
         # Another program's database is left exactly as it is: Optuna would add its tables to it
-        # (and WAL would rewrite its header). An Optuna storage has the version_info table.
+        # (and WAL would rewrite its header). An Optuna storage has Optuna's tables and no other,
+        # its version_info with Optuna's columns (a version_info table alone was taken for one).
         try:
             tables = _sqlite_tables(path)
         except sqlite3.DatabaseError as e:
             raise StorageError(f"storage {url!r}: {path} is not a usable SQLite database ({_one_line(e)}); left as it "
                                "is: restore it from a copy, or give another file") from None
-        if tables and "version_info" not in tables:
+        if tables and not _optuna_tables(path, tables):
             shown = ", ".join(sorted(tables)[:5]) + (", …" if len(tables) > 5 else "")
             raise StorageError(f"storage {url!r}: {path} is a database of another program (tables: {shown}), not an "
                                "Optuna storage; left as it is: give another file")
