@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import random
 import shlex
+import shutil
 import re
 import sqlite3
 import textwrap
@@ -204,8 +205,7 @@ def _prepare_sqlite(url: str, parsed: URL, create: bool = True) -> None:
         try:
             tables = _sqlite_tables(path)
         except sqlite3.DatabaseError as e:
-            raise StorageError(f"storage {url!r}: {path} is not a usable SQLite database ({_one_line(e)}); left as it "
-                               "is: restore it from a copy, or give another file") from None
+            raise StorageError(_sqlite_problem(url, path, e)) from None
         if tables and not _optuna_tables(path, tables):
             shown = ", ".join(sorted(tables)[:5]) + (", …" if len(tables) > 5 else "")
             raise StorageError(f"storage {url!r}: {path} is a database of another program (tables: {shown}), not an "
@@ -217,7 +217,34 @@ def _prepare_sqlite(url: str, parsed: URL, create: bool = True) -> None:
         finally:
             connection.close()
     except sqlite3.DatabaseError as e:  # OperationalError (cannot open) is a subclass
-        raise StorageError(f"storage {url!r}: {path} is not a usable SQLite database ({_one_line(e)})") from None
+        raise StorageError(_sqlite_problem(url, path, e)) from None
+
+
+#: SQLite's primary result codes for a file that is damaged or is not a database at all
+_SQLITE_DAMAGED = {11: "SQLITE_CORRUPT", 26: "SQLITE_NOTADB"}
+_SQLITE_DISK = {10: "SQLITE_IOERR", 13: "SQLITE_FULL", 14: "SQLITE_CANTOPEN", 8: "SQLITE_READONLY"}
+
+
+def _sqlite_problem(url: str, path: Path, e: sqlite3.DatabaseError) -> str:
+    """One line for ``e`` on the SQLite file ``path``: a damaged file is told apart from a disk
+    that is full or cannot be written (SQLite's result code; the free space), so that nobody
+    restores an old copy over an intact database and loses the trials since."""
+    code = getattr(e, "sqlite_errorcode", None)
+    primary = code & 0xFF if isinstance(code, int) else None
+    try:
+        free = shutil.disk_usage(path.parent).free
+    except OSError:
+        free = None
+    if primary in _SQLITE_DAMAGED or (primary is None and ("not a database" in str(e) or "malformed" in str(e))):
+        return (f"storage {url!r}: {path} is not a usable SQLite database ({_one_line(e)}); left as it is: "
+                "restore it from a copy, or give another file")
+    if primary == 13 or (free is not None and free < 1 << 20):
+        return (f"storage {url!r}: the disk of {path} is full ({_one_line(e)}; {free or 0:,} bytes free); the "
+                "database is left as it is: free some space and run the same command again")
+    if primary in _SQLITE_DISK:
+        return (f"storage {url!r}: {path} cannot be read or written ({_one_line(e)}, {_SQLITE_DISK[primary]}: "
+                "the disk, its permissions or a lock, not the file's content); left as it is")
+    return f"storage {url!r}: {path} is not a usable SQLite database ({_one_line(e)}); left as it is"
 
 
 def _serialize_sqlite_transactions(engine: sqlalchemy.engine.Engine) -> None:

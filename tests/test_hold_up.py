@@ -328,3 +328,35 @@ def test_a_postgres_server_that_never_answers_is_given_up_on(tmp_path: Path, mon
     message = str(excinfo.value)
     assert 2 <= took < 10, took  # the lowered timeout ended it, not the default one or the OS's
     assert "\n" not in message and "secret" not in message and str(port) in message
+
+
+def test_a_full_disk_is_not_called_a_damaged_database(tmp_path: Path) -> None:
+    """Opened on a full disk, an intact study was "not a usable SQLite database (disk I/O error);
+    restore it from a copy": a user who did lost every trial since the copy. SQLite's result code
+    and the free space tell a full disk from a damaged file."""
+    import hashlib
+
+    disk = tmp_path / "small-disk"
+    disk.mkdir()
+    mounted = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=1000k", "tmpfs", str(disk)], capture_output=True)
+    if mounted.returncode != 0:
+        pytest.skip(f"cannot mount a small tmpfs here (needs root): {mounted.stderr.decode().strip()}")
+    try:
+        url = f"sqlite:///{disk / 's.db'}"
+        assert run_here("--trials", "1", *SMALL, "--storage", url, cwd=tmp_path).returncode == 0
+        with open(disk / "filler", "wb") as f:  # the rest of the disk, taken by something else
+            try:
+                while True:
+                    f.write(b"\0" * 65536)
+                    f.flush()
+            except OSError:
+                pass
+        before = {p.name: hashlib.sha256(p.read_bytes()).hexdigest() for p in disk.iterdir() if p.name != "filler"}
+        done = run_here("--trials", "3", *SMALL, "--storage", url, cwd=tmp_path)
+        errors = done.stderr.strip().splitlines()
+        assert done.returncode in (2, 3) and len(errors) == 1, done.stderr
+        assert "full" in errors[0] and "restore it from a copy" not in errors[0] and str(disk) in errors[0], errors
+        after = {p.name: hashlib.sha256(p.read_bytes()).hexdigest() for p in disk.iterdir() if p.name != "filler"}
+        assert after["s.db"] == before["s.db"]
+    finally:
+        subprocess.run(["umount", str(disk)], capture_output=True)
