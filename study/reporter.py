@@ -72,17 +72,32 @@ def terminal_lines(study: optuna.Study, final: dict | None) -> list[str]:
     return lines
 
 
-def _check_out(folder: Path, name: str) -> str | None:
+def _marker(name: str, storage: str) -> str:
+    """What a report folder's marker holds: the study's name and its storage (password hidden)."""
+    return f"{name}\n{hide_password(storage)}\n"
+
+
+def _check_out(folder: Path, name: str, storage: str) -> str | None:
     """A one-line ValueError if ``folder`` holds files a report did not write (the report never
-    overwrites those); a warning if it holds another study's report, which this one replaces."""
+    overwrites those), or cannot be looked at (a name too long); a warning if it holds another
+    study's report (another name, or the same name in another storage), which this one replaces."""
+    try:
+        return _check_out_folder(folder, name, storage)
+    except OSError as e:
+        raise ValueError(f"--out {folder} cannot be used ({e.strerror or e})") from None
+
+
+def _check_out_folder(folder: Path, name: str, storage: str) -> str | None:
     if not folder.is_dir():
         return None
     entries = {p.name for p in folder.iterdir()}
     marker = folder / REPORT_MARKER
     if marker.is_file():
-        made_for = marker.read_text(encoding="utf-8", errors="replace").strip()
-        return None if made_for == name else \
-            f"--out {folder} holds the report of study {made_for!r}: replaced by study {name!r}'s"
+        made_for, *made_in = marker.read_text(encoding="utf-8", errors="replace").strip().split("\n")
+        if made_for == name and (not made_in or made_in[0] == hide_password(storage)):  # a marker of before: the name
+            return None
+        where = f" in {made_in[0]}" if made_in and made_for == name else ""
+        return f"--out {folder} holds the report of study {made_for!r}{where}: replaced by study {name!r}'s"
     if entries - set(REPORT_FILES):
         raise ValueError(f"--out {folder} holds files a report did not write ({', '.join(sorted(entries)[:3])}"
                          f"{', …' if len(entries) > 3 else ''}); give a new or empty folder")
@@ -124,7 +139,7 @@ def _report(args: argparse.Namespace) -> int:
         if artifact_dir is None:
             db = sqlite_path(args.storage)
             artifact_dir = (db.parent if db is not None else Path(".")) / "artifacts"
-        replaced = _check_out(args.out, study.study_name)
+        replaced = _check_out(args.out, study.study_name, args.storage)
         for folder, flag in ((args.out, "--out"), (artifact_dir, "--artifact-dir")):
             _check_writable(folder, flag)
     except (ValueError, StorageError) as e:
@@ -163,19 +178,25 @@ def _report(args: argparse.Namespace) -> int:
         sections.append((heading, body))
     if replaced:
         print(f"warning: {replaced}", file=sys.stderr)
-    write_atomically(args.out / REPORT_MARKER, study.study_name + "\n")  # this folder is a report's
     page = args.out / "index.html"
-    write_page(page, f"lr-study report: {study.study_name}", sections)
-    write_atomically(args.out / "summary.md", md)
-    write_trials_csv(study, args.out / "trials.csv")
-
     # the dashboard shows the summary as the study's note and offers the page as an artifact
     from optuna_dashboard import save_note
 
     from optuna.artifacts import FileSystemArtifactStore, upload_artifact
 
-    artifact_id = upload_artifact(artifact_store=FileSystemArtifactStore(str(artifact_dir)), file_path=str(page),
-                                  study_or_trial=study, mimetype="text/html")
+    try:  # each file whole or as it was (study.files); a full disk is one line, not a traceback
+        write_atomically(args.out / REPORT_MARKER, _marker(study.study_name, args.storage))  # this folder is a report's
+        write_page(page, f"lr-study report: {study.study_name}", sections)
+        write_atomically(args.out / "summary.md", md)
+        write_trials_csv(study, args.out / "trials.csv")
+        artifact_id = upload_artifact(artifact_store=FileSystemArtifactStore(str(artifact_dir)), file_path=str(page),
+                                      study_or_trial=study, mimetype="text/html")
+    except OSError as e:
+        where = e.filename or args.out
+        print(f"error: the report could not be written to {where} ({e.strerror or e}); the study is unchanged and "
+              "the final word not stored: free some space (or give --out / --artifact-dir elsewhere) and run again",
+              file=sys.stderr)
+        return EXIT_STORAGE
     # the study's own records last, once every file is written
     save_note(study, md)
     hide_stored_password(study)

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import json
 import shlex
+import subprocess
 from pathlib import Path
 
 import optuna
@@ -575,3 +576,58 @@ def test_a_link_planted_in_a_report_folder_is_replaced_not_written_through(tmp_p
     for name in ("index.html", "summary.md", "trials.csv"):
         assert not (out / name).is_symlink() and (out / name).stat().st_size > 0
     assert not [p for p in out.iterdir() if p.name.endswith(".tmp")]  # no temporary file left
+
+
+def test_two_storages_with_one_study_name_do_not_share_a_report_silently(tmp_path: Path) -> None:
+    """The marker held the study's name only: the second storage's report replaced the first's
+    folder without a word."""
+    urls = [f"sqlite:///{tmp_path / name}" for name in ("a.db", "b.db")]
+    for url in urls:
+        assert run_here("--storage", url, "--trials", "1", *SMALL, cwd=tmp_path).returncode == 0
+    first = run_here("--storage", urls[0], "--final-seeds", "0", cwd=tmp_path, module="study.report")
+    assert first.returncode == 0 and "replaced" not in first.stderr, first.stderr
+    again = run_here("--storage", urls[0], "--final-seeds", "0", cwd=tmp_path, module="study.report")
+    assert again.returncode == 0 and "replaced" not in again.stderr  # its own report: no word
+    other = run_here("--storage", urls[1], "--final-seeds", "0", cwd=tmp_path, module="study.report")
+    assert other.returncode == 0 and "replaced by study 'mnist-mlp-lr'" in other.stderr, other.stderr
+    assert urls[0] in other.stderr
+
+
+def test_an_out_name_too_long_is_one_line(tmp_path: Path) -> None:
+    url = f"sqlite:///{tmp_path / 's.db'}"
+    assert run_here("--storage", url, "--trials", "1", *SMALL, cwd=tmp_path).returncode == 0
+    done = run_here("--storage", url, "--final-seeds", "0", "--out", str(tmp_path / ("x" * 300)), cwd=tmp_path,
+                    module="study.report")
+    assert done.returncode == 2 and len(done.stderr.strip().splitlines()) == 1, done.stderr
+    assert "--out" in done.stderr and "Traceback" not in done.stderr
+
+
+def test_a_full_disk_while_the_report_writes_is_one_line_and_the_page_before_stays_whole(tmp_path: Path) -> None:
+    """--out on a disk that fills: an OSError traceback after the whole final word, and a
+    truncated index.html. Now one line, exit 3, and the previous page as it was."""
+    import hashlib
+
+    disk = tmp_path / "small-disk"
+    disk.mkdir()
+    mounted = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=12m", "tmpfs", str(disk)], capture_output=True)
+    if mounted.returncode != 0:
+        pytest.skip(f"cannot mount a small tmpfs here (needs root): {mounted.stderr.decode().strip()}")
+    try:
+        url = f"sqlite:///{tmp_path / 's.db'}"
+        assert run_here("--storage", url, "--trials", "1", *SMALL, cwd=tmp_path).returncode == 0
+        args = ["--storage", url, "--final-seeds", "0", "--out", str(disk / "r"), "--artifact-dir", str(tmp_path / "a")]
+        first = run_here(*args, cwd=tmp_path, module="study.report")
+        assert first.returncode == 0, first.stderr
+        page = (disk / "r" / "index.html").read_bytes()
+        import shutil
+
+        with open(disk / "filler", "wb") as f:  # room for the write check, not for a page
+            f.write(b"\0" * max(0, shutil.disk_usage(disk).free - 200_000))
+        again = run_here(*args, cwd=tmp_path, module="study.report")
+        errors = again.stderr.strip().splitlines()
+        assert again.returncode == 3 and len(errors) == 1 and "Traceback" not in again.stderr, again.stderr
+        assert "could not be written" in errors[0] and str(disk) in errors[0]
+        assert hashlib.sha256((disk / "r" / "index.html").read_bytes()).digest() == hashlib.sha256(page).digest()
+        assert not [p for p in (disk / "r").iterdir() if p.name.endswith(".tmp")]
+    finally:
+        subprocess.run(["umount", str(disk)], capture_output=True)
