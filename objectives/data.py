@@ -24,7 +24,7 @@ import numpy as np
 import torch
 
 from objectives.checks import check_int
-from objectives.device import resolve_device
+from objectives.device import as_out_of_memory, resolve_device
 
 __all__ = [
     "MNIST_FILES",
@@ -258,11 +258,26 @@ def load_mnist(
     root = Path(data_dir) if data_dir is not None else default_data_dir()
 
     with _lock:
-        source, raw = _load_raw(root, download)
-        key = (source, str(resolved), dtype, train_samples)
-        if key not in _data_cache:
-            _data_cache[key] = _to_tensors(raw, source, resolved, dtype, train_samples)
+        try:
+            source, raw = _load_raw(root, download)
+            key = (source, str(resolved), dtype, train_samples)
+            if key not in _data_cache:
+                _data_cache[key] = _to_tensors(raw, source, resolved, dtype, train_samples)
+        except MemoryError:  # the host's allocator (a ulimit, a full machine): one line for the caller
+            raise MnistDataError(f"not enough memory to load MNIST from {root} into {resolved} as {dtype} (about "
+                                 f"{_bytes_needed(dtype, train_samples) / 2**20:.0f} MiB); free memory or raise "
+                                 "the process's limit") from None
+        except RuntimeError as e:
+            if as_out_of_memory(e) is None:
+                raise
+            raise MnistDataError(f"not enough memory to load MNIST from {root} into {resolved} as {dtype} "
+                                 f"({str(e).splitlines()[0][:160]})") from None
         return _data_cache[key]
+
+
+def _bytes_needed(dtype: torch.dtype, train_samples: int | None) -> int:
+    images = (train_samples or TRAIN_SIZE) + VAL_SIZE + 10_000
+    return images * 784 * torch.tensor([], dtype=dtype).element_size() + 70_000 * 784  # and the raw bytes
 
 
 def _to_tensors(

@@ -204,3 +204,36 @@ def test_import_has_no_side_effects(tmp_path: Path) -> None:
     assert done.returncode == 0, done.stderr
     assert done.stdout == "" and done.stderr == ""
     assert list(tmp_path.iterdir()) == []  # wrote nothing either
+
+
+@pytest.mark.parametrize("module", ["study.run", "study.lr_range"])
+def test_out_of_memory_while_loading_is_one_line(mnist_copy, tmp_path, monkeypatch, module) -> None:
+    """Out of memory while the images became tensors (``ulimit -v 3500000``): a MemoryError
+    traceback from study.run and study.lr_range. Now one line naming it, exit 2, nothing stored."""
+    import objectives.data as data_module
+    from cli_helpers import run_here
+
+    def no_memory(*args, **kwargs):
+        raise MemoryError
+
+    monkeypatch.setattr(data_module, "_to_tensors", no_memory)
+    args = ["--device", "cpu", "--data-dir", str(mnist_copy), "--train-samples", "2000"]
+    if module == "study.run":
+        args += ["--trials", "1", "--epochs", "1", "--storage", f"sqlite:///{tmp_path / 's.db'}"]
+    done = run_here(*args, cwd=tmp_path, module=module)
+    errors = done.stderr.strip().splitlines()
+    assert done.returncode == 2 and len(errors) == 1 and "Traceback" not in done.stderr, done.stderr
+    assert "not enough memory to load MNIST" in errors[0]
+    # nothing trained: at most the new study's queued start, waiting for a rerun
+    assert all(t.state.name == "WAITING" for t in optuna_trials(tmp_path / "s.db"))
+
+
+def optuna_trials(path):
+    import optuna
+
+    if not path.exists():
+        return []
+    try:
+        return optuna.load_study(study_name="mnist-mlp-lr", storage=f"sqlite:///{path}").trials
+    except KeyError:
+        return []
