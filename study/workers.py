@@ -13,6 +13,7 @@ import multiprocessing
 import os
 import signal
 import sys
+import warnings
 import time
 
 import optuna
@@ -225,6 +226,9 @@ def _worker_main(s: Settings, worker: int, relay: multiprocessing.Queue | None =
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     signal.signal(signal.SIGTERM, raise_interrupt)
     optuna.logging.set_verbosity(optuna.logging.ERROR)
+    # as the parent sets them (a spawned process starts with Python's own filters): Optuna's
+    # ExperimentalWarning for the fused path's APIs was printed at every new trial, over the bar
+    warnings.filterwarnings("ignore", category=optuna.exceptions.ExperimentalWarning)
     set_threads(s.workers, s.threads)  # the workers share the cores instead of each taking all of them
     bar = _RelayedBar(relay) if relay is not None else None
     started = (f"w{worker} started: process {os.getpid()}, {torch.get_num_threads()} thread(s), device "
