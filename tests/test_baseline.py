@@ -225,6 +225,7 @@ def test_the_baseline_is_a_candidate_and_can_be_the_answer(mnist_dir) -> None:
     assert md[2].startswith("**The study found nothing better than your baseline")
 
 
+@pytest.mark.slow
 def test_a_better_answer_is_paired_with_the_baseline_on_the_same_seeds(mnist_dir) -> None:
     selection, final_data = _small(mnist_dir)
     study = _study((GOOD, 0.01), (SLOW, 0.5), baseline=None)

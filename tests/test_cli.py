@@ -153,6 +153,7 @@ COMBINATIONS = [(s, "median") for s in ("tpe", "random", "cmaes", "gp", "qmc")] 
     ("tpe", p) for p in ("hyperband", "sha", "patient", "none")]
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("sampler, pruner", COMBINATIONS)
 def test_every_sampler_and_pruner_runs(tmp_path: Path, sampler: str, pruner: str, monkeypatch) -> None:
     """Each pruner is consulted on epochs it may judge. At 2 trials of 2 epochs none could judge
@@ -381,6 +382,7 @@ def test_report_defaults_to_the_storage_of_study_run(tmp_path: Path) -> None:
     assert (tmp_path / "reports" / "mnist-mlp-lr" / "index.html").is_file()
 
 
+@pytest.mark.slow
 def test_epoch_valued_ranges_are_cut_to_the_run_and_fingerprinted(tmp_path: Path) -> None:
     url = f"sqlite:///{tmp_path / 'cut.db'}"
     args = ["--storage", url, "--sampler", "random", "--pruner", "none", "--epochs", "3", "--train-samples", "1000",

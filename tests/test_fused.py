@@ -37,6 +37,7 @@ def rel(a: torch.Tensor, b: torch.Tensor) -> float:
     return ((a - b).abs().max() / b.abs().max()).item()
 
 
+@pytest.mark.slow
 def test_same_curves_and_final_weights_as_separate_runs(data64) -> None:
     fused = train_many(CONFIGS, data64, epochs=3, seeds=SEEDS, shuffle_seed=7)
     for config, seed, got in zip(CONFIGS, SEEDS, fused):
@@ -56,6 +57,7 @@ def test_same_curves_and_final_weights_as_separate_runs(data64) -> None:
     assert plateau.val_losses[1] > plateau.val_losses[0] and plateau.final_lrs["fc3"] == pytest.approx(0.2)
 
 
+@pytest.mark.slow
 def test_same_as_separate_runs_with_a_short_last_batch(mnist_dir) -> None:
     """600 images in batches of 64: nine full batches and one of 24 in each epoch. The fixture
     above (640 = 10 x 64) never ran a short batch, so a fused engine that mishandled one (its
@@ -71,6 +73,7 @@ def test_same_as_separate_runs_with_a_short_last_batch(mnist_dir) -> None:
             assert rel(p, q) < 1e-9, (config.optimizer, rel(p, q))
 
 
+@pytest.mark.slow
 def test_a_stopped_trial_freezes_and_a_diverged_one_is_infeasible(data64) -> None:
     configs = [CONFIGS[1], TrainConfig(optimizer="sgd", lr=10.0, batch_size=64), CONFIGS[0]]
     calls = []
@@ -101,6 +104,7 @@ def test_bad_arguments(data64) -> None:
         next(train_stream([(CONFIGS[0], 0)], data64, epochs=1, slots=0))
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("ahead", [False, True], ids=["in-between", "ahead"])
 def test_refilled_slots_train_like_separate_runs(data64, ahead, monkeypatch) -> None:
     # 2 slots for 5 jobs; stopping two trials early frees slots at different epochs, so the
@@ -183,6 +187,7 @@ def test_stack_layout_is_the_models() -> None:
         assert torch.equal(flat[lo:hi].view_as(p), p.detach())
 
 
+@pytest.mark.slow
 def test_a_stream_builds_its_stack_once_however_trials_join_and_leave(data64) -> None:
     """The stack was rebuilt (and on CUDA its steps captured again) at every join and leave:
     nearly every epoch boundary of a pruned study. Its K rows are now fixed for the stream."""
@@ -196,6 +201,7 @@ def test_a_stream_builds_its_stack_once_however_trials_join_and_leave(data64) ->
     assert Stack.builds - before == 1
 
 
+@pytest.mark.slow
 def test_a_fused_study_builds_one_stack_per_k(tmp_path, monkeypatch) -> None:
     """A fused study with pruning: at most one stack per distinct K (the OOM halving makes another)."""
     from cli_helpers import SMALL
@@ -208,6 +214,7 @@ def test_a_fused_study_builds_one_stack_per_k(tmp_path, monkeypatch) -> None:
     assert Stack.builds - before == 1
 
 
+@pytest.mark.slow
 def test_an_epochs_seconds_leave_out_the_callers_work(data64) -> None:
     """Working ahead, the caller's share (a study's tells, asks and sampling) runs inside an
     epoch's window; on a CPU, where it cannot overlap, it is not the epoch's time (a trial's

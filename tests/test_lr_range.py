@@ -57,6 +57,7 @@ def test_cli_bad_range_is_one_line(tmp_path: Path) -> None:
     assert done.returncode == 2 and len(done.stderr.strip().splitlines()) == 1 and "--start-lr" in done.stderr
 
 
+@pytest.mark.slow
 def test_study_run_lr_range_narrows_and_records_and_resumes(tmp_path: Path, capsys) -> None:
     url = f"sqlite:///{tmp_path / 'r.db'}"
     assert main(["--trials", "4", "--storage", url, "--lr-range", *SMALL]) == 0

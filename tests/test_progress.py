@@ -90,6 +90,7 @@ def test_the_bar_moves_while_a_trial_trains_and_shows_the_studys_best_from_the_s
     assert any(b[3] != "?" for b in before_an_end)  # a time remaining before any trial of this run ended
 
 
+@pytest.mark.slow
 def test_a_busy_machine_gets_fewer_threads_said_in_one_line(tmp_path: Path) -> None:
     """With one other busy program on 2 cores, the default (all usable cores) made an fp32 epoch
     16.97 s against 1.93 s with --threads 1: the default now leaves the busy cores out."""

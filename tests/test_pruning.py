@@ -105,6 +105,7 @@ def test_a_boundary_judged_from_one_snapshot_decides_as_the_pruner_one_at_a_time
     assert any(any(row) for row in decisions[0][0])  # the case does prune something
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("k", [3, 8])
 def test_a_fused_epoch_boundary_is_one_write_and_one_read_whatever_k(k: int, tmp_path: Path, monkeypatch) -> None:
     from optuna.storages._cached_storage import _CachedStorage

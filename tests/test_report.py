@@ -200,6 +200,7 @@ def _small(mnist_dir, test_labels=None):
     return selection, final
 
 
+@pytest.mark.slow
 def test_the_fused_final_word_gives_the_accuracies_of_one_run_at_a_time(reported, mnist_dir) -> None:
     # in float64 on a small set: train_stream's (configuration, seed) pairs, each with its own
     # seed for the weights and the batch order and its own stop, against one train per pair
@@ -225,6 +226,7 @@ def test_the_fused_final_word_gives_the_accuracies_of_one_run_at_a_time(reported
     assert len({v for r in fused["candidates"] for v in r["val_values"]}) == 2 * n
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("fused", [False, True])
 def test_the_final_word_chooses_without_the_test_set(mnist_dir, monkeypatch, fused) -> None:
     """The answer, every validation value of the selection and every model the 60k runs train are

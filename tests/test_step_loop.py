@@ -117,6 +117,7 @@ def ops_per_step(configs: list[TrainConfig], two_sizes) -> float:
     return (long - short) / 6
 
 
+@pytest.mark.slow
 def test_a_fused_step_is_the_same_ops_for_any_mix_of_optimizers_and_any_k(two_sizes) -> None:
     """The update was a block of ops per optimizer present (rows grouped by optimizer): a study
     whose trials in flight changed their mix changed its kernels, and each change of the set of
