@@ -54,8 +54,9 @@ class StorageError(RuntimeError):
 #: ``@`` that a host and the end of the authority follow (a raw ``@``, a space or a quote in the
 #: password is still the password; SQLAlchemy and libpq accept them), and a ``password=`` query
 #: value. Masking by a character class stopped at the first space or quote and left the rest.
-_PASSWORD = re.compile(r"(?P<head>\b[a-zA-Z][\w+.-]*://[^\s:/@'\"]*:)(?P<pw>.*?)@(?=[^@\s/?#'\"]*(?:[/?#\s'\"]|$))"
-                       r"|(?P<query>[?&]password=)(?P<qv>[^&#\s]*)", re.S)
+#: Within one line, and not a port (``http://host:8080/`` followed by an ``@`` later on the line).
+_PASSWORD = re.compile(r"(?P<head>\b[a-zA-Z][\w+.-]*://[^\s:/@'\"]*:)(?!\d+(?:[/?#\s]|$))(?P<pw>[^\n]{0,256}?)"
+                       r"@(?=[^@\s/?#'\"]*(?:[/?#\s'\"]|$))|(?P<query>[?&]password=)(?P<qv>[^&#\s]*)")
 #: every password seen in a URL this process masked, in each spelling (as typed, percent-decoded,
 #: percent-encoded): an error message of a driver may quote it without its URL around it
 _SECRETS: set[str] = set()
