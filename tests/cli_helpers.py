@@ -31,6 +31,23 @@ def run_cli(*args: str, cwd: Path, timeout: float = 240, module: str = "study.ru
 STARTUP_FILTERS = list(warnings.filters)
 
 
+@contextlib.contextmanager
+def small_disk(tmp_path: Path, size: str):
+    """A tmpfs of ``size`` (``"1000k"``, ``"12m"``) mounted at ``tmp_path/small-disk`` for the
+    block, unmounted after; the test is skipped where mounting needs a root this run lacks."""
+    import pytest
+
+    disk = tmp_path / "small-disk"
+    disk.mkdir()
+    mounted = subprocess.run(["mount", "-t", "tmpfs", "-o", f"size={size}", "tmpfs", str(disk)], capture_output=True)
+    if mounted.returncode != 0:
+        pytest.skip(f"cannot mount a small tmpfs here (needs root): {mounted.stderr.decode().strip()}")
+    try:
+        yield disk
+    finally:
+        subprocess.run(["umount", str(disk)], capture_output=True)
+
+
 def run_here(*args: str, cwd: Path, module: str = "study.run", timeout: float | None = None) -> subprocess.CompletedProcess[str]:
     """As :func:`run_cli`, in this process: ``MODULE.main(args)`` from ``cwd`` with its output
     captured, for the tests that check what a command says, stores and writes, not what a process

@@ -15,7 +15,7 @@ import pytest
 
 from optuna.trial import TrialState
 
-from cli_helpers import FINISHED, SMALL, load, run_cli, run_here, running_trials, start_cli, wait_until
+from cli_helpers import FINISHED, SMALL, load, run_cli, run_here, small_disk, running_trials, start_cli, wait_until
 
 
 def _made(argv: list[str]) -> bool:
@@ -607,12 +607,7 @@ def test_a_full_disk_while_the_report_writes_is_one_line_and_the_page_before_sta
     truncated index.html. Now one line, exit 3, and the previous page as it was."""
     import hashlib
 
-    disk = tmp_path / "small-disk"
-    disk.mkdir()
-    mounted = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=12m", "tmpfs", str(disk)], capture_output=True)
-    if mounted.returncode != 0:
-        pytest.skip(f"cannot mount a small tmpfs here (needs root): {mounted.stderr.decode().strip()}")
-    try:
+    with small_disk(tmp_path, "12m") as disk:
         url = f"sqlite:///{tmp_path / 's.db'}"
         assert run_here("--storage", url, "--trials", "1", *SMALL, cwd=tmp_path).returncode == 0
         args = ["--storage", url, "--final-seeds", "0", "--out", str(disk / "r"), "--artifact-dir", str(tmp_path / "a")]
@@ -629,5 +624,3 @@ def test_a_full_disk_while_the_report_writes_is_one_line_and_the_page_before_sta
         assert "could not be written" in errors[0] and str(disk) in errors[0]
         assert hashlib.sha256((disk / "r" / "index.html").read_bytes()).digest() == hashlib.sha256(page).digest()
         assert not [p for p in (disk / "r").iterdir() if p.name.endswith(".tmp")]
-    finally:
-        subprocess.run(["umount", str(disk)], capture_output=True)

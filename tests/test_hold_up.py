@@ -14,7 +14,7 @@ from pathlib import Path
 import optuna
 import pytest
 
-from cli_helpers import ENV, FINISHED, SMALL, load, run_cli, run_here
+from cli_helpers import ENV, FINISHED, SMALL, load, run_cli, run_here, small_disk
 from cli_helpers import run_main as run_captured
 from study.run import main as run_main
 
@@ -237,14 +237,9 @@ def test_a_full_disk_mid_run_ends_with_one_line_a_summary_and_a_database_that_re
     import shutil
     import sqlite3
 
-    disk = tmp_path / "small-disk"
-    disk.mkdir()
     # 1000k: a new study queues its first 13 trials (the baseline, its neighbours, the covering start),
     # which with the WAL fill 700k before the first trial ends; the disk must fill mid-run
-    mounted = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=1000k", "tmpfs", str(disk)], capture_output=True)
-    if mounted.returncode != 0:
-        pytest.skip(f"cannot mount a small tmpfs here (needs root): {mounted.stderr.decode().strip()}")
-    try:
+    with small_disk(tmp_path, "1000k") as disk:
         url = f"sqlite:///{disk / 's.db'}"
         args = ["--trials", "300", "--epochs", "1", "--train-samples", "512", "--device", "cpu", "--storage", url]
         done = run_cli(*args, cwd=tmp_path, timeout=300)
@@ -259,8 +254,6 @@ def test_a_full_disk_mid_run_ends_with_one_line_a_summary_and_a_database_that_re
         saved.mkdir()
         for path in disk.iterdir():  # the database with its WAL, as the disk holds it
             shutil.copy(path, saved / path.name)
-    finally:
-        subprocess.run(["umount", str(disk)], capture_output=True)
     with sqlite3.connect(saved / "s.db") as db:
         assert db.execute("PRAGMA integrity_check").fetchone()[0] == "ok"
     # nothing lost: the same command on a disk with room resumes it to the end
@@ -336,12 +329,7 @@ def test_a_full_disk_is_not_called_a_damaged_database(tmp_path: Path) -> None:
     and the free space tell a full disk from a damaged file."""
     import hashlib
 
-    disk = tmp_path / "small-disk"
-    disk.mkdir()
-    mounted = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=1000k", "tmpfs", str(disk)], capture_output=True)
-    if mounted.returncode != 0:
-        pytest.skip(f"cannot mount a small tmpfs here (needs root): {mounted.stderr.decode().strip()}")
-    try:
+    with small_disk(tmp_path, "1000k") as disk:
         url = f"sqlite:///{disk / 's.db'}"
         assert run_here("--trials", "1", *SMALL, "--storage", url, cwd=tmp_path).returncode == 0
         with open(disk / "filler", "wb") as f:  # the rest of the disk, taken by something else
@@ -358,5 +346,3 @@ def test_a_full_disk_is_not_called_a_damaged_database(tmp_path: Path) -> None:
         assert "full" in errors[0] and "restore it from a copy" not in errors[0] and str(disk) in errors[0], errors
         after = {p.name: hashlib.sha256(p.read_bytes()).hexdigest() for p in disk.iterdir() if p.name != "filler"}
         assert after["s.db"] == before["s.db"]
-    finally:
-        subprocess.run(["umount", str(disk)], capture_output=True)
