@@ -97,8 +97,12 @@ def _decay_code(c: TrainConfig, total: str) -> str | None:
         return (f"{sched}.LambdaLR(optimizer, lambda t: {eta!r} + (1 - {eta!r}) * "
                 f"(1 + math.cos(math.pi * min(t, {total}) / ({total}))) / 2)")
     if c.decay == "onecycle":
+        # a rise under one step: torch divides by zero at exactly one and starts at the peak below it;
+        # LRSchedule (objectives.schedules) takes half a step, and so does the snippet
+        pct = c.onecycle_pct_start
+        rise = f"{pct!r} if {pct!r} * ({total} + 1) > 1 else 0.5 / ({total} + 1)"
         return (f"{sched}.OneCycleLR(optimizer, max_lr=[g[\"lr\"] for g in optimizer.param_groups], "
-                f"total_steps={total} + 1, pct_start={c.onecycle_pct_start!r}, div_factor={c.onecycle_div_factor!r}, "
+                f"total_steps={total} + 1, pct_start={rise}, div_factor={c.onecycle_div_factor!r}, "
                 f"final_div_factor={c.onecycle_final_div_factor!r}, anneal_strategy=\"cos\", cycle_momentum=False)")
     if c.decay == "cosine_restarts":  # CosineAnnealingWarmRestarts' formula, relative to each group's LR
         eta = c.restart_eta_min_ratio

@@ -18,16 +18,19 @@ CONFIGS = [
                 **MULTS),
     TrainConfig(optimizer="adamw", lr=3e-3, decay="onecycle", onecycle_pct_start=0.25, onecycle_div_factor=10.0,
                 onecycle_final_div_factor=100.0, **MULTS),
+    # a rise of exactly one step (torch's OneCycleLR divides by zero) and of less than one
+    TrainConfig(optimizer="adamw", lr=3e-3, decay="onecycle", onecycle_pct_start=1 / 81, **MULTS),
+    TrainConfig(optimizer="sgd", lr=0.05, decay="onecycle", onecycle_pct_start=0.004, **MULTS),
     TrainConfig(optimizer="adam", lr=1e-3, decay="cosine_restarts", restart_period=1, restart_mult=2,
                 restart_eta_min_ratio=0.05, warmup_epochs=1, **MULTS),
     TrainConfig(optimizer="adagrad", lr=0.02, decay="constant", warmup_epochs=2, warmup_start_ratio=0.2),
     TrainConfig(optimizer="sgd", lr=0.1, decay="cosine", warmup_epochs=1, cosine_eta_min_ratio=0.001),
 ]
-EPOCHS, STEPS = 8, 10  # 10 steps an epoch: 1,280 images at batch 128
+EPOCHS, STEPS = 8, 10  # 10 steps an epoch: 1,280 images at batch 128; 81 one-cycle steps
 LOSSES = [1.0, 0.9, 0.95, 0.96, 0.8, 0.85, 0.86, 0.87]  # plateau drops after epochs that do not improve
 
 
-@pytest.mark.parametrize("config", CONFIGS, ids=lambda c: f"{c.decay}-warmup{c.warmup_epochs}")
+@pytest.mark.parametrize("config", CONFIGS, ids=lambda c: f"{c.decay}-warmup{c.warmup_epochs}-{c.optimizer}")
 def test_the_pytorch_snippet_follows_the_studys_schedule(config: TrainConfig) -> None:
     code = pytorch_snippet(config, EPOCHS, train_images=STEPS * config.batch_size)
     scope: dict = {}
