@@ -39,6 +39,7 @@ from study.baseline import baseline_label
 from study.experiment import study_metric
 from study.findings import DecayRow, trial_config
 from study.recipe import config_line, pytorch_snippet, recipe_words
+from study.words import count
 
 __all__ = ["FINAL_SEED_BASE", "REFERENCE", "REFERENCE_LABEL", "candidates", "final_word", "paired", "study_baseline",
            "t_quantile"]
@@ -201,8 +202,9 @@ def final_word(study: optuna.Study, rows: list[DecayRow], seeds: int, data: Mnis
 
     # 1. selection: every candidate with every seed on the validation split
     jobs = [(c, s) for c in configs for s in final_seeds]
-    say(f"final word, 1/2: choosing on validation: {len(configs)} candidates{' (the baseline among them)' if base else ''}"
-        f" x {seeds} seeds = {len(jobs)} runs of {epochs} epochs on {data.train_x.shape[0]:,} images ({metric}), on "
+    say(f"final word, 1/2: choosing on validation: {count(len(configs), 'candidate')}"
+        f"{' (the baseline among them)' if base else ''} x {count(seeds, 'seed')} = {count(len(jobs), 'run')} of "
+        f"{count(epochs, 'epoch')} on {data.train_x.shape[0]:,} images ({metric}), on "
         f"{data.device}, {how}")
     runs: list[TrainResult | None] = [None] * len(jobs)
     for done, (i, result) in enumerate(_run_all(jobs, data, epochs, fused=fused, precision=precision,
@@ -235,7 +237,7 @@ def final_word(study: optuna.Study, rows: list[DecayRow], seeds: int, data: Mnis
     for j, r in enumerate(rows_out):
         if j not in eligible:
             say(f"  left out: {'the baseline' if r['baseline'] else 'trial %s' % r['trial']} diverged or did not "
-                f"finish with {r['diverged_seeds'] or 'some'} of {seeds} seeds")
+                f"finish with {r['diverged_seeds'] or 'some'} of {count(seeds, 'seed')}")
     answer_j = min(eligible, key=lambda j: (rows_out[j]["val_mean"], not rows_out[j]["baseline"],
                                             rows_out[j]["study_value"] if rows_out[j]["study_value"] is not None
                                             else math.inf), default=None)
@@ -256,7 +258,7 @@ def final_word(study: optuna.Study, rows: list[DecayRow], seeds: int, data: Mnis
     out["answer_is_baseline"] = answer_j == base_j
     stop = answer_row["stop_epoch"]
     say(f"  the answer: {'the baseline' if answer_j == base_j else 'trial %s' % answer_row['trial']} "
-        f"({', '.join(answer_row['labels'])}), mean {metric} {answer_row['val_mean']:.4f} over {seeds} seeds")
+        f"({', '.join(answer_row['labels'])}), mean {metric} {answer_row['val_mean']:.4f} over {count(seeds, 'seed')}")
 
     # 2. test, once: the answer and the baseline with the same seeds on all 60k images. A plateau
     # decay, whose "validation" set is now the test set, replays its seed's selection losses.
@@ -270,8 +272,8 @@ def final_word(study: optuna.Study, rows: list[DecayRow], seeds: int, data: Mnis
     final_jobs = [job for j in tested_js for job in final_jobs_of(j)]
     stops = [stop] * seeds + [epochs] * (len(final_jobs) - seeds)
     with_base = len(tested_js) > 1
-    say(f"final word, 2/2: testing once: the answer{' and the baseline' if with_base else ''} x {seeds} seeds = "
-        f"{len(final_jobs)} runs on {final_data.train_x.shape[0]:,} images, {how}")
+    say(f"final word, 2/2: testing once: the answer{' and the baseline' if with_base else ''} x "
+        f"{count(seeds, 'seed')} = {count(len(final_jobs), 'run')} on {final_data.train_x.shape[0]:,} images, {how}")
     accuracy = [math.nan] * len(final_jobs)
     diverged = [False] * len(final_jobs)
     for done, (i, result) in enumerate(_run_all(final_jobs, final_data, epochs, fused=fused, precision=precision,
@@ -279,7 +281,7 @@ def final_word(study: optuna.Study, rows: list[DecayRow], seeds: int, data: Mnis
         diverged[i] = result.diverged
         accuracy[i] = evaluate(result.model, final_data.test_x, final_data.test_y, precision)[1]
         who = "answer" if i < seeds else "baseline"
-        say(f"  {done}/{len(final_jobs)}: {who}, seed {final_jobs[i][1]}: {result.epochs_run} epochs, test accuracy "
+        say(f"  {done}/{len(final_jobs)}: {who}, seed {final_jobs[i][1]}: {count(result.epochs_run, 'epoch')}, test accuracy "
             f"{100 * accuracy[i]:.2f} %{' (diverged: left out of the mean)' if result.diverged else ''} "
             f"({time.perf_counter() - started:.0f} s)")
 

@@ -16,12 +16,19 @@ from objectives.space import trial_lr
 from study.files import write_atomically
 from study.findings import DecayRow, warmup_rows
 from study.progress import metric_name
+from study.words import count
 
 __all__ = ["answer_markdown", "verdict_lines", "decay_table_html", "final_html", "markdown_html", "summary_markdown", "write_page"]
 
 
-def _pct(mean: float, sd: float, n: int) -> str:
-    return f"{100 * mean:.2f} % ± {100 * sd:.2f}" if n > 1 else f"{100 * mean:.2f} % (one seed: no sd)"
+def _accuracy(r: dict) -> str:
+    """A tested row's mean test accuracy ± sd over the runs in its mean (those that did not diverge)."""
+    mean, sd, n = r["test_accuracy_mean"], r["test_accuracy_sd"], len(r["test_accuracies"]) - sum(r.get("diverged", []))
+    if n > 1:
+        return f"{100 * mean:.2f} % ± {100 * sd:.2f}"
+    if n == 1:
+        return f"{100 * mean:.2f} % ({'one seed' if len(r['test_accuracies']) == 1 else 'one run in the mean'}: no sd)"
+    return "none: every run diverged"
 
 
 def _interval(p: dict | None, scale: float, unit: str, digits: int = 2) -> str:
@@ -32,7 +39,7 @@ def _interval(p: dict | None, scale: float, unit: str, digits: int = 2) -> str:
     if p["low"] is None:
         return f"{text} (one seed: no interval)"
     return (f"{text} (95 % interval {scale * p['low']:+.{digits}f} to {scale * p['high']:+.{digits}f}, "
-            f"{p['n']} seeds)")
+            f"{count(p['n'], 'seed')})")
 
 
 def verdict_lines(final: dict) -> list[str]:
@@ -41,18 +48,18 @@ def verdict_lines(final: dict) -> list[str]:
     seeds, n = len(final["seeds"]), len(final["candidates"])
     base, a = final.get("baseline"), final.get("answer")
     if a is None:
-        return [f"No answer: every one of the {n} candidates diverged with at least one of the {seeds} new seeds; "
+        return [f"No answer: {'every one of the ' + count(n, 'candidate') if n > 1 else 'the one candidate'} diverged with at least one of the {count(seeds, 'new seed')}; "
                 "nothing was tested."]
     if final.get("answer_is_baseline"):
         return [f"The study found nothing better than your baseline ({base['label']}): it had the lowest mean "
-                f"{final['metric']} over {seeds} new seeds among the {n} candidates. Keep it; its test accuracy: "
-                f"{_pct(a['test_accuracy_mean'], a['test_accuracy_sd'], seeds)}."]
+                f"{final['metric']} over {count(seeds, 'new seed')} among the {count(n, 'candidate')}. Keep it; its test accuracy: "
+                f"{_accuracy(a)}."]
     if base is None:
         gone = next((r for r in final["candidates"] if r.get("baseline")), None)
         if gone is not None:  # the baseline was a candidate, and diverged with some seed
-            return [f"Your baseline diverged with {gone.get('diverged_seeds') or 'some'} of the {seeds} new seeds: the "
+            return [f"Your baseline diverged with {gone.get('diverged_seeds') or 'some'} of the {count(seeds, 'new seed')}: the "
                     f"answer is the best of the other candidates on validation, and no paired comparison is made."]
-        return [f"The answer is the best of the {n} candidates on validation (no baseline was trained beside it)."]
+        return [f"The answer is the best of the {count(n, 'candidate')} on validation (no baseline was trained beside it)."]
     pv, pt = final.get("paired_validation"), final.get("paired_test")
     # "beats" only where the paired interval on validation lies below 0 (every metric is minimised);
     # a lower mean within the seeds' noise is said as such: a study's best on 5 seeds is often that
@@ -69,9 +76,9 @@ def verdict_lines(final: dict) -> list[str]:
             judged = "the answer tests better" if better else "the answer tests worse: keep your baseline"
         else:
             need = f"; about {pt['seeds_needed']} seeds would tell a difference of this size" if pt["seeds_needed"] else ""
-            judged = f"not resolved at {pt['n']} seeds: the interval holds 0{need}"
-        lines.append(f"On the test set, once: {_pct(a['test_accuracy_mean'], a['test_accuracy_sd'], seeds)} against "
-                     f"{_pct(base['test_accuracy_mean'], base['test_accuracy_sd'], seeds)}; answer - baseline "
+            judged = f"not resolved at {count(pt['n'], 'seed')}: the interval holds 0{need}"
+        lines.append(f"On the test set, once: {_accuracy(a)} against "
+                     f"{_accuracy(base)}; answer - baseline "
                      f"{_interval(pt, 100.0, ' points')}: {judged}.")
     return lines
 
@@ -104,14 +111,14 @@ def answer_markdown(final: dict) -> list[str]:
     if a is not None:
         lines += [
             "", f"**{a['recipe']}**", "",
-            f"Test accuracy **{_pct(a['test_accuracy_mean'], a['test_accuracy_sd'], seeds)}** over {seeds} seeds"
+            f"Test accuracy **{_accuracy(a)}** over {count(seeds, 'seed')}"
             f"{_diverged(a)}, trained on all {final['train_images']:,} training images and tested once on the "
             f"{final['test_images']:,} test images ({_who(a)}).",
         ]
         base = final.get("baseline")
         if base and not final.get("answer_is_baseline"):
             lines += ["", f"Beside it, your baseline, {base['label']} ({base['epochs']} epochs), trained and tested the "
-                          f"same way with the same seeds: {_pct(base['test_accuracy_mean'], base['test_accuracy_sd'], seeds)}"
+                          f"same way with the same seeds: {_accuracy(base)}"
                           f"{_diverged(base)}."]
         lines += ["", f"As a config of this library: `{a['config_line']}`", "", "In plain PyTorch:", "", "```python",
                   *a["pytorch"].splitlines(), "```"]
@@ -120,7 +127,7 @@ def answer_markdown(final: dict) -> list[str]:
               f"{final['metric']} on the validation images was chosen (a candidate that diverged with any seed is "
               "left out); the test set decided nothing.", "",
               f"| candidate | trial | optimizer | LR | multipliers | decay | warm-up | study's {final['metric']} | "
-              f"mean {final['metric']} over {seeds} new seeds | |",
+              f"mean {final['metric']} over {count(seeds, 'new seed')} | |",
               "|---|---|---|---|---|---|---|---|---|---|"]
     for r in final["candidates"]:
         lines.append("| " + " | ".join(_candidate_cells(r)) + " |")
@@ -133,7 +140,7 @@ def _who(a: dict) -> str:
 
 def _diverged(r: dict) -> str:
     gone = sum(r.get("diverged", []))
-    return f" ({gone} of {len(r['diverged'])} runs diverged: left out of the mean)" if gone else ""
+    return f" ({gone} of {count(len(r['diverged']), 'run')} diverged: left out of the mean)" if gone else ""
 
 
 def _candidate_cells(r: dict) -> list[str]:
@@ -165,7 +172,7 @@ def summary_markdown(study: optuna.Study, rows: list[DecayRow], final: dict | No
     if final:
         lines += [*answer_markdown(final), ""]
     lines += [
-        f"{len(states)} trials: {states.count(TrialState.COMPLETE)} complete, {states.count(TrialState.PRUNED)} pruned, "
+        f"{count(len(states), 'trial')}: {states.count(TrialState.COMPLETE)} complete, {states.count(TrialState.PRUNED)} pruned, "
         f"{states.count(TrialState.FAIL)} failed; each trial's value is its {metric}. "
         f"Command: `{hide_password(study.user_attrs.get('command', '?'))}`", "",  # old studies stored passwords
         f"**Best trial of the study**: trial {best.number}, {metric} {best.value:.4f}, validation accuracy "
@@ -209,12 +216,12 @@ def final_html(final: dict) -> str:
              *(f"<p>{html.escape(line)}</p>" for line in verdict[1:])]
     if a is not None:
         parts += [f'<p id="answer"><strong>{html.escape(a["recipe"])}</strong></p>',
-                  f"<p>Test accuracy <strong>{html.escape(_pct(a['test_accuracy_mean'], a['test_accuracy_sd'], seeds))}"
-                  f"</strong> over {seeds} seeds{html.escape(_diverged(a))}: trained on all {final['train_images']:,} "
+                  f"<p>Test accuracy <strong>{html.escape(_accuracy(a))}"
+                  f"</strong> over {count(seeds, 'seed')}{html.escape(_diverged(a))}: trained on all {final['train_images']:,} "
                   f"training images in {html.escape(final['precision'])} and evaluated once on the "
                   f"{final['test_images']:,} test images, the test set's only use.</p>"]
     head = ("<tr><th>candidate</th><th>trial</th><th>optimizer</th><th>LR</th><th>multipliers</th><th>decay</th>"
-            f"<th>warm-up</th><th>study's value</th><th>mean {html.escape(final['metric'])} over {seeds} new seeds "
+            f"<th>warm-up</th><th>study's value</th><th>mean {html.escape(final['metric'])} over {count(seeds, 'new seed')} "
             "(validation)</th><th></th></tr>")
     body = []
     for r in final["candidates"]:
@@ -230,7 +237,7 @@ def final_html(final: dict) -> str:
     if base and not final.get("answer_is_baseline"):
         tested.append(("your baseline: " + base["label"], base))
     rows = "".join(f"<tr><td>{html.escape(label)}</td><td>{r['epochs']}</td>"
-                   f"<td>{html.escape(_pct(r['test_accuracy_mean'], r['test_accuracy_sd'], seeds))}</td>"
+                   f"<td>{html.escape(_accuracy(r))}</td>"
                    f"<td>{' '.join(f'{100 * x:.2f}' + ('*' if d else '') for x, d in zip(r['test_accuracies'], r.get('diverged', [False] * seeds)))}</td></tr>"
                    for label, r in tested)
     parts.append('<table id="final-test"><tr><th>trained on 60k, tested once</th><th>epochs</th>'

@@ -31,6 +31,7 @@ from study.findings import decay_rows
 from study.page import (decay_table_html, final_html, markdown_html, summary_markdown, unfinished, verdict_lines,
                         write_page)
 from study.progress import edge_warnings, metric_name
+from study.words import count
 
 __all__ = ["report", "terminal_lines"]
 
@@ -59,7 +60,7 @@ def terminal_lines(study: optuna.Study, final: dict | None) -> list[str]:
     best = study.best_trial
     metric = metric_name(study)
     lines = [*(f"warning: {line}" for line in unfinished(study)),
-             f"study {study.study_name!r}: {len(states)} trials ({states.count(TrialState.COMPLETE)} complete, "
+             f"study {study.study_name!r}: {count(len(states), 'trial')} ({states.count(TrialState.COMPLETE)} complete, "
              f"{states.count(TrialState.PRUNED)} pruned, {states.count(TrialState.FAIL)} failed); best trial "
              f"{best.number}: {metric} {best.value:.4f}, validation accuracy "
              f"{100 * best.user_attrs.get('val_accuracy', float('nan')):.2f} %"]

@@ -6,6 +6,7 @@ seed is never tested (the test-set leak through a plateau answer closed)."""
 from __future__ import annotations
 
 import math
+import re
 import statistics
 from dataclasses import asdict, replace
 
@@ -20,7 +21,7 @@ from objectives.space import config_params
 from study import final_word as final_module
 from study import findings
 from study.baseline import DEFAULT_BASELINE, parse_baseline, start_trials
-from study.page import answer_markdown, verdict_lines
+from study.page import answer_markdown, final_html, verdict_lines
 
 # --- the baseline and the start design ----------------------------------------------------------
 
@@ -196,7 +197,7 @@ def test_when_every_candidate_diverged_nothing_is_tested(mnist_dir, monkeypatch)
     finals = _diverging(monkeypatch, selection, final_data, seed=final_module.FINAL_SEED_BASE)
     out = final_module.final_word(study, findings.decay_rows(study), 2, selection, final_data, fused=False)
     assert out["answer"] is None and finals == []
-    assert verdict_lines(out)[0].startswith("No answer: every one of the 1 candidates diverged")
+    assert verdict_lines(out)[0].startswith("No answer: the one candidate diverged with at least one of the 2 new seeds")
 
 
 @pytest.mark.parametrize("fused", [False, True])
@@ -250,16 +251,34 @@ def test_a_better_answer_is_paired_with_the_baseline_on_the_same_seeds(mnist_dir
 
 
 def test_one_seed_shows_no_spread() -> None:
-    out = {"seeds": [1], "metric": "last_val_error", "selection_images": 10, "validation_images": 10,
+    out = {"seeds": [1], "metric": "last_val_error", "precision": "fp32", "selection_images": 10, "validation_images": 10,
            "train_images": 10, "test_images": 10, "answer_is_baseline": False, "baseline": None,
            "candidates": [{"labels": ["best"], "trial": 3, "optimizer": "adam", "lr": 1e-3, "lr_mults": [1, 1, 1],
                            "decay": "cosine", "warmup_epochs": 0, "study_value": 0.1, "val_mean": 0.1,
                            "val_sd": 0.0, "val_values": [0.1], "selected": True}],
-           "answer": {"trial": 3, "labels": ["best"], "recipe": "r", "config_line": "c", "pytorch": "p",
+           "answer": {"trial": 3, "labels": ["best"], "recipe": "r", "config_line": "c", "pytorch": "p", "epochs": 3,
                       "test_accuracy_mean": 0.98, "test_accuracy_sd": 0.0, "test_accuracies": [0.98],
                       "diverged": [False]}}
-    text = "\n".join(answer_markdown(out))
+    text = "\n".join(answer_markdown(out)) + final_html(out)
     assert "± 0.00" not in text and "± nan" not in text and "one seed" in text
+    assert not re.search(r"\b1 (new )?(seeds|candidates|runs|trials)\b", text), text
+    # five seeds, four diverged: the mean is of one run, and says so
+    five = {**out, "seeds": [1, 2, 3, 4, 5],
+            "answer": {**out["answer"], "test_accuracies": [0.98] + [0.1] * 4, "diverged": [False] + [True] * 4}}
+    text = "\n".join(answer_markdown(five)) + final_html(five)
+    assert "± 0.00" not in text and "one run in the mean: no sd" in text and "(4 of 5 runs diverged" in text
+
+
+def test_the_final_words_lines_count_one_seed_and_one_candidate_in_the_singular(mnist_dir) -> None:
+    """"1 candidates x 1 seeds = 1 runs of 3 epochs": the counts of the log, singular where one."""
+    selection, final_data = _small(mnist_dir)
+    study = _study((GOOD, 0.01), baseline=None)
+    said: list[str] = []
+    out = final_module.final_word(study, findings.decay_rows(study), 1, selection, final_data, fused=False,
+                                  log=said.append)
+    text = "\n".join([*said, *verdict_lines(out)])
+    assert "1 candidate x 1 seed = 1 run of 3 epochs" in text and "x 1 seed = 1 run on" in text, text
+    assert not re.search(r"\b1 (new )?(seeds|candidates|runs|epochs)\b", text), text
 
 
 def test_the_paired_interval_on_a_constructed_example() -> None:
