@@ -18,7 +18,8 @@ import signal
 import sys
 from collections.abc import Callable
 
-__all__ = ["EXIT_INTERRUPTED", "exit_while_starting", "raise_interrupt", "raise_on_interrupt", "run_main"]
+__all__ = ["EXIT_INTERRUPTED", "exit_while_starting", "ignore_from_now", "raise_interrupt", "raise_on_interrupt",
+           "run_main"]
 
 EXIT_INTERRUPTED = 130
 
@@ -45,12 +46,25 @@ def raise_on_interrupt() -> None:
     signal.signal(signal.SIGTERM, raise_interrupt)
 
 
+def ignore_from_now() -> None:
+    """Ctrl-C and SIGTERM ignored from now on: for a command whose work is done and stored, that
+    only says so and exits."""
+    # Ignored, not handled: at its exit Python puts SIG_DFL back for every signal that has a Python
+    # handler (never for an ignored one), so a signal in the exit's last moments killed the process
+    # (-15) or raised inside an atexit callback, after the command had done all its work.
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(sig, signal.SIG_IGN)
+
+
 def run_main(main: Callable[[], int], what: str) -> int:
     """``main()``'s exit code; a KeyboardInterrupt it lets out is one line and 130. ``what``: the
-    command, for the line."""
+    command, for the line. Once ``main`` returns, Ctrl-C and SIGTERM are ignored: the work is done
+    (or stopped) and the exit code is said; a signal then changes nothing."""
     try:
-        return main()
-    except KeyboardInterrupt:
-        signal.signal(signal.SIGINT, signal.SIG_IGN)  # a second Ctrl-C must not interrupt the exit
+        try:
+            return main()
+        finally:
+            ignore_from_now()
+    except KeyboardInterrupt:  # from main, or a signal in the instant before the line above
         print(f"interrupted: {what} stopped", file=sys.stderr, flush=True)
         return EXIT_INTERRUPTED

@@ -20,6 +20,7 @@ from objectives import MnistDataError, load_mnist, resolve_device
 from storage import (StorageError, dashboard_command, hide_password, open_storage, sqlite_path,
                      storage_failure)
 from study.files import write_atomically
+from study.interrupt import ignore_from_now
 from study.cli import (EXIT_INTERRUPTED, EXIT_OK, EXIT_STORAGE, EXIT_USAGE, REPORT_FILES, REPORT_MARKER, report_folder,
                        set_threads)
 from study.constants import CPU_CANDIDATES
@@ -203,6 +204,7 @@ def _report(args: argparse.Namespace) -> int:
     hide_stored_password(study)
     if final:
         study.set_user_attr("final_test", final)
+    ignore_from_now()  # everything is written and stored: a signal now would only lie "not finished"
     print("\n".join(terminal_lines(study, final)))
     for w in edge:  # once, here (summary.md has them too)
         print(f"warning: {w}", file=sys.stderr)

@@ -328,6 +328,42 @@ def test_ctrl_c_in_the_report_and_the_range_test_is_one_line_and_130(tmp_path: P
         assert not (tmp_path / "lr.html").exists()
 
 
+def test_a_signal_as_a_finished_report_exits_changes_nothing(tmp_path: Path) -> None:
+    """SIGTERM in the last moments of a report that had written everything: Python's exit puts the
+    default action back for signals it handles, so the process was killed (-15) or an atexit
+    callback printed a KeyboardInterrupt; now the command ignores them once its work is done."""
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    from cli_helpers import ENV
+
+    url = f"sqlite:///{tmp_path / 'e.db'}"
+    assert _made(["--storage", url, "--trials", "1", *SMALL])
+    out = tmp_path / "r"
+    proc = subprocess.Popen([sys.executable, "-m", "study.report", "--storage", url, "--final-seeds", "0",
+                             "--out", str(out)], cwd=tmp_path, env=ENV, text=True,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    lines = []
+    for line in proc.stdout:  # its last line: every file written, the study's note stored
+        lines.append(line)
+        if line.startswith("inspect:"):
+            break
+    assert lines and lines[-1].startswith("inspect:"), "".join(lines)
+    while proc.poll() is None:  # a storm of signals through the exit
+        try:
+            proc.send_signal(signal.SIGTERM)
+        except ProcessLookupError:
+            break
+        time.sleep(0.001)
+    err = proc.stderr.read()
+    proc.wait()
+    assert proc.returncode == 0, (proc.returncode, err)
+    assert "Traceback" not in err and "Exception ignored" not in err, err
+    assert (out / "index.html").is_file()
+
+
 def test_degenerate_configs_are_refused_or_trained_the_same_by_both_engines(mnist_2k) -> None:
     """Found by the probe: train_many(slots=0) was accepted; a NumPy float32 LR was refused; an
     LR past float32 raised an overflow deep in train where train_many reported divergence; a
