@@ -31,8 +31,8 @@ import sqlalchemy
 from optuna.storages import RDBStorage, RetryHeartbeatStaleTrialCallback
 from sqlalchemy.engine import URL, make_url
 
-__all__ = ["DEFAULT_STORAGE", "StorageError", "dashboard_command", "hide_password", "open_storage", "sqlite_path",
-           "storage_failure"]
+__all__ = ["DEFAULT_STORAGE", "StorageError", "check_writable", "dashboard_command", "hide_password", "open_storage",
+           "sqlite_path", "storage_failure"]
 
 #: Where ``study.run`` keeps its studies unless told otherwise (relative to the working folder).
 DEFAULT_STORAGE = "sqlite:///studies/lr-study.db"
@@ -381,6 +381,21 @@ class _SteadyHeartbeats(RDBStorage):
                 time.sleep(delay)
                 waited += delay
                 delay *= 2
+
+
+def check_writable(storage: RDBStorage, study_name: str) -> None:
+    """Raise the database's own error (SQLAlchemy's) if the study ``study_name`` cannot be written
+    (a read-only file or server, a read-only role, an immutable file): its row is updated to
+    itself in a transaction that is rolled back, so nothing changes. For a command that writes to
+    the study only after minutes of work (study.report's final word)."""
+    study_id = storage.get_study_id_from_name(study_name)
+    with storage.engine.connect() as connection:
+        transaction = connection.begin()
+        try:
+            connection.execute(sqlalchemy.text("UPDATE studies SET study_name = study_name WHERE study_id = :id"),
+                               {"id": study_id})
+        finally:
+            transaction.rollback()
 
 
 def _lost_schema_race(e: sqlalchemy.exc.SQLAlchemyError) -> bool:

@@ -17,7 +17,7 @@ import optuna
 from optuna.trial import TrialState
 
 from objectives import MnistDataError, load_mnist, resolve_device
-from storage import (StorageError, dashboard_command, hide_password, open_storage, sqlite_path,
+from storage import (StorageError, check_writable, dashboard_command, hide_password, open_storage, sqlite_path,
                      storage_failure)
 from study.files import write_atomically
 from study.interrupt import ignore_from_now
@@ -116,6 +116,31 @@ def _check_writable(folder: Path, flag: str) -> None:
         raise ValueError(f"{flag} {folder} cannot be written ({e.strerror or e})") from None
 
 
+def _upload_page(study: optuna.Study, page: Path, artifact_dir: Path) -> str:
+    """``page`` uploaded as the study's artifact (Optuna's ``upload_artifact``): its id. If the
+    upload fails (a full disk, the storage), the file it may have left is removed: no artifact
+    without its record in the study."""
+    from optuna.artifacts import FileSystemArtifactStore, upload_artifact
+
+    class Store(FileSystemArtifactStore):  # remembers what it wrote, to take it back
+        written: list[str] = []
+
+        def write(self, artifact_id, content_body) -> None:  # noqa: ANN001 - Optuna's signature
+            self.written.append(artifact_id)
+            super().write(artifact_id, content_body)
+
+    store = Store(str(artifact_dir))
+    try:
+        return upload_artifact(artifact_store=store, file_path=str(page), study_or_trial=study, mimetype="text/html")
+    except BaseException:
+        for artifact_id in store.written:
+            try:
+                store.remove(artifact_id)
+            except Exception:  # noqa: BLE001 - never hide the failure that brought us here
+                pass
+        raise
+
+
 def _report(args: argparse.Namespace) -> int:
     args.out = args.out or report_folder(args.study_name)  # never outside reports/, whatever the name
     set_threads(1, args.threads)
@@ -147,6 +172,9 @@ def _report(args: argparse.Namespace) -> int:
     except (ValueError, StorageError) as e:
         print(f"error: {e}", file=sys.stderr)
         return EXIT_USAGE
+    # the study takes the report's records at the end: a read-only study is said now (a write,
+    # rolled back), not after the final word (exit 3, through report())
+    check_writable(storage, study.study_name)
 
     rows = decay_rows(study)
     figures = report_figures(study, rows)
@@ -184,26 +212,28 @@ def _report(args: argparse.Namespace) -> int:
     # the dashboard shows the summary as the study's note and offers the page as an artifact
     from optuna_dashboard import save_note
 
-    from optuna.artifacts import FileSystemArtifactStore, upload_artifact
-
     try:  # each file whole or as it was (study.files); a full disk is one line, not a traceback
         write_atomically(args.out / REPORT_MARKER, _marker(study.study_name, args.storage))  # this folder is a report's
         write_page(page, f"lr-study report: {study.study_name}", sections)
         write_atomically(args.out / "summary.md", md)
         write_trials_csv(study, args.out / "trials.csv")
-        artifact_id = upload_artifact(artifact_store=FileSystemArtifactStore(str(artifact_dir)), file_path=str(page),
-                                      study_or_trial=study, mimetype="text/html")
     except OSError as e:
         where = e.filename or args.out
         print(f"error: the report could not be written to {where} ({e.strerror or e}); the study is unchanged and "
-              "the final word not stored: free some space (or give --out / --artifact-dir elsewhere) and run again",
-              file=sys.stderr)
+              "the final word not stored: free some space (or give --out elsewhere) and run again", file=sys.stderr)
         return EXIT_STORAGE
-    # the study's own records last, once every file is written
+    # the study's own records once every file is written, then the page as its artifact
     save_note(study, md)
     hide_stored_password(study)
     if final:
         study.set_user_attr("final_test", final)
+    try:
+        artifact_id = _upload_page(study, page, artifact_dir)
+    except OSError as e:
+        print(f"error: the page could not be stored as the study's artifact in {artifact_dir} ({e.strerror or e}); "
+              f"the report's files, the study's note{' and final word' if final else ''} are stored: free some space "
+              "(or give --artifact-dir elsewhere) and run again for the artifact", file=sys.stderr)
+        return EXIT_STORAGE
     ignore_from_now()  # everything is written and stored: a signal now would only lie "not finished"
     print("\n".join(terminal_lines(study, final)))
     for w in edge:  # once, here (summary.md has them too)

@@ -551,11 +551,14 @@ def test_a_read_only_or_damaged_storage_is_one_line_and_left_as_it_is(postgres_u
     before = _everything_stored(postgres_url)
     read_only = postgres_url + "?options=-c%20default_transaction_read_only%3Don"
     for module in ("study.run", "study.report"):
+        # the report finds it before its final word (it trained it all, then failed, leaving its artifact)
         done = run_here("--storage", read_only, "--trials", "2", *SMALL, cwd=tmp_path, module=module) \
             if module == "study.run" else \
-            run_here("--storage", read_only, "--final-seeds", "0", "--out", str(tmp_path / "r"), cwd=tmp_path, module=module)
+            run_here("--storage", read_only, "--final-seeds", "1", "--device", "cpu", "--out", str(tmp_path / "r"),
+                     "--artifact-dir", str(tmp_path / "a"), cwd=tmp_path, module=module)
         assert done.returncode in (2, 3) and len(done.stderr.strip().splitlines()) == 1, (module, done.stderr)
         assert "read-only transaction" in done.stderr and "Traceback" not in done.stderr
+    assert "final word" not in done.stdout and not list((tmp_path / "a").iterdir()), done.stdout
     assert _everything_stored(postgres_url) == before
 
     path = tmp_path / "d.db"
@@ -660,3 +663,30 @@ def test_a_full_disk_while_the_report_writes_is_one_line_and_the_page_before_sta
         assert "could not be written" in errors[0] and str(disk) in errors[0]
         assert hashlib.sha256((disk / "r" / "index.html").read_bytes()).digest() == hashlib.sha256(page).digest()
         assert not [p for p in (disk / "r").iterdir() if p.name.endswith(".tmp")]
+
+
+def test_a_full_artifact_disk_is_one_line_after_the_studys_records_and_leaves_no_artifact_file(tmp_path: Path) -> None:
+    """The page is uploaded as the study's artifact after the study's own writes (the note, the
+    final word): a full --artifact-dir is one line naming it, exit 3, and no partial artifact file
+    (it was uploaded first, and a failure left a truncated file, or an orphan when the study's
+    writes failed after it)."""
+    import shutil
+
+    with small_disk(tmp_path, "12m") as disk:
+        url = f"sqlite:///{tmp_path / 's.db'}"
+        assert run_here("--storage", url, "--trials", "1", *SMALL, cwd=tmp_path).returncode == 0
+        store = disk / "a"
+        store.mkdir()
+        with open(disk / "filler", "wb") as f:  # room for the write check, not for a page
+            f.write(b"\0" * max(0, shutil.disk_usage(disk).free - 200_000))
+        done = run_here("--storage", url, "--final-seeds", "0", "--out", str(tmp_path / "r"), "--artifact-dir",
+                        str(store), cwd=tmp_path, module="study.report")
+        errors = done.stderr.strip().splitlines()
+        assert done.returncode == 3 and len(errors) == 1 and "Traceback" not in done.stderr, done.stderr
+        assert str(store) in errors[0] and "artifact" in errors[0] and "note" in errors[0], errors[0]
+        assert not list(store.iterdir())  # no truncated page left
+        study = load(url)
+        stored = study._storage.get_study_system_attrs(study._study_id)
+        assert (tmp_path / "r" / "index.html").is_file() and "# Study" in (tmp_path / "r" / "summary.md").read_text()
+        assert any(k.startswith("dashboard:note_str:") for k in stored), stored.keys()  # the note
+        assert not any(k.startswith("artifacts:") for k in stored)
