@@ -12,7 +12,7 @@ import os
 import tempfile
 from pathlib import Path
 
-__all__ = ["write_atomically"]
+__all__ = ["check_writable_folder", "write_atomically"]
 
 
 def write_atomically(path: Path | str, data: str | bytes, encoding: str = "utf-8") -> None:
@@ -31,6 +31,17 @@ def write_atomically(path: Path | str, data: str | bytes, encoding: str = "utf-8
         except OSError:
             pass
         raise
+
+
+def check_writable_folder(folder: Path, flag: str) -> None:
+    """``folder`` exists (made if need be) and takes a new file, else a one-line ValueError naming
+    ``flag``: for a command to say so before its minutes of work, not after."""
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+        with tempfile.NamedTemporaryFile(dir=folder, prefix=".write-check-"):
+            pass
+    except OSError as e:
+        raise ValueError(f"{flag} {folder} cannot be written ({e.strerror or e})") from None
 
 
 def _umask() -> int:

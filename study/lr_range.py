@@ -17,7 +17,7 @@ from pathlib import Path
 
 from typing import TYPE_CHECKING
 
-from study.files import write_atomically
+from study.files import check_writable_folder, write_atomically
 from study.cli import EXIT_INTERRUPTED, EXIT_OK, EXIT_USAGE, Parser, add_device_arguments, float_in, int_at_least, set_threads
 from study.constants import MIN_LR, OPTIMIZERS, PRECISIONS, TRAIN_SIZE
 from study.interrupt import raise_on_interrupt, run_main
@@ -80,15 +80,20 @@ def main(argv: list[str] | None = None) -> int:
     try:
         if args.start_lr >= args.end_lr:
             raise ValueError(f"--start-lr must be below --end-lr, but got {args.start_lr} >= {args.end_lr}")
+        if out.is_dir():
+            raise ValueError(f"--out {out} is a folder; give the figure's file name (e.g. {out / out.name}.html)")
+        check_writable_folder(out.parent, "--out's folder")  # before the test's minutes, not after
         device = resolve_device(args.device)
         data = load_mnist(args.data_dir, device=device, train_samples=args.train_samples)
         result = lr_range_test(args.optimizer, data, start_lr=args.start_lr, end_lr=args.end_lr,
                                steps=args.steps, batch_size=args.batch_size, seed=args.seed,
                                precision=args.precision)
-        out.parent.mkdir(parents=True, exist_ok=True)
         write_atomically(out, range_figure(result).to_html(include_plotlyjs=True))
-    except (ValueError, MnistDataError, OSError) as e:
+    except (ValueError, MnistDataError) as e:
         print(f"error: {e}", file=sys.stderr)
+        return EXIT_USAGE
+    except OSError as e:  # the figure's write (a disk that filled during the test)
+        print(f"error: --out {out} could not be written ({e.strerror or e}); nothing was written", file=sys.stderr)
         return EXIT_USAGE
     except KeyboardInterrupt:
         print("interrupted: the range test stopped; nothing was written", file=sys.stderr)

@@ -9,7 +9,6 @@ import argparse
 import html
 import shlex
 import sys
-import tempfile
 import warnings
 from pathlib import Path
 
@@ -19,7 +18,7 @@ from optuna.trial import TrialState
 from objectives import MnistDataError, load_mnist, resolve_device
 from storage import (StorageError, check_writable, dashboard_command, hide_password, open_storage, sqlite_path,
                      storage_failure)
-from study.files import write_atomically
+from study.files import check_writable_folder, write_atomically
 from study.interrupt import ignore_from_now
 from study.cli import (EXIT_INTERRUPTED, EXIT_OK, EXIT_STORAGE, EXIT_USAGE, REPORT_FILES, REPORT_MARKER, report_folder,
                        set_threads)
@@ -106,16 +105,6 @@ def _check_out_folder(folder: Path, name: str, storage: str) -> str | None:
     return None
 
 
-def _check_writable(folder: Path, flag: str) -> None:
-    """``folder`` exists (made if need be) and takes a new file, else a one-line ValueError."""
-    try:
-        folder.mkdir(parents=True, exist_ok=True)
-        with tempfile.NamedTemporaryFile(dir=folder, prefix=".write-check-"):
-            pass
-    except OSError as e:
-        raise ValueError(f"{flag} {folder} cannot be written ({e.strerror or e})") from None
-
-
 def _upload_page(study: optuna.Study, page: Path, artifact_dir: Path) -> str:
     """``page`` uploaded as the study's artifact (Optuna's ``upload_artifact``): its id. If the
     upload fails (a full disk, the storage), the file it may have left is removed: no artifact
@@ -168,7 +157,7 @@ def _report(args: argparse.Namespace) -> int:
             artifact_dir = (db.parent if db is not None else Path(".")) / "artifacts"
         replaced = _check_out(args.out, study.study_name, args.storage)
         for folder, flag in ((args.out, "--out"), (artifact_dir, "--artifact-dir")):
-            _check_writable(folder, flag)
+            check_writable_folder(folder, flag)
     except (ValueError, StorageError) as e:
         print(f"error: {e}", file=sys.stderr)
         return EXIT_USAGE

@@ -57,6 +57,38 @@ def test_cli_bad_range_is_one_line(tmp_path: Path) -> None:
     assert done.returncode == 2 and len(done.stderr.strip().splitlines()) == 1 and "--start-lr" in done.stderr
 
 
+def test_an_out_that_cannot_be_written_is_one_line_naming_it_before_the_test(tmp_path: Path, monkeypatch) -> None:
+    """--out under a regular file, or a folder: found after the whole range test, in a line that
+    did not name --out ("[Errno 20] Not a directory"). A disk that fills during the test: the
+    same one line, naming --out."""
+    import errno
+
+    import study.lr_range as command
+
+    import objectives.lr_range
+
+    def never(*args, **kwargs):
+        raise AssertionError("the range test ran before --out was checked")
+
+    (tmp_path / "file").write_text("x")
+    args = ["--train-samples", "2000", "--device", "cpu", "--steps", "20"]
+    with monkeypatch.context() as patch:
+        patch.setattr(objectives.lr_range, "lr_range_test", never)
+        for out in ("file/f.html", "."):
+            done = run_here(*args, "--out", out, cwd=tmp_path, module="study.lr_range")
+            assert done.returncode == 2 and len(done.stderr.strip().splitlines()) == 1, done.stderr
+            assert "--out" in done.stderr and "Traceback" not in done.stderr, done.stderr
+
+    def full(path, data, encoding="utf-8"):
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(command, "write_atomically", full)
+    done = run_here(*args, "--out", "f.html", cwd=tmp_path, module="study.lr_range")
+    assert done.returncode == 2 and done.stderr.strip().splitlines() == [
+        "error: --out f.html could not be written (No space left on device); nothing was written"], done.stderr
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["file"]
+
+
 @pytest.mark.slow
 def test_study_run_lr_range_narrows_and_records_and_resumes(tmp_path: Path, capsys) -> None:
     url = f"sqlite:///{tmp_path / 'r.db'}"
