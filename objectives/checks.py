@@ -9,7 +9,11 @@ from __future__ import annotations
 import math
 import numbers
 
-__all__ = ["check_int", "check_pair", "check_positive", "check_real", "is_real"]
+__all__ = ["SEED_MAX", "check_int", "check_pair", "check_positive", "check_real", "check_seed", "is_real"]
+
+#: The largest seed: torch's generators take an unsigned 64-bit one (NumPy's SeedSequence, which
+#: draws the minibatch orders, takes any int >= 0).
+SEED_MAX = 2**64 - 1
 
 
 def is_real(value: object) -> bool:
@@ -23,6 +27,12 @@ def check_int(*, low: int = 1, high: int | None = None, **values: object) -> Non
         if isinstance(value, bool) or not isinstance(value, numbers.Integral) or value < low or (high is not None and value > high):
             bounds = f">= {low}" if high is None else f"in [{low}, {high}]"
             raise ValueError(f"{name} must be an int {bounds}, but got {name}={value!r}")
+
+
+def check_seed(**values: object) -> None:
+    """Each value is a seed: an int (not a bool) in ``[0, SEED_MAX]``. Checked where a function
+    takes it, so that ``-1`` or ``1.5`` names the argument, not an error deep in torch or NumPy."""
+    check_int(low=0, high=SEED_MAX, **values)
 
 
 def check_positive(**values: object) -> None:

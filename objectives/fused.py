@@ -40,7 +40,7 @@ from dataclasses import dataclass
 
 import torch
 
-from objectives.checks import check_int
+from objectives.checks import check_int, check_seed
 from objectives.config import TrainConfig
 from objectives.data import MnistData
 from objectives.evaluation import eval_sums
@@ -119,6 +119,7 @@ def train_stream(
         times: filled with where the host's time went (:class:`StreamTimes`), for benchmarks.
     """
     check_int(epochs=epochs, slots=slots)
+    check_seed(shuffle_seed=shuffle_seed)
     if report is not None and report_epoch is not None:
         raise ValueError("give report or report_epoch, not both")
     device, dtype = data.device, data.dtype
@@ -145,6 +146,7 @@ def train_stream(
             except StopIteration:
                 exhausted = True
                 break
+            check_seed(**{f"jobs[{index}]'s seed": seed}, **({f"jobs[{index}]'s shuffle_seed": own[0]} if own else {}))
             if not batch_size:
                 batch_size, steps_per_epoch = config.batch_size, math.ceil(n / config.batch_size)
             elif config.batch_size != batch_size:
@@ -295,7 +297,13 @@ def train_many(
     seeds = list(range(len(configs))) if seeds is None else list(seeds)
     if len(seeds) != len(configs):
         raise ValueError(f"need one seed per config, but got {len(seeds)} seeds for {len(configs)} configs")
-    shuffles = [shuffle_seed] * len(configs) if isinstance(shuffle_seed, int) else list(shuffle_seed)
+    check_seed(**{f"seeds[{i}]": s for i, s in enumerate(seeds)})
+    if not hasattr(shuffle_seed, "__iter__"):  # one for all (an int; anything else is named by the check)
+        check_seed(shuffle_seed=shuffle_seed)
+        shuffles = [shuffle_seed] * len(configs)
+    else:
+        shuffles = list(shuffle_seed)
+        check_seed(**{f"shuffle_seed[{i}]": s for i, s in enumerate(shuffles)})
     if len(shuffles) != len(configs):
         raise ValueError(f"need one shuffle seed per config, but got {len(shuffles)} for {len(configs)} configs")
     results: list[TrainResult | None] = [None] * len(configs)

@@ -23,7 +23,7 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 
-from objectives.checks import check_int
+from objectives.checks import check_int, check_seed
 from objectives.config import TrainConfig
 from objectives.data import MnistData
 from objectives.model import build_model
@@ -116,6 +116,7 @@ def lr_range_test(
     if not (MIN_LR <= start_lr < end_lr) or not math.isfinite(end_lr):
         raise ValueError(f"need {MIN_LR:g} <= start_lr < end_lr (finite), but got {start_lr=}, {end_lr=}")
     check_int(steps=steps, low=10)
+    check_seed(seed=seed)
     if not 0 <= beta < 1 or not diverge_factor > 1:
         raise ValueError(f"need 0 <= beta < 1 and diverge_factor > 1, but got {beta=}, {diverge_factor=}")
     check_precision(precision, data.dtype, data.device)

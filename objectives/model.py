@@ -5,6 +5,8 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+from objectives.checks import check_seed
+
 __all__ = ["CLASSES", "LAYERS", "MLP", "PARAM_SHAPES", "SIZES", "build_model"]
 
 #: The model's layers, in order; their names are the keys of per-layer LR multipliers.
@@ -41,6 +43,7 @@ def build_model(
     fused engine's work ahead) does not wait for the device, as a copy from pageable memory
     does (the caching host allocator keeps the pinned block until the copy has run).
     """
+    check_seed(seed=seed)
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
         model = MLP()

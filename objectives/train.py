@@ -26,7 +26,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from objectives.checks import check_int
+from objectives.checks import check_int, check_seed
 from objectives.config import TrainConfig
 from objectives.data import MnistData
 from objectives.evaluation import eval_sums
@@ -52,6 +52,7 @@ def epoch_permutation(n: int, shuffle_seed: int, epoch: int, device: torch.devic
     start a trial while others are in later epochs. Drawn on the CPU (the same order on every
     device) and copied once per epoch.
     """
+    check_seed(shuffle_seed=shuffle_seed)
     seed = int(np.random.SeedSequence([shuffle_seed, epoch]).generate_state(1, dtype=np.uint64)[0])
     perm = torch.randperm(n, generator=torch.Generator().manual_seed(seed))
     return perm.to(device)
@@ -93,6 +94,7 @@ def train(
     spent on it; that epoch is not reported.
     """
     check_int(epochs=epochs)
+    check_seed(seed=seed, **({} if shuffle_seed is None else {"shuffle_seed": shuffle_seed}))
     check_precision(precision, data.dtype, data.device)
     device = data.device
     n, bs = data.train_x.shape[0], config.batch_size

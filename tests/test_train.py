@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+import re
 
 import pytest
 import torch
@@ -79,3 +80,29 @@ def test_float64_data_trains_in_float64(mnist_dir) -> None:
 def test_bad_epochs(mnist_2k, epochs) -> None:
     with pytest.raises(ValueError, match="epochs="):
         train(TrainConfig(), mnist_2k, epochs=epochs)
+
+
+def test_every_seed_argument_is_checked_where_it_is_taken_naming_it(mnist_2k) -> None:
+    """-1, 1.5, True and 2**64 as a seed were errors deep in NumPy or torch ("expected non-negative
+    integer", "Overflow when unpacking long long") that named no argument, or were taken (a bool;
+    train_many's seeds; the range test's -1)."""
+    from objectives import build_model, epoch_permutation, train_many, train_stream
+    from objectives.lr_range import lr_range_test
+
+    config = TrainConfig()
+    calls = {
+        "seed": [lambda s: train(config, mnist_2k, 1, seed=s), lambda s: lr_range_test("sgd", mnist_2k, steps=10, seed=s),
+                 lambda s: build_model(s)],
+        "shuffle_seed": [lambda s: train(config, mnist_2k, 1, seed=0, shuffle_seed=s),
+                         lambda s: train_many([config], mnist_2k, 1, shuffle_seed=s),
+                         lambda s: epoch_permutation(10, s, 1, "cpu")],
+        "seeds[1]": [lambda s: train_many([config, config], mnist_2k, 1, seeds=[0, s])],
+        "jobs[0]'s seed": [lambda s: list(train_stream(iter([(config, s)]), mnist_2k, 1, slots=1))],
+    }
+    for name, makers in calls.items():
+        for bad in (-1, 1.5, True, 2**64):
+            for make in makers:
+                with pytest.raises(ValueError, match=re.escape(f"{name} must be an int in [0, {2**64 - 1}], but got "
+                                                               f"{name}={bad!r}")):
+                    make(bad)
+    assert train(config, mnist_2k, 1, seed=2**64 - 1, shuffle_seed=2**64 - 1).val_losses  # the ends are seeds
