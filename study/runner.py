@@ -49,12 +49,18 @@ def _taken(study: optuna.Study) -> list:
     return [t for t in study.get_trials(deepcopy=False) if t.state != optuna.trial.TrialState.WAITING]
 
 
+def _flag(flag: str, value: str) -> str:
+    """``--flag value`` as a shell takes it back; ``--flag=value`` for a value argparse would take
+    for a flag of its own (a study named ``-x``)."""
+    return f"{flag}={shlex.quote(value)}" if value.startswith("-") else f"{flag} {shlex.quote(value)}"
+
+
 def _files(s: Settings) -> list[str]:
     """Where the study is, and where its report will go."""
     db = sqlite_path(s.storage)
     where = f"{db.resolve()} (SQLite)" if db is not None else hide_password(s.storage)
     flags = "" if (s.storage, s.study_name) == (DEFAULT_STORAGE, DEFAULT_STUDY_NAME) else \
-        f" --storage {shlex.quote(hide_password(s.storage))} --study-name {shlex.quote(s.study_name)}"
+        f" {_flag('--storage', hide_password(s.storage))} {_flag('--study-name', s.study_name)}"
     return [f"study: {where}",
             f"report: python -m study.report{flags}  (writes {report_folder(s.study_name)}/: index.html, summary.md, trials.csv)"]
 

@@ -59,6 +59,28 @@ def test_the_recorded_command_reproduces_the_study(finished_study: tuple[Path, s
     assert snapshot(f"sqlite:///{tmp_path / 'studies' / 'lr-study.db'}") == snapshot(url)
 
 
+def test_the_printed_commands_work_when_pasted_for_a_name_beginning_with_a_dash(tmp_path: Path) -> None:
+    """"report: python -m study.report --storage … --study-name -x" was refused by argparse when
+    pasted (-x looks like a flag of its own); the stored command, the report line and the
+    dashboard line are each taken back by a shell and by the command they name."""
+    url = f"sqlite:///{tmp_path / 'studies' / 'odd name.db'}"
+    name = "-x'y"
+    first = run_here("--trials", "1", "--storage", url, f"--study-name={name}", *SMALL, cwd=tmp_path)
+    assert first.returncode == 0, first.stderr
+    line = next(line for line in first.stdout.splitlines() if line.startswith("report: "))
+    pasted = shlex.split(line.removeprefix("report: ").split("  (writes")[0])
+    assert pasted[:3] == ["python", "-m", "study.report"], pasted
+    report = run_here(*pasted[3:], "--final-seeds", "0", cwd=tmp_path, module="study.report")
+    assert report.returncode == 0 and f"study {name!r}" in report.stdout, report.stderr
+    command = shlex.split(load(url, name).user_attrs["command"])
+    again = run_here(*command[3:], cwd=tmp_path)  # the stored command: resumes the same study
+    assert again.returncode == 0 and "nothing to do" in again.stdout, again.stderr
+    dashboard = next(line for line in report.stdout.splitlines() if line.startswith("inspect: "))
+    words = shlex.split(dashboard.removeprefix("inspect: "))
+    assert words[0] == "optuna-dashboard" and words[1] == f"sqlite:///{tmp_path / 'studies' / 'odd name.db'}"
+    assert words[2:] == ["--artifact-dir", str(tmp_path / "studies" / "artifacts")]
+
+
 def test_rerun_with_same_n_adds_nothing_and_larger_n_resumes(tmp_path: Path) -> None:
     url = f"sqlite:///{tmp_path / 'deep' / 'er' / 'study.db'}"
     first = run_here("--trials", "2", "--storage", url, *SMALL, cwd=tmp_path)
