@@ -35,7 +35,7 @@ from objectives.precision import autocast
 from objectives.schedules import LRSchedule
 from objectives.train import epoch_permutation
 
-__all__ = ["BOUNDS", "FusedTrial", "P", "SEGMENTS", "Stack", "stack_steps"]
+__all__ = ["ALIGN", "BOUNDS", "FusedTrial", "P", "ROW", "SEGMENTS", "Stack", "stack_steps"]
 
 # the coefficients the update reads per element (the others enter the per-step table)
 _DEVICE_COEFFICIENTS = ("a1", "a2", "eps", "wd_l2")
@@ -49,6 +49,16 @@ _DEVICE_COEFFICIENTS = ("a1", "a2", "eps", "wd_l2")
 BOUNDS = [0, *itertools.accumulate(math.prod(shape) for shape in PARAM_SHAPES)]  # each parameter's [lo, hi)
 SEGMENTS = [(BOUNDS[2 * i], BOUNDS[2 * i + 2]) for i in range(len(LAYERS))]  # per layer: weight + bias
 P = BOUNDS[-1]  # parameters per trial
+# Each row of the stack's buffers is padded from P = 535,818 (≡ 2 mod 4: every row after the
+# first began off a 16-byte boundary) to a multiple of ALIGN elements, so that every row, and
+# every parameter in it (their sizes are multiples of 32 but for fc3's 10 biases, the last),
+# starts a multiple of 128 bytes (float32) from the buffer's start, which CUDA's allocator aligns
+# to 512: what the vectorised elementwise kernels of the update and the tensor-core batched
+# products read at full width. The padding is zero in every buffer and
+# stays zero: no gradient is written there, and the update turns a zero gradient and state into a
+# zero direction, applied to no segment.
+ALIGN = 32
+ROW = -(-P // ALIGN) * ALIGN  # elements per row of the stack's buffers: 535,840
 
 
 @dataclass(eq=False)
@@ -93,7 +103,8 @@ class FusedTrial:
 
 
 class Stack:
-    """K rows, fixed for the whole run, of one ``[K, P]`` parameter buffer, of its gradient
+    """K rows, fixed for the whole run, of one ``[K, ROW]`` parameter buffer (P parameters and
+    their padding, see :data:`ROW`), of its gradient
     buffer and of the two state buffers ``m`` and ``v`` of the one update formula
     (:mod:`objectives.fused_optim`); a row holds a trial in flight, whatever its optimizer, or is
     idle. ``params`` and ``grads`` are the per-layer ``[K, out, in]`` / ``[K, out]`` views of the
@@ -115,7 +126,7 @@ class Stack:
         Stack.builds += 1
         self.k, self.device, self.dtype = slots, device, dtype
         self.rows: list[FusedTrial | None] = [None] * slots
-        self.flat = torch.zeros(slots, P, device=device, dtype=dtype)
+        self.flat = torch.zeros(slots, ROW, device=device, dtype=dtype)  # rows padded: see ROW
         self.grad = torch.zeros_like(self.flat)  # each step's gradients land here, a layer per segment
         self.m, self.v = torch.zeros_like(self.flat), torch.zeros_like(self.flat)
         self.scratch = torch.zeros_like(self.flat)  # the update's one temporary, allocated once
@@ -144,7 +155,7 @@ class Stack:
         (as torch's before the first step) and its coefficients."""
         row = self.rows.index(None)
         self.rows[row], t.row = t, row
-        self.flat[row].copy_(parameters_to_vector(t.fresh.parameters()))  # in the order of BOUNDS
+        self.flat[row, :P].copy_(parameters_to_vector(t.fresh.parameters()))  # in the order of BOUNDS
         t.fresh = None
         self.m[row].zero_()
         self.v[row].zero_()
@@ -273,7 +284,7 @@ class Stack:
 
 
 def _views(buffer: torch.Tensor) -> list[torch.Tensor]:
-    """The per-parameter ``[K, out, in]`` / ``[K, out]`` views of a ``[K, P]`` buffer."""
+    """The per-parameter ``[K, out, in]`` / ``[K, out]`` views of a ``[K, ROW]`` buffer."""
     return [buffer[:, lo:hi].view(buffer.shape[0], *shape) for shape, lo, hi in zip(PARAM_SHAPES, BOUNDS, BOUNDS[1:])]
 
 

@@ -223,3 +223,25 @@ def test_a_trial_that_ends_builds_no_model_on_the_host(two_sizes) -> None:
     assert not {"uniform_", "normal_", "kaiming_uniform_", "_to_copy"} & set(ops), ops
     flat = torch.cat([p.detach().reshape(-1) for p in model.parameters()])
     assert torch.equal(flat, stack.flat[trial.row, :flat.numel()])
+
+
+def test_every_row_and_parameter_of_the_stack_starts_aligned_and_its_padding_stays_zero(two_sizes) -> None:
+    """P = 535,818 ≡ 2 (mod 4): every row after the first began off a 16-byte boundary, which the
+    vectorised update and the tensor-core products of a GPU read at less than full width. Rows
+    are padded to ROW, a multiple of 32 elements; each parameter's view starts a multiple of 32
+    elements into its row; the padding of every buffer the update reads stays zero through the
+    steps of all five optimizers (and of an idle row)."""
+    from objectives.stack import ALIGN, BOUNDS, P, ROW
+
+    stack, full = _stack_step(two_sizes[0], "fp32")
+    stack.free(stack.trials[1])  # an idle row too
+    for _ in range(two_sizes[0].train_x.shape[0] // 128):  # the epoch's steps
+        full()
+    assert ALIGN == 32 and ROW % ALIGN == 0 and 0 <= ROW - P < ALIGN
+    for buffer in (stack.flat, stack.grad, stack.m, stack.v):
+        assert buffer.shape == (stack.k, ROW) and buffer.stride() == (ROW, 1)
+        assert not buffer[:, P:].any(), buffer[:, P:]
+    assert all(lo % ALIGN == 0 for lo in BOUNDS[:-1])
+    for view in [*stack.params, *stack.grads]:  # each row's start of each parameter: 32-element multiples
+        assert view.storage_offset() % ALIGN == 0 and view.stride(0) % ALIGN == 0
+    assert stack.flat[:, :P].abs().sum() > 0 and torch.isfinite(stack.flat).all()
