@@ -34,13 +34,24 @@ def mnist_dir() -> Path:
 
 @pytest.fixture(scope="session")
 def mnist_5k(mnist_dir: Path):
-    """5,000 training images, the full 10k validation set, on the CPU."""
-    return load_mnist(mnist_dir, device="cpu", train_samples=5000)
+    """5,000 training images and 2,000 validation images, on the CPU."""
+    return fewer_validation_images(load_mnist(mnist_dir, device="cpu", train_samples=5000))
 
 
 @pytest.fixture(scope="session")
 def mnist_2k(mnist_dir: Path):
-    return load_mnist(mnist_dir, device="cpu", train_samples=2000)
+    """2,000 training images and 2,000 validation images, on the CPU."""
+    return fewer_validation_images(load_mnist(mnist_dir, device="cpu", train_samples=2000))
+
+
+def fewer_validation_images(data, n: int = 2000):
+    """``data`` with the first ``n`` of its 10k validation images: for tests that compare two
+    engines or two runs epoch by epoch, where evaluating the whole 10k at every epoch (in float64)
+    was most of the work and the comparison is the same on any images."""
+    from objectives import MnistData
+
+    return MnistData(train_x=data.train_x, train_y=data.train_y, val_x=data.val_x[:n], val_y=data.val_y[:n],
+                     test_x=data.test_x, test_y=data.test_y)
 
 
 @pytest.fixture

@@ -5,6 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 
+from conftest import fewer_validation_images
 from objectives import TrainConfig, epoch_permutation, load_mnist, train, train_many, train_stream
 
 CONFIGS = [
@@ -30,7 +31,7 @@ SEEDS = [11, 12, 13, 14, 15, 16, 17, 18, 19, 20]
 
 @pytest.fixture(scope="module")
 def data64(mnist_dir):
-    return load_mnist(mnist_dir, device="cpu", dtype=torch.float64, train_samples=640)
+    return fewer_validation_images(load_mnist(mnist_dir, device="cpu", dtype=torch.float64, train_samples=640))
 
 
 def rel(a: torch.Tensor, b: torch.Tensor) -> float:
@@ -62,7 +63,7 @@ def test_same_as_separate_runs_with_a_short_last_batch(mnist_dir) -> None:
     """600 images in batches of 64: nine full batches and one of 24 in each epoch. The fixture
     above (640 = 10 x 64) never ran a short batch, so a fused engine that mishandled one (its
     mean over 64 rows, a padded row updating the weights) passed."""
-    data = load_mnist(mnist_dir, device="cpu", dtype=torch.float64, train_samples=600)
+    data = fewer_validation_images(load_mnist(mnist_dir, device="cpu", dtype=torch.float64, train_samples=600))
     assert data.train_x.shape[0] % 64 == 24
     fused = train_many(CONFIGS, data, epochs=2, seeds=SEEDS, shuffle_seed=3)
     for config, seed, got in zip(CONFIGS, SEEDS, fused):
