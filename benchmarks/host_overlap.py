@@ -47,7 +47,7 @@ def main(argv: list[str] | None = None) -> int:
     print(f"device: {device_label(device)}; torch {torch.__version__}; {args.trials} trials x {args.epochs} epochs, "
           f"K = {args.k}, {args.train_samples or 'all'} training images")
     print(f"{'host work':>10} {'seed':>4} {'wall s':>7} {'boundaries':>10} {'waited for, ms/boundary':>24} "
-          f"{'overlapped, ms/boundary':>24} {'trial-epochs':>12} {'best value':>10}")
+          f"{'overlapped, ms/boundary':>24} {'taken during/between':>20} {'trial-epochs':>12} {'best value':>10}")
     waited: dict[bool, list[float]] = {False: [], True: []}
     real = study.parallel.train_stream
     try:
@@ -66,12 +66,15 @@ def main(argv: list[str] | None = None) -> int:
                     waited[ahead].append(1000 * times.between / n)
                     print(f"{'ahead' if ahead else 'between':>10} {r:>4} {wall:>7.1f} {times.boundaries:>10} "
                           f"{1000 * times.between / n:>24.1f} {1000 * times.during / n:>24.1f} "
+                          f"{f'{times.taken_during}/{times.taken_between}':>20} "
                           f"{trial_epochs(found):>12} {found.best_value:>10.4f}", flush=True)
     finally:
         study.parallel.train_stream = real
     before, after = sum(waited[False]) / len(waited[False]), sum(waited[True]) / len(waited[True])
     print(f"host time the device waits for per boundary: {before:.1f} ms in between, {after:.1f} ms ahead "
           f"({before / max(after, 1e-9):.1f}x less)")
+    print("taken during/between: the new trials asked, built and sent to the device while an epoch trained "
+          "(overlapped: their weights go from pinned memory without blocking) and between epochs (waited for)")
     return 0
 
 

@@ -63,11 +63,16 @@ class StreamTimes:
     """Where a stream's host time went (for benchmarks): ``between`` epochs, from an epoch's one
     sync to the next epoch's launch (on a GPU, time the device waits for the host), and
     ``during`` them, between a launch and the sync (overlapped with the device's work on a GPU;
-    on a CPU nothing overlaps: the steps ran before). ``boundaries`` counts the syncs."""
+    on a CPU nothing overlaps: the steps ran before). ``boundaries`` counts the syncs;
+    ``taken_during`` and ``taken_between`` the new trials taken (asked, their weights built and
+    sent to the device: from pinned memory without blocking, :func:`objectives.model.build_model`)
+    while an epoch trained and between epochs."""
 
     between: float = 0.0
     during: float = 0.0
     boundaries: int = 0
+    taken_during: int = 0
+    taken_between: int = 0
 
 
 def train_stream(
@@ -168,7 +173,10 @@ def train_stream(
             # row freed beyond what was taken in advance idles for one epoch instead: its job is
             # taken while that epoch trains (asking a trial costs the host more than a row's
             # share of an epoch costs the device)
-            joined += take(free - len(joined))
+            new = take(free - len(joined))
+            joined += new
+            if times is not None:
+                times.taken_between += len(new)
         flight += joined
         if not flight:
             yield from pending
@@ -219,7 +227,10 @@ def train_stream(
             # for the rows idle now and the ones the next boundary frees: the trials in their last
             # epoch, and as many stops as the last boundary had
             wanted = stack.k - len(flight) + sum(t.epoch + 1 == epochs for t in flight) + expect
-            reserve.extend(take(min(wanted, stack.k) - len(reserve)))
+            new = take(min(wanted, stack.k) - len(reserve))
+            reserve.extend(new)
+            if times is not None:
+                times.taken_during += len(new)
         if times is not None:
             times.during += time.perf_counter() - launched
         train_l, val_l, counts = torch.stack([loss_sum / n, val_sum / n_val, correct]).tolist()  # the epoch's one sync

@@ -63,3 +63,6 @@ def test_host_overlap(tmp_path: Path) -> None:
     rows = [line.split() for line in out.splitlines() if re.match(r" +(between|ahead) +0 ", line)]
     assert [row[0] for row in rows] == ["between", "ahead"], out
     assert re.search(rf"waits for per boundary: {NUMBER} ms in between, {NUMBER} ms ahead", out), out
+    # the new trials (asked, weights built and sent): all between epochs in between, some while an epoch trains ahead
+    taken = {row[0]: tuple(map(int, row[6].split("/"))) for row in rows}
+    assert taken["between"] == (0, 3) and taken["ahead"][0] >= 1 and sum(taken["ahead"]) == 3, out
