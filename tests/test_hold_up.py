@@ -259,7 +259,7 @@ def test_a_full_disk_mid_run_ends_with_one_line_a_summary_and_a_database_that_re
     # nothing lost: the same command on a disk with room resumes it to the end
     url = f"sqlite:///{saved / 's.db'}"
     assert len(load(url).get_trials(states=FINISHED)) == finished
-    again = run_cli("--trials", str(finished + 2), *args[2:-2], "--storage", url, cwd=tmp_path)
+    again = run_here("--trials", str(finished + 2), *args[2:-2], "--storage", url, cwd=tmp_path)  # what it stores
     assert again.returncode == 0, again.stderr
     study = load(url)
     assert len(study.get_trials(states=FINISHED)) == finished + 2
@@ -294,7 +294,7 @@ def test_postgres_stopped_mid_study_ends_with_one_line_per_worker_and_the_rerun_
         or "finished of 10" in out, out[-500:]
     # nothing lost, nothing left RUNNING once the same command runs again
     before = len(load(postgres_url).get_trials(states=FINISHED))
-    again = run_cli("--trials", "10", "--storage", postgres_url, *SMALL, cwd=tmp_path, timeout=400)  # one worker finishes it
+    again = run_here("--trials", "10", "--storage", postgres_url, *SMALL, cwd=tmp_path)  # one worker finishes it
     assert again.returncode == 0, again.stderr
     study = load(postgres_url)
     assert before >= 4 and len(study.get_trials(states=FINISHED)) >= 10

@@ -95,7 +95,7 @@ def test_final_word_note_and_artifact_are_in_the_study(reported) -> None:
     assert summary.index("## The answer") < summary.index("## Decay strategies")  # the summary opens with it
     assert answer["recipe"] in summary and answer["config_line"] in summary and "not selected" in summary
     # what the terminal points to ("in plain PyTorch: summary.md") is there
-    assert f"In plain PyTorch:\n\n```python\n{answer['pytorch']}\n```" in summary
+    assert f"In plain PyTorch:\n\n```python\n{answer['pytorch'].rstrip()}\n```" in summary
     # on the page the answer is the first section, HTML tables, then the summary rendered
     page = (out / "index.html").read_text()
     sections = re.findall(r"<section><h2>([^<]*)</h2>(.*?)</section>", page, flags=re.S)
