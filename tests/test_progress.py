@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 
-from cli_helpers import ENV, SMALL, run_main
+from cli_helpers import ENV, SMALL, run_here, run_main
 
 # the bar's time field: elapsed<remaining (remaining may still be "?" before the first trial ends)
 BAR = re.compile(r"(\d+)/(\d+) trials \|.*?\| \[(\d+:\d\d)<(\d+:\d\d|\?), best (\d\.\d{4}|-)"
@@ -75,7 +75,7 @@ def test_the_bar_moves_while_a_trial_trains_and_shows_the_studys_best_from_the_s
     url = f"sqlite:///{tmp_path / 's.db'}"
     args = ["--epochs", "6", "--train-samples", "6000", "--device", "cpu", "--pruner", "none", "--storage", url,
             "--parallel-trials", parallel]
-    run_on_a_terminal(["--trials", "1", *args], tmp_path)
+    assert run_here("--trials", "1", *args, cwd=tmp_path).returncode == 0  # a study with a best, made in this process
     out = run_on_a_terminal(["--trials", "2" if parallel == "1" else "3", *args], tmp_path)
     bars = BAR.findall(out)
     assert bars and bars[0][4] != "-", bars[:3]  # the study's best, from the first draw
