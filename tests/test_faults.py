@@ -485,7 +485,7 @@ def test_a_live_trial_of_another_pid_namespace_is_not_taken_for_an_orphan(tmp_pa
         pid = int(trial.user_attrs["worker"].rpartition(":")[2])
         if _alive(pid):
             pytest.skip(f"pid {pid} of the namespace also names a live process here")
-        outer = run_cli(*args, "--timeout", "0.001", cwd=tmp_path)
+        outer = run_here(*args, "--timeout", "0.001", cwd=tmp_path)  # in this PID namespace, as a process would be
         assert outer.returncode == 0, outer.stderr
         assert "left RUNNING by a dead process" not in outer.stdout
         assert load(url).trials[trial.number].state in (TrialState.RUNNING, TrialState.COMPLETE)  # never FAIL
