@@ -4,13 +4,11 @@ with only its sizes shrunk (fewer images, epochs and trials) so that the suite s
 from __future__ import annotations
 
 import re
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 
-from cli_helpers import ENV, ROOT
+from cli_helpers import ROOT
 
 # (pattern, replacement): the sizes a reader would run, made tiny; nothing else is touched
 SHRINK = [
@@ -41,14 +39,26 @@ def test_the_readme_has_its_python_blocks() -> None:
     assert len(python_blocks()) >= 3  # the objective, train, and train_many/train_stream
 
 
-@pytest.mark.slow
+@pytest.mark.filterwarnings("ignore::optuna.exceptions.ExperimentalWarning")  # TPESampler(group=True), as the user sees
 @pytest.mark.parametrize("index", range(len(python_blocks())))
-def test_readme_python_block_runs_as_written(index: int, tmp_path: Path, mnist_dir: Path) -> None:
+def test_readme_python_block_runs_as_written(index: int, tmp_path: Path, mnist_dir: Path, monkeypatch) -> None:
+    # in this process, as a fresh script: its own globals, its own folder, the data where the README
+    # says to put it; torch's random state put back after it (threads: tests/process_state.py)
+    import contextlib
+    import io
+
+    import torch
+
     code = shrink(python_blocks()[index])
-    done = subprocess.run([sys.executable, "-c", code], cwd=tmp_path, env={**ENV, "STUDY_DATA_DIR": str(mnist_dir)},
-                          capture_output=True, text=True, timeout=300)
-    assert done.returncode == 0, f"block {index + 1} failed:\n{code}\n{done.stderr}"
-    assert done.stdout.strip()  # every block shows its result
+    monkeypatch.setenv("STUDY_DATA_DIR", str(mnist_dir))
+    monkeypatch.chdir(tmp_path)
+    out = io.StringIO()
+    with torch.random.fork_rng(devices=[]), contextlib.redirect_stdout(out):
+        try:
+            exec(compile(code, f"<README block {index + 1}>", "exec"), {"__name__": "__main__"})
+        except Exception as e:  # noqa: BLE001 - said with the block
+            pytest.fail(f"block {index + 1} failed:\n{code}\n{type(e).__name__}: {e}")
+    assert out.getvalue().strip()  # every block shows its result
 
 
 def test_the_layout_names_every_module_once() -> None:
