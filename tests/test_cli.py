@@ -428,7 +428,7 @@ def test_worker_processes_never_ask_for_more_threads_than_cores(tmp_path: Path) 
     def on(cores):  # run study.run on these cores only (a taskset), as a machine of that many cores
         return lambda: os.sched_setaffinity(0, cores)
 
-    args = ["--epochs", "3", "--train-samples", "2000", "--device", "cpu", "--pruner", "none"]
+    args = ["--epochs", "1", "--train-samples", "2000", "--device", "cpu", "--pruner", "none"]
     cases = [  # (cores, workers, --threads, threads expected in each worker)
         (two, ["--workers", "2"], 1),
         (two[:1], ["--workers", "1"], 1),
@@ -437,7 +437,7 @@ def test_worker_processes_never_ask_for_more_threads_than_cores(tmp_path: Path) 
     ]
     for i, (cores, flags, each) in enumerate(cases):
         url = f"sqlite:///{tmp_path / f'threads{i}.db'}"
-        done = subprocess.run([sys.executable, "-m", "study.run", "--trials", "4", "--storage", url, *args, *flags],
+        done = subprocess.run([sys.executable, "-m", "study.run", "--trials", "2", "--storage", url, *args, *flags],
                               cwd=tmp_path, env=ENV, capture_output=True, text=True, timeout=300,
                               preexec_fn=on(cores))
         assert done.returncode == 0, done.stderr
