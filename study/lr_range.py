@@ -85,6 +85,8 @@ def main(argv: list[str] | None = None) -> int:
         check_writable_folder(out.parent, "--out's folder")  # before the test's minutes, not after
         device = resolve_device(args.device)
         data = load_mnist(args.data_dir, device=device, train_samples=args.train_samples)
+        print(f"range test: {args.optimizer}, {args.steps} steps from LR {args.start_lr:.3g} to {args.end_lr:.3g} on "
+              f"{data.train_x.shape[0]:,} images, batch {args.batch_size}, on {device} (Ctrl-C stops it)", flush=True)
         result = lr_range_test(args.optimizer, data, start_lr=args.start_lr, end_lr=args.end_lr,
                                steps=args.steps, batch_size=args.batch_size, seed=args.seed,
                                precision=args.precision)
