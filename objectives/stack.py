@@ -1,9 +1,9 @@
 """The fused engine's trials in flight, stacked: K MLPs as rows of one parameter buffer.
 
-Each layer's weights of the K trials are stacked ``[K, out, in]`` (views of one ``[K, P]``
-buffer, a trial per row) and a step runs one batched matrix product per layer
-(``torch.baddbmm``) for all of them; each trial's gradient is the one ``train`` computes for its
-own mean loss, written straight into its row of a ``[K, P]`` gradient buffer. Per-trial hyperparameters (initial
+Each layer's weights of the K trials are stacked ``[K, out, in]`` (views of one ``[K, ROW]``
+buffer, a trial's P parameters per row, padded to ROW) and a step runs one batched matrix
+product per layer (``torch.baddbmm``) for all of them; each trial's gradient is the one ``train``
+computes for its own mean loss, written straight into its row of a ``[K, ROW]`` gradient buffer. Per-trial hyperparameters (initial
 LR, layer multipliers, decay schedule, and the optimizer itself as the coefficients of one
 update formula) are per-trial tensors of the update (:mod:`objectives.fused_optim`), so a step's
 update is the same handful of ops for any mix of optimizers and any K. :func:`stack_steps`
@@ -54,9 +54,9 @@ P = BOUNDS[-1]  # parameters per trial
 # every parameter in it (their sizes are multiples of 32 but for fc3's 10 biases, the last),
 # starts a multiple of 128 bytes (float32) from the buffer's start, which CUDA's allocator aligns
 # to 512: what the vectorised elementwise kernels of the update and the tensor-core batched
-# products read at full width. The padding is zero in every buffer and
-# stays zero: no gradient is written there, and the update turns a zero gradient and state into a
-# zero direction, applied to no segment.
+# products read at full width. The padding is zero in every buffer and stays zero: no gradient is
+# written there, and the update turns a zero gradient and state into a zero direction, applied to
+# no segment.
 ALIGN = 32
 ROW = -(-P // ALIGN) * ALIGN  # elements per row of the stack's buffers: 535,840
 

@@ -111,18 +111,18 @@ def _upload_page(study: optuna.Study, page: Path, artifact_dir: Path) -> str:
     without its record in the study."""
     from optuna.artifacts import FileSystemArtifactStore, upload_artifact
 
-    class Store(FileSystemArtifactStore):  # remembers what it wrote, to take it back
-        written: list[str] = []
+    written: list[str] = []  # the ids the store wrote, to take them back
 
+    class Store(FileSystemArtifactStore):
         def write(self, artifact_id, content_body) -> None:  # noqa: ANN001 - Optuna's signature
-            self.written.append(artifact_id)
+            written.append(artifact_id)
             super().write(artifact_id, content_body)
 
     store = Store(str(artifact_dir))
     try:
         return upload_artifact(artifact_store=store, file_path=str(page), study_or_trial=study, mimetype="text/html")
     except BaseException:
-        for artifact_id in store.written:
+        for artifact_id in written:
             try:
                 store.remove(artifact_id)
             except Exception:  # noqa: BLE001 - never hide the failure that brought us here

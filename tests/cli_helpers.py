@@ -48,6 +48,14 @@ def small_disk(tmp_path: Path, size: str):
         subprocess.run(["umount", str(disk)], capture_output=True)
 
 
+def leave_free(disk: Path, free: int) -> None:
+    """Fill ``disk`` (a :func:`small_disk`) with a file until about ``free`` bytes are left."""
+    import shutil
+
+    with open(disk / "filler", "wb") as f:
+        f.write(b"\0" * max(0, shutil.disk_usage(disk).free - free))
+
+
 def run_here(*args: str, cwd: Path, module: str = "study.run", timeout: float | None = None) -> subprocess.CompletedProcess[str]:
     """As :func:`run_cli`, in this process: ``MODULE.main(args)`` from ``cwd`` with its output
     captured, for the tests that check what a command says, stores and writes, not what a process

@@ -15,7 +15,8 @@ import pytest
 
 from optuna.trial import TrialState
 
-from cli_helpers import FINISHED, SMALL, load, run_cli, run_here, small_disk, running_trials, start_cli, wait_until
+from cli_helpers import (FINISHED, SMALL, leave_free, load, run_cli, run_here, running_trials, small_disk, start_cli,
+                         wait_until)
 
 
 def _made(argv: list[str]) -> bool:
@@ -671,10 +672,7 @@ def test_a_full_disk_while_the_report_writes_is_one_line_and_the_page_before_sta
         first = run_here(*args, cwd=tmp_path, module="study.report")
         assert first.returncode == 0, first.stderr
         page = (disk / "r" / "index.html").read_bytes()
-        import shutil
-
-        with open(disk / "filler", "wb") as f:  # room for the write check, not for a page
-            f.write(b"\0" * max(0, shutil.disk_usage(disk).free - 200_000))
+        leave_free(disk, 200_000)  # room for the write check, not for a page
         again = run_here(*args, cwd=tmp_path, module="study.report")
         errors = again.stderr.strip().splitlines()
         assert again.returncode == 3 and len(errors) == 1 and "Traceback" not in again.stderr, again.stderr
@@ -688,15 +686,12 @@ def test_a_full_artifact_disk_is_one_line_after_the_studys_records_and_leaves_no
     final word): a full --artifact-dir is one line naming it, exit 3, and no partial artifact file
     (it was uploaded first, and a failure left a truncated file, or an orphan when the study's
     writes failed after it)."""
-    import shutil
-
     with small_disk(tmp_path, "12m") as disk:
         url = f"sqlite:///{tmp_path / 's.db'}"
         assert run_here("--storage", url, "--trials", "1", *SMALL, cwd=tmp_path).returncode == 0
         store = disk / "a"
         store.mkdir()
-        with open(disk / "filler", "wb") as f:  # room for the write check, not for a page
-            f.write(b"\0" * max(0, shutil.disk_usage(disk).free - 200_000))
+        leave_free(disk, 200_000)  # room for the write check, not for a page
         done = run_here("--storage", url, "--final-seeds", "0", "--out", str(tmp_path / "r"), "--artifact-dir",
                         str(store), cwd=tmp_path, module="study.report")
         errors = done.stderr.strip().splitlines()
