@@ -22,9 +22,19 @@ FINISHED = (TrialState.COMPLETE, TrialState.PRUNED)
 ENV = {**os.environ, "PYTHONPATH": str(ROOT)}
 
 
-def run_cli(*args: str, cwd: Path, timeout: float = 240, module: str = "study.run") -> subprocess.CompletedProcess[str]:
-    return subprocess.run([sys.executable, "-m", module, *args], capture_output=True, text=True,
-                          cwd=cwd, env=ENV, timeout=timeout)
+def run_cli(*args: str, cwd: Path, timeout: float = 240, module: str = "study.run", fresh: bool = False,
+            cpus: list[int] | None = None) -> subprocess.CompletedProcess[str]:
+    """``python -m MODULE ARGS`` as a real process, forked by the zygote (``fresh``: a new
+    interpreter, for what happens while it starts), on the cores ``cpus`` if given (as ``taskset``);
+    what :func:`subprocess.run` gives."""
+    proc = start_cli(*args, cwd=cwd, module=module, fresh=fresh, cpus=cpus)
+    try:
+        out, err = proc.communicate(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        proc.communicate()
+        raise
+    return subprocess.CompletedProcess(proc.args, proc.returncode, out, err)
 
 
 #: the warnings filters as the interpreter starts (pytest sets its own only around each test)
@@ -86,9 +96,200 @@ def run_here(*args: str, cwd: Path, module: str = "study.run", timeout: float | 
     return subprocess.CompletedProcess([module, *args], code, out.getvalue(), err.getvalue())
 
 
-def start_cli(*args: str, cwd: Path, new_session: bool = False) -> subprocess.Popen[str]:
-    return subprocess.Popen([sys.executable, "-m", "study.run", *args], cwd=cwd, env=ENV, text=True,
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, start_new_session=new_session)
+def start_cli(*args: str, cwd: Path, new_session: bool = False, module: str = "study.run", fresh: bool = False,
+              env: dict[str, str] | None = None, stdin: int | None = None, stdout: int | None = None,
+              stderr: int | None = None, cpus: list[int] | None = None) -> subprocess.Popen[str] | Forked:
+    """``python -m MODULE ARGS`` started as a real process, its stdout and stderr piped (or the
+    descriptors given), what :class:`subprocess.Popen` gives. Forked by the zygote
+    (tests/zygote.py: no seconds of importing torch) unless ``fresh`` or ``env`` is not the
+    suite's own: a new interpreter then, for what is read or can happen while one starts."""
+    env = ENV if env is None else env
+    if fresh or env != ENV:
+        return subprocess.Popen([sys.executable, "-m", module, *args], cwd=cwd, env=env, text=True,
+                                stdin=subprocess.DEVNULL if stdin is None else stdin,
+                                stdout=subprocess.PIPE if stdout is None else stdout,
+                                stderr=subprocess.PIPE if stderr is None else stderr, start_new_session=new_session,
+                                preexec_fn=None if cpus is None else lambda: os.sched_setaffinity(0, cpus))
+    return Forked(module, list(args), cwd=cwd, env=env, new_session=new_session, stdin=stdin, stdout=stdout,
+                  stderr=stderr, cpus=cpus)
+
+
+def start_code(code: str, *args: str, cwd: Path) -> Forked:
+    """``python -c CODE ARGS`` forked by the zygote (the suite's environment), stdout and stderr
+    piped: for a test's own small script that imports the project."""
+    return Forked(None, list(args), cwd=cwd, env=ENV, code=code)
+
+
+class Forked:
+    """A command the zygote forked, with what the tests use of :class:`subprocess.Popen`: ``pid``,
+    ``args``, ``stdout``/``stderr`` (text, when piped), ``returncode``, ``poll``, ``wait``,
+    ``communicate``, ``send_signal``, ``terminate``, ``kill``. The exit code comes from the zygote,
+    the child's parent, which reaps it."""
+
+    def __init__(self, module: str | None, args: list[str], *, cwd: Path, env: dict[str, str], code: str | None = None,
+                 new_session: bool = False, stdin: int | None = None, stdout: int | None = None,
+                 stderr: int | None = None, cpus: list[int] | None = None) -> None:
+        import json
+        import socket as socket_
+
+        self.args = [sys.executable, *(["-c", code] if code is not None else ["-m", module]), *args]
+        self.returncode: int | None = None
+        mine: list[int] = []  # the descriptors opened here for the child, closed once sent
+        theirs: list[int] = []
+        pipes: list[int | None] = []
+        for given, reading in ((stdin, True), (stdout, False), (stderr, False)):
+            if given == subprocess.STDOUT:  # stderr into stdout's pipe
+                theirs.append(theirs[1])
+                pipes.append(None)
+            elif given is not None and given >= 0:
+                theirs.append(given)
+                pipes.append(None)
+            elif reading or given == subprocess.DEVNULL:
+                fd = os.open(os.devnull, os.O_RDONLY if reading else os.O_WRONLY)
+                mine.append(fd)
+                theirs.append(fd)
+                pipes.append(None)
+            else:
+                r, w = os.pipe()
+                mine.append(w)
+                theirs.append(w)
+                pipes.append(r)
+        self.stdin = None
+        self.stdout = open(pipes[1], encoding="utf-8", errors="replace") if pipes[1] is not None else None
+        self.stderr = open(pipes[2], encoding="utf-8", errors="replace") if pipes[2] is not None else None
+        self._conn = socket_.socket(socket_.AF_UNIX, socket_.SOCK_SEQPACKET)
+        try:
+            self._conn.connect(_zygote())
+            request = {"module": module, "code": code, "args": args, "cwd": str(Path(cwd).resolve()), "env": env,
+                       "new_session": new_session, "cpus": None if cpus is None else sorted(cpus)}
+            socket_.send_fds(self._conn, [json.dumps(request).encode()], theirs)
+        finally:
+            for fd in mine:
+                os.close(fd)
+        reply = self._conn.recv(64).decode()
+        if not reply.startswith("pid "):
+            raise RuntimeError(f"the zygote did not start {self.args}: {reply!r} (see its log, {_ZYGOTE_LOG})")
+        self.pid = int(reply.split()[1])
+        self._readers: dict[str, object] = {}
+
+    def _take_exit(self, timeout: float | None) -> bool:
+        if self.returncode is not None:
+            return True
+        self._conn.settimeout(timeout)
+        try:
+            reply = self._conn.recv(64).decode()
+        except (TimeoutError, BlockingIOError):
+            return False
+        if not reply.startswith("exit "):
+            raise RuntimeError(f"the zygote lost {self.args} (pid {self.pid}): {reply!r}, see {_ZYGOTE_LOG}")
+        _, code, cpu = reply.split()
+        self.returncode = int(code)
+        global FORKED_CPU
+        FORKED_CPU += float(cpu)
+        self._conn.close()
+        return True
+
+    def poll(self) -> int | None:
+        self._take_exit(0)
+        return self.returncode
+
+    def wait(self, timeout: float | None = None) -> int:
+        if not self._take_exit(timeout):
+            raise subprocess.TimeoutExpired(self.args, timeout)
+        return self.returncode  # type: ignore[return-value]
+
+    def communicate(self, input: None = None, timeout: float | None = None) -> tuple[str | None, str | None]:
+        """Both streams to their end, then the exit code, as :meth:`subprocess.Popen.communicate`
+        (a timeout raises :class:`subprocess.TimeoutExpired` and a later call goes on)."""
+        import threading
+
+        deadline = None if timeout is None else time.monotonic() + timeout
+        for name in ("stdout", "stderr"):
+            stream = getattr(self, name)
+            if stream is not None and name not in self._readers:
+                chunks: list[str] = []
+                thread = threading.Thread(target=lambda s=stream, c=chunks: c.append(s.read()), daemon=True)
+                thread.start()
+                self._readers[name] = (thread, chunks)
+        for thread, _ in self._readers.values():  # type: ignore[misc]
+            thread.join(None if deadline is None else max(0.0, deadline - time.monotonic()))
+            if thread.is_alive():
+                raise subprocess.TimeoutExpired(self.args, timeout)
+        self.wait(None if deadline is None else max(0.0, deadline - time.monotonic()))
+        results = []
+        for name in ("stdout", "stderr"):
+            if name in self._readers:
+                results.append("".join(self._readers[name][1]))  # type: ignore[index]
+                getattr(self, name).close()
+            else:
+                results.append(None)
+        return results[0], results[1]
+
+    def send_signal(self, sig: int) -> None:
+        if self.poll() is None:  # as Popen: never a signal to a pid that may have been reused
+            os.kill(self.pid, sig)
+
+    def terminate(self) -> None:
+        import signal
+
+        self.send_signal(signal.SIGTERM)
+
+    def kill(self) -> None:
+        import signal
+
+        self.send_signal(signal.SIGKILL)
+
+    def __enter__(self) -> Forked:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        for stream in (self.stdout, self.stderr):
+            if stream is not None:
+                stream.close()
+        self.wait()
+
+
+#: what the zygote imports before it forks: every command the tests start, so that none imports
+ZYGOTE_PRELOAD = ("study.run", "study.report", "study.lr_range", "study.workers", "benchmarks")
+_ZYGOTE: subprocess.Popen[bytes] | None = None
+#: the CPU seconds of the commands the zygote forked, theirs and their workers', so far (the
+#: zygote reaps them, so they are not in this process's RUSAGE_CHILDREN)
+FORKED_CPU = 0.0
+_ZYGOTE_LOG = Path(os.environ.get("TMPDIR", "/tmp")) / f"lr-study-zygote-{os.getpid()}.log"
+
+
+def _zygote() -> str:
+    """The socket of this test session's zygote, started at the first use (one interpreter start
+    and one import of torch for the whole session) and ended with the session."""
+    global _ZYGOTE
+    import atexit
+    import tempfile
+
+    path = str(Path(tempfile.gettempdir()) / f"lr-study-zygote-{os.getpid()}.sock")
+    if _ZYGOTE is not None and _ZYGOTE.poll() is None:
+        return path
+    if os.path.exists(path):
+        os.unlink(path)
+    tests = str(Path(__file__).resolve().parent)
+    code = f"import sys; sys.path[0] = {tests!r}; import zygote; zygote.main()"
+    with open(_ZYGOTE_LOG, "ab") as log:
+        _ZYGOTE = subprocess.Popen([sys.executable, "-c", code, path, ",".join(ZYGOTE_PRELOAD)], cwd=ROOT, env=ENV,
+                                   stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=log)
+    ready = _ZYGOTE.stdout.readline()  # type: ignore[union-attr]
+    if ready.strip() != b"ready":
+        raise RuntimeError(f"the tests' zygote did not start: see {_ZYGOTE_LOG}")
+    atexit.register(_end_zygote, _ZYGOTE, path)
+    return path
+
+
+def _end_zygote(proc: subprocess.Popen[bytes], path: str) -> None:
+    proc.stdin.close()  # type: ignore[union-attr]  # its lifeline
+    try:
+        proc.wait(timeout=10)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+    if os.path.exists(path):
+        os.unlink(path)
 
 
 def load(url: str, name: str = "mnist-mlp-lr") -> optuna.Study:

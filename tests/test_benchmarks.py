@@ -8,13 +8,11 @@ busy 2-core CPU they mean nothing).
 from __future__ import annotations
 
 import re
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 
-from cli_helpers import ENV
+from cli_helpers import run_cli
 
 pytestmark = pytest.mark.slow
 
@@ -23,8 +21,7 @@ NUMBER = r"\d+\.\d+"
 
 
 def _bench(module: str, *args: str, cwd: Path) -> str:
-    done = subprocess.run([sys.executable, "-m", f"benchmarks.{module}", *args], cwd=cwd, env=ENV, capture_output=True,
-                          text=True, timeout=240)
+    done = run_cli(*args, cwd=cwd, module=f"benchmarks.{module}")
     assert done.returncode == 0, done.stderr
     assert "Traceback" not in done.stderr
     # every benchmark says how loaded the machine was, so that a contended figure is flagged

@@ -424,10 +424,6 @@ def test_epoch_valued_ranges_are_cut_to_the_run_and_fingerprinted(tmp_path: Path
 @pytest.mark.skipif(len(os.sched_getaffinity(0)) < 2, reason="needs 2 cores to share")
 def test_worker_processes_never_ask_for_more_threads_than_cores(tmp_path: Path) -> None:
     two = sorted(os.sched_getaffinity(0))[:2]
-
-    def on(cores):  # run study.run on these cores only (a taskset), as a machine of that many cores
-        return lambda: os.sched_setaffinity(0, cores)
-
     args = ["--epochs", "1", "--train-samples", "2000", "--device", "cpu", "--pruner", "none"]
     cases = [  # (cores, workers, --threads, threads expected in each worker)
         (two, ["--workers", "2"], 1),
@@ -437,9 +433,8 @@ def test_worker_processes_never_ask_for_more_threads_than_cores(tmp_path: Path) 
     ]
     for i, (cores, flags, each) in enumerate(cases):
         url = f"sqlite:///{tmp_path / f'threads{i}.db'}"
-        done = subprocess.run([sys.executable, "-m", "study.run", "--trials", "2", "--storage", url, *args, *flags],
-                              cwd=tmp_path, env=ENV, capture_output=True, text=True, timeout=300,
-                              preexec_fn=on(cores))
+        # on these cores only (as taskset), a machine of that many cores
+        done = run_cli("--trials", "2", "--storage", url, *args, *flags, cwd=tmp_path, timeout=300, cpus=cores)
         assert done.returncode == 0, done.stderr
         workers = int(flags[1])
         if workers > 1:  # each worker process says what torch.get_num_threads() gives it

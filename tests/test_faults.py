@@ -284,15 +284,13 @@ def test_ctrl_c_during_the_imports_is_one_line_and_130(tmp_path: Path, module: s
     """Ctrl-C while torch was being imported (the first seconds of every command) printed a
     KeyboardInterrupt traceback and exited 1."""
     import signal
-    import subprocess
-    import sys
     import time
 
-    from cli_helpers import ENV
+    from cli_helpers import start_cli
 
     for sig in (signal.SIGINT, signal.SIGTERM):
-        proc = subprocess.Popen([sys.executable, "-m", module, "--device", "cpu"], cwd=tmp_path, env=ENV, text=True,
-                                stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+        # a new interpreter: the zygote's children have imported before they start
+        proc = start_cli("--device", "cpu", cwd=tmp_path, module=module, fresh=True)
         time.sleep(0.5)  # inside `import torch`, which takes seconds
         code, err = _interrupted(proc, sig)
         assert code == 130 and err.strip() == "interrupted while starting: nothing was read or written", (sig, code, err)
@@ -302,26 +300,21 @@ def test_ctrl_c_in_the_report_and_the_range_test_is_one_line_and_130(tmp_path: P
     """study.report and study.lr_range had no handler: a traceback, exit 1 (SIGTERM: killed)."""
     import signal
 
-    from cli_helpers import ENV
+    from cli_helpers import start_cli
 
     url = f"sqlite:///{tmp_path / 'c.db'}"
     assert _made(["--storage", url, "--trials", "1", *SMALL])
-    import subprocess
-    import sys
-
     # SIGINT for one command, SIGTERM for the other, then the other way round (both handlers are
     # the same for all three commands: study.interrupt)
     for sig, other in ((signal.SIGINT, signal.SIGTERM),):
-        proc = subprocess.Popen([sys.executable, "-m", "study.report", "--storage", url, "--final-seeds", "2",
-                                 "--device", "cpu", "--out", str(tmp_path / "r")], cwd=tmp_path, env=ENV, text=True,
-                                stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+        proc = start_cli("--storage", url, "--final-seeds", "2", "--device", "cpu", "--out", str(tmp_path / "r"),
+                         cwd=tmp_path, module="study.report")
         assert "final word" in proc.stdout.readline()  # retraining the candidates
         code, err = _interrupted(proc, sig)
         assert code == 130 and len(err.strip().splitlines()) == 1 and "the report was not finished" in err, (code, err)
         assert "final_test" not in load(url).user_attrs
-        proc = subprocess.Popen([sys.executable, "-m", "study.lr_range", "--start-lr", "1e-7", "--end-lr", "2e-7",
-                                 "--steps", "100000", "--device", "cpu", "--out", str(tmp_path / "lr.html")],
-                                cwd=tmp_path, env=ENV, text=True, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+        proc = start_cli("--start-lr", "1e-7", "--end-lr", "2e-7", "--steps", "100000", "--device", "cpu", "--out",
+                         str(tmp_path / "lr.html"), cwd=tmp_path, module="study.lr_range")
         assert proc.stdout.readline().startswith("range test: ")  # past the imports and the data: 100,000 steps to go
         code, err = _interrupted(proc, other)
         assert code == 130 and err.strip() == "interrupted: the range test stopped; nothing was written", (code, err)
@@ -333,18 +326,14 @@ def test_a_signal_as_a_finished_report_exits_changes_nothing(tmp_path: Path) -> 
     default action back for signals it handles, so the process was killed (-15) or an atexit
     callback printed a KeyboardInterrupt; now the command ignores them once its work is done."""
     import signal
-    import subprocess
-    import sys
     import time
 
-    from cli_helpers import ENV
+    from cli_helpers import start_cli
 
     url = f"sqlite:///{tmp_path / 'e.db'}"
     assert _made(["--storage", url, "--trials", "1", *SMALL])
     out = tmp_path / "r"
-    proc = subprocess.Popen([sys.executable, "-m", "study.report", "--storage", url, "--final-seeds", "0",
-                             "--out", str(out)], cwd=tmp_path, env=ENV, text=True,
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    proc = start_cli("--storage", url, "--final-seeds", "0", "--out", str(out), cwd=tmp_path, module="study.report")
     lines = []
     for line in proc.stdout:  # its last line: every file written, the study's note stored
         lines.append(line)
@@ -439,16 +428,12 @@ def test_resumes_and_joins_that_would_mix_experiments_are_refused(tmp_path: Path
 def test_processes_started_with_the_same_command_sample_different_configurations(tmp_path: Path) -> None:
     """The multi-machine recipe runs one command, one --seed, everywhere: every process drew the
     same configurations (4 processes on PostgreSQL: 7 trials, 2 distinct)."""
-    import subprocess
-    import sys
-
-    from cli_helpers import ENV
+    from cli_helpers import start_cli
 
     url = f"sqlite:///{tmp_path / 'm.db'}"
-    command = [sys.executable, "-m", "study.run", "--storage", url, "--trials", "6", "--epochs", "1", "--train-samples",
-               "2000", "--device", "cpu", "--pruner", "none", "--threads", "1"]
-    procs = [subprocess.Popen(command, cwd=tmp_path, env=ENV, text=True, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
-             for _ in range(3)]
+    command = ["--storage", url, "--trials", "6", "--epochs", "1", "--train-samples", "2000", "--device", "cpu",
+               "--pruner", "none", "--threads", "1"]
+    procs = [start_cli(*command, cwd=tmp_path) for _ in range(3)]
     for proc in procs:
         out, err = proc.communicate(timeout=300)
         assert proc.returncode == 0, err

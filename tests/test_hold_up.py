@@ -6,15 +6,13 @@ from __future__ import annotations
 
 import hashlib
 import re
-import subprocess
-import sys
 import time
 from pathlib import Path
 
 import optuna
 import pytest
 
-from cli_helpers import ENV, FINISHED, SMALL, load, run_cli, run_here, small_disk
+from cli_helpers import FINISHED, SMALL, load, run_cli, run_here, small_disk, start_code
 from cli_helpers import run_main as run_captured
 from study.run import main as run_main
 
@@ -41,8 +39,7 @@ def test_processes_started_together_on_a_new_study_all_join_it(tmp_path: Path, b
     procs = []
     for i in range(4):
         args = ["--trials", "6", *SMALL, "--storage", url, "--threads", "1"]
-        procs.append(subprocess.Popen([sys.executable, "-c", RACER, str(tmp_path / f"ready{i}"), str(go), *args],
-                                      cwd=tmp_path, env=ENV, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True))
+        procs.append(start_code(RACER, str(tmp_path / f"ready{i}"), str(go), *args, cwd=tmp_path))
     deadline = time.monotonic() + 120
     while not all((tmp_path / f"ready{i}").exists() for i in range(4)):
         assert time.monotonic() < deadline and all(p.poll() is None for p in procs), "a racer did not get ready"
@@ -138,16 +135,13 @@ def test_a_report_checks_where_it_writes_before_any_work(tmp_path: Path, flag: s
 
 
 def test_more_workers_than_the_machine_holds_are_capped_with_one_line(tmp_path: Path) -> None:
-    from study.cli import max_workers
-
-    import shutil
+    import os
 
     url = f"sqlite:///{tmp_path / 's.db'}"
-    # on one core when taskset is there: the cap is then 2 processes, quicker to start than 4
-    one_core = ["taskset", "-c", "0"] if shutil.which("taskset") else []
-    cap = 2 if one_core else max_workers()[0]
-    done = subprocess.run([*one_core, sys.executable, "-m", "study.run", "--trials", "3", *SMALL, "--storage", url,
-                           "--workers", "64"], cwd=tmp_path, env=ENV, capture_output=True, text=True, timeout=240)
+    # on one core (as taskset): the cap is then 2 processes, quicker to start than 4
+    cap = 2
+    done = run_cli("--trials", "3", *SMALL, "--storage", url, "--workers", "64", cwd=tmp_path,
+                   cpus=sorted(os.sched_getaffinity(0))[:1])
     assert done.returncode == 0, done.stderr
     warning = [line for line in done.stderr.splitlines() if "--workers 64" in line]
     assert len(warning) == 1 and f"using {cap}" in warning[0] and "usable core" in warning[0]

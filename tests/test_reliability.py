@@ -23,7 +23,7 @@ import torch
 from optuna.storages import RetryHeartbeatStaleTrialCallback
 from optuna.trial import TrialState
 
-from cli_helpers import (ENV, FINISHED, SMALL, free_port, load, run_cli, running_trials, snapshot, start_cli,
+from cli_helpers import (ENV, FINISHED, SMALL, free_port, load, run_cli, running_trials, snapshot, start_cli, start_code,
                          start_dashboard, stop_dashboard, wait_for_running, wait_until)
 from storage import open_storage
 from study.run import main
@@ -147,8 +147,7 @@ def test_workers_on_sqlite_never_take_the_same_queued_trial(tmp_path: Path) -> N
         study.enqueue_trial({"x": i})
     go = tmp_path / "go"
     ready = [tmp_path / f"ready{i}" for i in range(4)]
-    procs = [subprocess.Popen([sys.executable, "-c", _ASKER, url, str(r), str(go), "10"], env=ENV,
-                              stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True) for r in ready]
+    procs = [start_code(_ASKER, url, str(r), str(go), "10", cwd=tmp_path) for r in ready]
     # released together once every process has imported optuna and opened the storage
     wait_until(lambda: all(r.exists() for r in ready), timeout=120, what="asker ready")
     go.touch()
