@@ -249,8 +249,14 @@ class Forked:
         self.wait()
 
 
-#: what the zygote imports before it forks: every command the tests start, so that none imports
-ZYGOTE_PRELOAD = ("study.run", "study.report", "study.lr_range", "study.workers", "benchmarks")
+#: what the zygote imports before it forks: every command the tests start and what they import at
+#: their first use (torch._dynamo with torch.optim's first call, torchvision with MNIST, the
+#: report's figures and page, Optuna's RDB migration), so that a command imports next to nothing
+ZYGOTE_PRELOAD = ("study.run", "study.report", "study.lr_range", "study.workers", "study.runner", "study.reporter",
+                  "study.final_word", "study.figures", "study.page", "study.export", "benchmarks._common",
+                  "torch._dynamo", "torchvision.datasets.mnist", "optuna.visualization", "optuna.artifacts",
+                  "optuna_dashboard", "plotly.graph_objects", "plotly.io", "plotly.offline", "sqlalchemy.dialects.sqlite",
+                  "alembic.command", "alembic.migration")
 _ZYGOTE: subprocess.Popen[bytes] | None = None
 #: the CPU seconds of the commands the zygote forked, theirs and their workers', so far (the
 #: zygote reaps them, so they are not in this process's RUSAGE_CHILDREN)

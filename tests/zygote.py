@@ -24,6 +24,7 @@ Standard library only at the top: the modules to import first come on the comman
 
 from __future__ import annotations
 
+import gc
 import importlib
 import json
 import os
@@ -55,6 +56,10 @@ def serve(path: str, preload: list[str]) -> dict | None:
     the request in each forked child (which then becomes the command)."""
     for name in preload:
         importlib.import_module(name)
+    # Every object so far into the permanent generation: a child's collections (and its exit's)
+    # then never touch them, which would copy each page of the server's heap into the child.
+    # Measured: a forked `pass` took 0.6 s of CPU to exit, 0.25 s after gc.freeze().
+    gc.freeze()
     listener = socket.socket(socket.AF_UNIX, socket.SOCK_SEQPACKET)
     listener.bind(path)
     listener.listen(64)
