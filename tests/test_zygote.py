@@ -23,7 +23,7 @@ print(json.dumps({
     "sid": os.getsid(0), "env": os.environ.get("LR_STUDY_PROBE"), "stdin": os.read(0, 10).decode(),
     "cpus": sorted(os.sched_getaffinity(0)), "main": sorted(k for k in globals() if not k.startswith("__")),
     "random": random.random(), "numpy": float(numpy.random.random()), "torch": torch.initial_seed(),
-    "sigint": str(__import__("signal").getsignal(2)),
+    "sigint": str(__import__("signal").getsignal(2)), "sigterm": str(__import__("signal").getsignal(15)),
 }))
 sys.stdout.flush()
 """
@@ -42,7 +42,7 @@ def test_a_forked_command_is_set_up_as_a_fresh_one(tmp_path: Path) -> None:
     assert one["argv"] == ["-c", "a", "b c"] and one["orig_argv"] == [sys.executable, "-c", PROBE, "a", "b c"]
     assert one["path0"] == "" and one["cwd"] == str(tmp_path.resolve()) and one["env"] == "seen"
     assert one["stdin"] == "" and one["main"] == ["json", "numpy", "os", "random", "sys", "torch"]  # nothing of the zygote's
-    assert one["sigint"] == str(signal.default_int_handler)
+    assert one["sigint"] == str(signal.default_int_handler) and one["sigterm"] == str(signal.SIG_DFL)
     assert one["sid"] != one["pid"] and two["sid"] == two["pid"] and two["cpus"] == cpu
     # each process draws its own random numbers, as fresh ones do
     assert one["random"] != two["random"] and one["numpy"] != two["numpy"] and one["torch"] != two["torch"]
@@ -81,3 +81,18 @@ def test_an_environment_other_than_the_suites_starts_a_new_interpreter(tmp_path:
     assert not isinstance(proc, Forked)
     out, _ = proc.communicate(timeout=60)
     assert proc.returncode == 0 and "usage: python -m study.run" in out
+
+
+def test_a_zygote_started_while_a_command_ignored_signals_gives_its_children_the_usual_ones(tmp_path: Path) -> None:
+    """Started (at its first use) by a test in the instant an in-process command had Ctrl-C and
+    SIGTERM ignored, the zygote passed SIG_IGN on to every command it forked for the rest of the
+    session."""
+    import cli_helpers
+
+    if cli_helpers._ZYGOTE is not None:  # this session's: a new one, started as described
+        cli_helpers._end_zygote(cli_helpers._ZYGOTE, cli_helpers._zygote())
+        cli_helpers._ZYGOTE = None
+    signal.signal(signal.SIGINT, signal.SIG_IGN)  # as study.interrupt.ignore_from_now leaves them
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)  # (tests/process_state.py puts them back)
+    probe = _probe(tmp_path)
+    assert (probe["sigint"], probe["sigterm"]) == (str(signal.default_int_handler), str(signal.SIG_DFL))

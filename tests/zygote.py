@@ -41,6 +41,12 @@ def main() -> None:
     serve, and in each forked child run the requested module as ``python -m`` runs it."""
     import runpy
 
+    # The dispositions a command started from a shell has. The zygote may have been started by a
+    # test while an in-process command had SIGINT ignored (Python keeps an inherited SIG_IGN), and
+    # every child would have inherited that for the rest of the session.
+    signal.signal(signal.SIGINT, signal.default_int_handler)
+    for sig in (signal.SIGTERM, signal.SIGHUP, signal.SIGQUIT):
+        signal.signal(sig, signal.SIG_DFL)
     request = serve(sys.argv[1], [name for name in sys.argv[2].split(",") if name])
     if request is None:
         return
