@@ -33,7 +33,9 @@ FIGURE_TITLES = [
 def reported(tmp_path_factory: pytest.TempPathFactory, mnist_dir) -> tuple[str, Path]:
     tmp = tmp_path_factory.mktemp("report")
     url = f"sqlite:///{tmp / 'studies' / 's.db'}"
-    assert run_main(["--trials", "14", "--epochs", "3", "--train-samples", "2000", "--device", "cpu",
+    # 2 epochs: the final word (4 candidates on 50k, the answer and the baseline on 60k) is most
+    # of the fixture's work, a third of it per epoch
+    assert run_main(["--trials", "14", "--epochs", "2", "--train-samples", "2000", "--device", "cpu",
                      "--storage", url]) == 0
     out = tmp / "report"
     assert report_module.main(["--storage", url, "--out", str(out), "--final-seeds", "1", "--device", "cpu"]) == 0
@@ -81,10 +83,10 @@ def test_final_word_note_and_artifact_are_in_the_study(reported) -> None:
     # on the CPU, by default: CPU_CANDIDATES, and the baseline if it is not among them
     assert len(final["candidates"]) - (not any(r["baseline"] and r["labels"] != ["baseline"] for r in final["candidates"])) \
         == report_module.CPU_CANDIDATES
-    assert 0.8 < answer["test_accuracy_mean"] <= 1.0  # 3 epochs on all 60k images
+    assert 0.8 < answer["test_accuracy_mean"] <= 1.0  # 2 epochs on all 60k images
     assert final["train_images"] == 60_000 and final["selection_images"] == 50_000 and len(final["seeds"]) == 1
     assert final["precision"] == "fp32" and final["metric"] == "last_val_error"  # the study's
-    assert answer["epochs"] == 3  # last_val_error measures the model after the whole schedule
+    assert answer["epochs"] == 2  # last_val_error measures the model after the whole schedule
     # the baseline (study.run's default) is among the candidates, retrained with the same seed
     base = next(r for r in final["candidates"] if r["baseline"])
     assert base["labels"][0] == "baseline" and base["optimizer"] == "adamw"
@@ -224,8 +226,10 @@ def test_the_fused_final_word_gives_the_accuracies_of_one_run_at_a_time(reported
         assert a["val_values"] == pytest.approx(b["val_values"], rel=1e-9)
     n = len(fused["candidates"])  # 3, and the baseline if it is not among them
     assert n in (3, 4) and all(len(r["val_values"]) == 2 for r in fused["candidates"])
-    # the seeds really differ, and so do the configurations
-    assert len({v for r in fused["candidates"] for v in r["val_values"]}) == 2 * n
+    # the seeds really differ (each candidate's two values), and so do the configurations (no two
+    # candidates alike; a value alone may repeat: an error rate on 2,000 images moves by 0.0005)
+    assert all(len(set(r["val_values"])) == 2 for r in fused["candidates"])
+    assert len({tuple(r["val_values"]) for r in fused["candidates"]}) == n
 
 
 @pytest.mark.slow
