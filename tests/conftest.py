@@ -55,6 +55,18 @@ def fewer_validation_images(data, n: int = 2000):
 
 
 @pytest.fixture
+def studies_validate_on_2k(monkeypatch) -> None:
+    """Studies run in this process validate their trials on the first 2,000 of the 10k validation
+    images (:func:`fewer_validation_images`): for tests of what a study does with its trials'
+    values (prunes, drops, counts), where validating 10k images at every epoch of every trial was
+    most of the work and any images give such values."""
+    import objectives.objective as objective_module
+
+    load = objective_module.load_mnist
+    monkeypatch.setattr(objective_module, "load_mnist", lambda *args, **kwargs: fewer_validation_images(load(*args, **kwargs)))
+
+
+@pytest.fixture
 def mnist_copy(mnist_dir: Path, tmp_path: Path) -> Path:
     """A writable copy of the four files (gzip, flat), for tests that damage or move them."""
     out = tmp_path / "mnist"

@@ -177,7 +177,8 @@ COMBINATIONS = [(s, "median") for s in ("tpe", "random", "cmaes", "gp", "qmc")] 
 
 @pytest.mark.slow
 @pytest.mark.parametrize("sampler, pruner", COMBINATIONS)
-def test_every_sampler_and_pruner_runs(tmp_path: Path, sampler: str, pruner: str, monkeypatch) -> None:
+def test_every_sampler_and_pruner_runs(tmp_path: Path, sampler: str, pruner: str, monkeypatch,
+                                      studies_validate_on_2k) -> None:
     """Each pruner is consulted on epochs it may judge. At 2 trials of 2 epochs none could judge
     anything (the median's warm-up is 2 epochs, and the last epoch is never judged), so a pruner
     that was never called passed: trials of 4 epochs, and a count of the calls. For ``median`` the
@@ -320,7 +321,7 @@ def _most_at_once(trials) -> int:
 
 
 @pytest.mark.slow
-def test_parallel_trials_run_fused_with_the_values_of_the_one_trial_engine(tmp_path: Path) -> None:
+def test_parallel_trials_run_fused_with_the_values_of_the_one_trial_engine(tmp_path: Path, studies_validate_on_2k) -> None:
     args = ["--epochs", "2", "--train-samples", "2000", "--device", "cpu", "--pruner", "none"]
     fused_url, one_url = f"sqlite:///{tmp_path / 'fused.db'}", f"sqlite:///{tmp_path / 'one.db'}"
     fused = run_here("--trials", "6", *args, "--parallel-trials", "3", "--storage", fused_url, cwd=tmp_path)
@@ -407,7 +408,7 @@ def test_report_defaults_to_the_storage_of_study_run(tmp_path: Path) -> None:
 
 
 @pytest.mark.slow
-def test_epoch_valued_ranges_are_cut_to_the_run_and_fingerprinted(tmp_path: Path) -> None:
+def test_epoch_valued_ranges_are_cut_to_the_run_and_fingerprinted(tmp_path: Path, studies_validate_on_2k) -> None:
     url = f"sqlite:///{tmp_path / 'cut.db'}"
     args = ["--storage", url, "--sampler", "random", "--pruner", "none", "--epochs", "3", "--train-samples", "1000",
             "--device", "cpu"]

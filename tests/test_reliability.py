@@ -352,7 +352,7 @@ def test_a_worker_whose_every_trial_fails_stops(tmp_path: Path, monkeypatch, cap
     assert states == [TrialState.FAIL] * (5 if parallel == "1" else 3 + 2 + 5)
 
 
-def test_divergent_lr_never_fails_the_study(tmp_path: Path) -> None:
+def test_divergent_lr_never_fails_the_study(tmp_path: Path, studies_validate_on_2k) -> None:
     # the default ranges reach LRs that diverge (e.g. RMSprop at 0.05, SGD near 1 with fc1 x10);
     # with this seed 2 of the 20 trials do (seeds 1 to 3 each give 2; seed 0 none, since trial n
     # draws from (seed, n)), and none of them may fail the study
