@@ -237,10 +237,12 @@ def test_sampler_without_its_dependency_is_a_clear_error(tmp_path: Path, monkeyp
 
 @pytest.mark.slow
 @pytest.mark.parametrize("parallel", ["1", "2"])
-def test_ctrl_c_marks_the_trial_failed_exits_130_and_rerun_completes(tmp_path: Path, parallel: str) -> None:
+def test_ctrl_c_marks_the_trial_failed_exits_130_and_rerun_completes(tmp_path: Path, parallel: str,
+                                                                     studies_validate_on_2k) -> None:
     url = f"sqlite:///{tmp_path / 'c.db'}"
     # trials of a few seconds (15 epochs), so that the signal lands in one, and the rerun in this
-    # process (what it stores is the point; the signal's process is the one above)
+    # process (what it stores is the point; the signal's process is the one above), validating
+    # on 2,000 images (the trials the signal ended have no value to compare with)
     args = ["--trials", "2", "--storage", url, "--epochs", "15", "--train-samples", "2000", "--device", "cpu",
             "--pruner", "none", "--parallel-trials", parallel]
     proc = start_cli(*args, cwd=tmp_path)
