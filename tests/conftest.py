@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import shutil
 from pathlib import Path
@@ -55,15 +56,24 @@ def fewer_validation_images(data, n: int = 2000):
 
 
 @pytest.fixture
-def studies_validate_on_2k(monkeypatch) -> None:
+def studies_validate_on_2k():
     """Studies run in this process validate their trials on the first 2,000 of the 10k validation
     images (:func:`fewer_validation_images`): for tests of what a study does with its trials'
     values (prunes, drops, counts), where validating 10k images at every epoch of every trial was
-    most of the work and any images give such values."""
+    most of the work and any images give such values. The report's final word is not affected."""
+    with validating_on_2k():
+        yield
+
+
+@contextlib.contextmanager
+def validating_on_2k():
+    """:func:`studies_validate_on_2k` for a block (e.g. in a module-scoped fixture)."""
     import objectives.objective as objective_module
 
     load = objective_module.load_mnist
-    monkeypatch.setattr(objective_module, "load_mnist", lambda *args, **kwargs: fewer_validation_images(load(*args, **kwargs)))
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(objective_module, "load_mnist", lambda *args, **kwargs: fewer_validation_images(load(*args, **kwargs)))
+        yield
 
 
 @pytest.fixture
