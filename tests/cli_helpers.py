@@ -261,7 +261,7 @@ _ZYGOTE: subprocess.Popen[bytes] | None = None
 #: the CPU seconds of the commands the zygote forked, theirs and their workers', so far (the
 #: zygote reaps them, so they are not in this process's RUSAGE_CHILDREN)
 FORKED_CPU = 0.0
-_ZYGOTE_LOG = Path(os.environ.get("TMPDIR", "/tmp")) / f"lr-study-zygote-{os.getpid()}.log"
+_ZYGOTE_LOG = Path(__import__("tempfile").gettempdir()) / f"lr-study-zygote-{os.getpid()}.log"
 
 
 def _zygote() -> str:
@@ -296,6 +296,8 @@ def _end_zygote(proc: subprocess.Popen[bytes], path: str) -> None:
         proc.kill()
     if os.path.exists(path):
         os.unlink(path)
+    if _ZYGOTE_LOG.exists() and _ZYGOTE_LOG.stat().st_size == 0:  # kept only when it has something to say
+        _ZYGOTE_LOG.unlink()
 
 
 def load(url: str, name: str = "mnist-mlp-lr") -> optuna.Study:
