@@ -163,6 +163,22 @@ def _optuna_tables(path: Path, tables: set[str]) -> bool:
     return {"schema_version", "library_version"} <= columns
 
 
+def _half_made(path: Path, tables: set[str]) -> bool:
+    """Whether ``tables`` of the SQLite file ``path`` are an Optuna storage that another process is
+    creating now (or was killed creating): some of Optuna's tables, not yet version_info, every one
+    empty. Optuna creates its tables one statement at a time, so a process started a moment after
+    another on a new file saw ``studies`` alone and refused it as another program's database;
+    nothing of anyone's is in empty tables of Optuna's names, and Optuna completes the schema."""
+    if "version_info" in tables or not {t for t in tables if not t.startswith("sqlite_")} <= _OPTUNA_TABLES:
+        return False
+    connection = sqlite3.connect(f"{path.resolve().as_uri()}?mode=ro", uri=True, timeout=60)
+    try:
+        return not any(connection.execute(f'SELECT EXISTS (SELECT 1 FROM "{table}")').fetchone()[0]
+                       for table in tables if not table.startswith("sqlite_"))
+    finally:
+        connection.close()
+
+
 def _sqlite_tables(path: Path) -> set[str]:
     """The tables of the SQLite file ``path``, read without changing a byte of it (a read-only
     connection; it still sees what other processes' open transactions have committed), after
@@ -207,7 +223,7 @@ def _prepare_sqlite(url: str, parsed: URL, create: bool = True) -> None:
             tables = _sqlite_tables(path)
         except sqlite3.DatabaseError as e:
             raise StorageError(_sqlite_problem(url, path, e)) from None
-        if tables and not _optuna_tables(path, tables):
+        if tables and not _optuna_tables(path, tables) and not _half_made(path, tables):
             shown = ", ".join(sorted(tables)[:5]) + (", …" if len(tables) > 5 else "")
             raise StorageError(f"storage {url!r}: {path} is a database of another program (tables: {shown}), not an "
                                "Optuna storage; left as it is: give another file")

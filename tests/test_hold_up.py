@@ -87,6 +87,31 @@ def test_a_study_of_another_program_is_still_refused(tmp_path: Path) -> None:
     assert load(url, "theirs").user_attrs == {"owner": "someone else"} and not load(url, "theirs").trials
 
 
+def test_a_storage_another_process_is_creating_is_joined_not_refused(tmp_path: Path) -> None:
+    """Optuna creates its tables one statement at a time: of 3 processes started together on a new
+    SQLite file, one read it when only ``studies`` was made and refused it (exit 2) as "a database
+    of another program (tables: studies)". Empty tables of Optuna's names, without version_info
+    yet, are such a storage: joined, and Optuna completes the schema."""
+    import sqlite3
+
+    from storage import open_storage
+
+    path = tmp_path / "new.db"
+    made = tmp_path / "made.db"  # the first of Optuna's statements, as it runs them
+    open_storage(f"sqlite:///{made}").engine.dispose()
+    with sqlite3.connect(made) as db:
+        (studies,) = db.execute("SELECT sql FROM sqlite_master WHERE name = 'studies'").fetchone()
+    db.close()
+    with sqlite3.connect(path) as db:
+        db.execute(studies)
+    db.close()
+    storage = open_storage(f"sqlite:///{path}")
+    study = optuna.create_study(storage=storage, study_name="joined")
+    study.enqueue_trial({"x": 1.0})
+    assert [s.study_name for s in storage.get_all_studies()] == ["joined"]
+    storage.engine.dispose()
+
+
 def test_another_programs_sqlite_file_is_refused_and_left_byte_identical(tmp_path: Path) -> None:
     import sqlite3
 
