@@ -22,7 +22,7 @@ import textwrap
 from urllib.parse import quote, unquote_plus
 import time
 import warnings
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from pathlib import Path
 
 import optuna
@@ -377,7 +377,32 @@ class _SteadyHeartbeats(RDBStorage):
     def __getstate__(self) -> dict:
         state = super().__getstate__()
         state.pop("on_heartbeat_error", None)  # a process's own way of saying it; often not picklable
+        state.pop("_started_here", None)  # this process's trials, not the receiver's
         return state
+
+    @property
+    def started_here(self) -> set[int]:
+        """The ids of the trials this process set RUNNING (created, or taken from the queue) and
+        has not finished: for an interruption to find a trial it left RUNNING outside the
+        objective (a signal inside ``study.ask``, after the trial's row was written)."""
+        if "_started_here" not in self.__dict__:
+            self._started_here: set[int] = set()
+        return self._started_here
+
+    def create_new_trial(self, study_id: int, template_trial: optuna.trial.FrozenTrial | None = None) -> int:
+        trial_id = super().create_new_trial(study_id, template_trial)
+        if template_trial is None or template_trial.state == optuna.trial.TrialState.RUNNING:
+            self.started_here.add(trial_id)
+        return trial_id
+
+    def set_trial_state_values(self, trial_id: int, state: optuna.trial.TrialState,
+                               values: Sequence[float] | None = None) -> bool:
+        done = super().set_trial_state_values(trial_id, state, values)
+        if done and state == optuna.trial.TrialState.RUNNING:
+            self.started_here.add(trial_id)
+        elif state.is_finished():
+            self.started_here.discard(trial_id)
+        return done
 
     def record_heartbeat(self, trial_id: int) -> None:
         budget = max(0.5, (self.heartbeat_interval or 1) / 4)

@@ -168,7 +168,19 @@ def _own_unretried(study: optuna.Study, me: str) -> list[optuna.trial.FrozenTria
 
 def requeue_interrupted(storage: optuna.storages.BaseStorage, study: optuna.Study, me: str) -> None:
     """Queue again once (WAITING, the next run takes it first) each trial of process ``me`` that
-    an interruption ended as FAIL, as a dead worker's trial is."""
+    an interruption ended as FAIL, as a dead worker's trial is; a trial the interruption left
+    RUNNING outside the objective (inside ``study.ask``, while the sampler drew it) is failed as
+    interrupted and claimed by ``me`` first (it stayed RUNNING, claimed by no process, until the
+    next run waited a grace period for it)."""
+    # Optuna wraps an RDBStorage in a cache (its _backend): the set is the RDBStorage's
+    started_here = getattr(storage, "started_here", None) or getattr(getattr(storage, "_backend", None), "started_here", ())
+    for trial_id in sorted(started_here):
+        try:
+            if storage.get_trial(trial_id).state == TrialState.RUNNING:
+                batch.write_user_attrs(storage, trial_id, {"worker": me, "error": INTERRUPTED})
+                storage.set_trial_state_values(trial_id, TrialState.FAIL)
+        except optuna.exceptions.UpdateFinishedTrialError:
+            pass  # finished meanwhile by another process
     fail_and_retry(storage, study, [t for t in _own_unretried(study, me)
                                     if t.state == TrialState.FAIL and t.user_attrs.get("error") == INTERRUPTED])
 

@@ -271,6 +271,42 @@ def test_ctrl_c_marks_the_trial_failed_exits_130_and_rerun_completes(tmp_path: P
     assert all(trials[t.number].state in FINISHED for t in queued.values())  # the retries ran
 
 
+@pytest.mark.parametrize("parallel", ["1", "2"])
+def test_an_interruption_while_a_trial_is_drawn_fails_and_queues_it_never_leaves_it_running(
+        tmp_path: Path, monkeypatch, capsys, parallel: str) -> None:
+    """Ctrl-C or SIGTERM inside ``study.ask`` (the trial's row written, the sampler starting on it)
+    left that trial RUNNING and claimed by no process, one trial at a time and fused: Optuna fails
+    only the trials its objective runs. The next run then waited a grace period for it; a
+    SIGTERM'd ``--workers`` run once ended so (tests/test_reliability.py's SIGTERM test)."""
+    import study.workers as workers_module
+
+    real = workers_module.make_sampler
+
+    def interrupted_at_trial_2(*args, **kwargs):
+        sampler = real(*args, **kwargs)
+        before = sampler.before_trial  # called by study.ask once the trial's row is written
+
+        def before_trial(study, trial):
+            if trial.number == 2:
+                raise KeyboardInterrupt  # as the handler of SIGINT or SIGTERM raises it
+            return before(study, trial)
+
+        sampler.before_trial = before_trial
+        return sampler
+
+    monkeypatch.setattr(workers_module, "make_sampler", interrupted_at_trial_2)
+    url = f"sqlite:///{tmp_path / 's.db'}"
+    code, out, err = run_main(["--trials", "4", *SMALL, "--storage", url, "--parallel-trials", parallel], capsys)
+    assert code == 130, err
+    trials = load(url).trials
+    assert TrialState.RUNNING not in [t.state for t in trials], [(t.number, t.state) for t in trials]
+    drawn = trials[2]
+    assert drawn.state == TrialState.FAIL and drawn.user_attrs["error"] == "interrupted"
+    assert drawn.user_attrs["worker"] == trials[0].user_attrs["worker"]  # claimed by the process
+    retry = [t for t in trials if t.system_attrs.get("failed_trial") == 2]
+    assert len(retry) == 1 and retry[0].state == TrialState.WAITING  # the next run takes it first
+
+
 @pytest.mark.slow
 def test_workers_share_the_budget(tmp_path: Path) -> None:
     url = f"sqlite:///{tmp_path / 'w.db'}"
