@@ -114,13 +114,22 @@ def _orphans(study: optuna.Study) -> list[optuna.trial.FrozenTrial]:
 
 
 def _alive(pid: int) -> bool:
+    """Whether process ``pid`` of this PID namespace is running. A zombie is not: it has exited
+    and its parent has not collected it yet. Workers whose parent was killed with them are
+    collected by the machine's init, here about 2 s later, and a rerun started at once found
+    them "alive" and left a trial they had not yet heartbeat RUNNING for good (2026-12-07)."""
     try:
         os.kill(pid, 0)
     except ProcessLookupError:
         return False
     except PermissionError:
-        return True
-    return True
+        pass  # another user's process: it exists
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            state = f.read().rsplit(")", 1)[1].split()[0]  # after "(comm)", which may hold spaces
+    except (OSError, IndexError):
+        return True  # no /proc: kill(0) is all there is
+    return state not in ("Z", "X")
 
 
 def _unclaimed(study: optuna.Study) -> set[int]:

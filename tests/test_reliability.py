@@ -163,6 +163,26 @@ def test_workers_on_sqlite_never_take_the_same_queued_trial(tmp_path: Path) -> N
     assert sorted(taken) == list(range(40))  # each queued trial exactly once, none created anew
 
 
+def test_a_zombie_worker_is_dead_for_the_orphan_check() -> None:
+    """Workers killed with their parent are collected by the machine's init, here about 2 s later;
+    until then kill(pid, 0) finds them, and a rerun started at once (as the suite's now are) took
+    them for alive and left a trial they had not heartbeat RUNNING for good."""
+    from study.recovery import _alive
+
+    pid = os.fork()
+    if pid == 0:
+        os._exit(0)
+    try:
+        wait_until(lambda: Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] == "Z",
+                   timeout=10, what="the child a zombie")
+        os.kill(pid, 0)  # still there for kill(0)
+        assert not _alive(pid)
+        assert _alive(os.getpid())
+    finally:
+        os.waitpid(pid, 0)
+    assert not _alive(pid)
+
+
 def test_rerun_after_every_worker_died_finishes_the_study(tmp_path: Path) -> None:
     url = f"sqlite:///{tmp_path / 'd.db'}"
     args = ["--trials", "6", "--workers", "2", "--storage", url, *CRASHY]
