@@ -150,12 +150,22 @@ _OPTUNA_TABLES = frozenset({"studies", "study_directions", "study_system_attribu
     | frozenset(_optuna_models.BaseModel.metadata.tables)  # and any a later Optuna adds
 
 
+def _read_only(path: Path) -> sqlite3.Connection:
+    """A connection to the SQLite file ``path`` that cannot change a byte of it."""
+    return sqlite3.connect(f"{path.resolve().as_uri()}?mode=ro", uri=True, timeout=60)
+
+
+def _optuna_names(tables: set[str]) -> bool:
+    """Whether every table but SQLite's own (``sqlite_*``) has a name Optuna (or Alembic) uses."""
+    return {t for t in tables if not t.startswith("sqlite_")} <= _OPTUNA_TABLES
+
+
 def _optuna_tables(path: Path, tables: set[str]) -> bool:
     """Whether ``tables`` of the SQLite file ``path`` are an Optuna storage's: Optuna's names only
     (SQLite's own ``sqlite_*`` aside), version_info among them with Optuna's columns."""
-    if "version_info" not in tables or not {t for t in tables if not t.startswith("sqlite_")} <= _OPTUNA_TABLES:
+    if "version_info" not in tables or not _optuna_names(tables):
         return False
-    connection = sqlite3.connect(f"{path.resolve().as_uri()}?mode=ro", uri=True, timeout=60)
+    connection = _read_only(path)
     try:
         columns = {row[1] for row in connection.execute("PRAGMA table_info(version_info)")}
     finally:
@@ -169,9 +179,9 @@ def _half_made(path: Path, tables: set[str]) -> bool:
     empty. Optuna creates its tables one statement at a time, so a process started a moment after
     another on a new file saw ``studies`` alone and refused it as another program's database;
     nothing of anyone's is in empty tables of Optuna's names, and Optuna completes the schema."""
-    if "version_info" in tables or not {t for t in tables if not t.startswith("sqlite_")} <= _OPTUNA_TABLES:
+    if "version_info" in tables or not _optuna_names(tables):
         return False
-    connection = sqlite3.connect(f"{path.resolve().as_uri()}?mode=ro", uri=True, timeout=60)
+    connection = _read_only(path)
     try:
         return not any(connection.execute(f'SELECT EXISTS (SELECT 1 FROM "{table}")').fetchone()[0]
                        for table in tables if not table.startswith("sqlite_"))
@@ -184,7 +194,7 @@ def _sqlite_tables(path: Path) -> set[str]:
     connection; it still sees what other processes' open transactions have committed), after
     SQLite's ``quick_check`` of the whole file: a damaged one (garbage written into its middle)
     raises ``sqlite3.DatabaseError`` here, before anything is written into it."""
-    connection = sqlite3.connect(f"{path.resolve().as_uri()}?mode=ro", uri=True, timeout=60)
+    connection = _read_only(path)
     try:
         problems = [row[0] for row in connection.execute("PRAGMA quick_check(3)")]
         if problems != ["ok"]:

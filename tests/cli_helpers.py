@@ -4,9 +4,13 @@ from __future__ import annotations
 
 import contextlib
 import io
+import json
 import os
+import signal
 import socket
 import subprocess
+import tempfile
+import threading
 import urllib.request
 import sys
 import time
@@ -129,9 +133,6 @@ class Forked:
     def __init__(self, module: str | None, args: list[str], *, cwd: Path, env: dict[str, str], code: str | None = None,
                  new_session: bool = False, stdin: int | None = None, stdout: int | None = None,
                  stderr: int | None = None, cpus: list[int] | None = None) -> None:
-        import json
-        import socket as socket_
-
         self.args = [sys.executable, *(["-c", code] if code is not None else ["-m", module]), *args]
         self.returncode: int | None = None
         mine: list[int] = []  # the descriptors opened here for the child, closed once sent
@@ -157,12 +158,12 @@ class Forked:
         self.stdin = None
         self.stdout = open(pipes[1], encoding="utf-8", errors="replace") if pipes[1] is not None else None
         self.stderr = open(pipes[2], encoding="utf-8", errors="replace") if pipes[2] is not None else None
-        self._conn = socket_.socket(socket_.AF_UNIX, socket_.SOCK_SEQPACKET)
+        self._conn = socket.socket(socket.AF_UNIX, socket.SOCK_SEQPACKET)
         try:
             self._conn.connect(_zygote())
             request = {"module": module, "code": code, "args": args, "cwd": str(Path(cwd).resolve()), "env": env,
                        "new_session": new_session, "cpus": None if cpus is None else sorted(cpus)}
-            socket_.send_fds(self._conn, [json.dumps(request).encode()], theirs)
+            socket.send_fds(self._conn, [json.dumps(request).encode()], theirs)
         finally:
             for fd in mine:
                 os.close(fd)
@@ -201,8 +202,6 @@ class Forked:
     def communicate(self, input: None = None, timeout: float | None = None) -> tuple[str | None, str | None]:
         """Both streams to their end, then the exit code, as :meth:`subprocess.Popen.communicate`
         (a timeout raises :class:`subprocess.TimeoutExpired` and a later call goes on)."""
-        import threading
-
         deadline = None if timeout is None else time.monotonic() + timeout
         for name in ("stdout", "stderr"):
             stream = getattr(self, name)
@@ -230,13 +229,9 @@ class Forked:
             os.kill(self.pid, sig)
 
     def terminate(self) -> None:
-        import signal
-
         self.send_signal(signal.SIGTERM)
 
     def kill(self) -> None:
-        import signal
-
         self.send_signal(signal.SIGKILL)
 
     def __enter__(self) -> Forked:
@@ -261,7 +256,7 @@ _ZYGOTE: subprocess.Popen[bytes] | None = None
 #: the CPU seconds of the commands the zygote forked, theirs and their workers', so far (the
 #: zygote reaps them, so they are not in this process's RUSAGE_CHILDREN)
 FORKED_CPU = 0.0
-_ZYGOTE_LOG = Path(__import__("tempfile").gettempdir()) / f"lr-study-zygote-{os.getpid()}.log"
+_ZYGOTE_LOG = Path(tempfile.gettempdir()) / f"lr-study-zygote-{os.getpid()}.log"
 
 
 def _zygote() -> str:
@@ -269,9 +264,8 @@ def _zygote() -> str:
     and one import of torch for the whole session) and ended with the session."""
     global _ZYGOTE
     import atexit
-    import tempfile
 
-    path = str(Path(tempfile.gettempdir()) / f"lr-study-zygote-{os.getpid()}.sock")
+    path = str(_ZYGOTE_LOG.with_suffix(".sock"))
     if _ZYGOTE is not None and _ZYGOTE.poll() is None:
         return path
     if os.path.exists(path):
