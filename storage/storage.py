@@ -383,11 +383,16 @@ class _SteadyHeartbeats(RDBStorage):
     given up until the next beat, and ``on_heartbeat_error`` hears the reason."""
 
     on_heartbeat_error: Callable[[str], None] | None = None
+    #: who claims the trials this process sets RUNNING (``study.recovery.owner()``): written as the
+    #: trial's ``worker`` attr in the same call, so that no signal between ``ask`` and the objective
+    #: leaves a trial that names no process; None: not claimed here
+    claim_as: str | None = None
 
     def __getstate__(self) -> dict:
         state = super().__getstate__()
-        state.pop("on_heartbeat_error", None)  # a process's own way of saying it; often not picklable
-        state.pop("_started_here", None)  # this process's trials, not the receiver's
+        # a process's own way of saying it (often not picklable), its trials and its name
+        for own in ("on_heartbeat_error", "_started_here", "last_started", "claim_as"):
+            state.pop(own, None)
         return state
 
     @property
@@ -399,17 +404,30 @@ class _SteadyHeartbeats(RDBStorage):
             self._started_here: set[int] = set()
         return self._started_here
 
-    def create_new_trial(self, study_id: int, template_trial: optuna.trial.FrozenTrial | None = None) -> int:
-        trial_id = super().create_new_trial(study_id, template_trial)
-        if template_trial is None or template_trial.state == optuna.trial.TrialState.RUNNING:
-            self.started_here.add(trial_id)
-        return trial_id
+    #: the id of the trial this process set RUNNING last (None: none yet): one trial at a time, the
+    #: one an interruption ended, also when Optuna failed it before the objective said why
+    last_started: int | None = None
+
+    def _started(self, trial_id: int) -> None:
+        self.started_here.add(trial_id)
+        self.last_started = trial_id
+        if self.claim_as is not None:
+            self.set_trial_user_attr(trial_id, "worker", self.claim_as)
+
+    def _create_new_trial(self, study_id: int,
+                          template_trial: optuna.trial.FrozenTrial | None = None) -> optuna.trial.FrozenTrial:
+        # the private method: Optuna's cache in front of an RDBStorage (every study's) calls it,
+        # not create_new_trial
+        trial = super()._create_new_trial(study_id, template_trial)
+        if trial.state == optuna.trial.TrialState.RUNNING:
+            self._started(trial._trial_id)
+        return trial
 
     def set_trial_state_values(self, trial_id: int, state: optuna.trial.TrialState,
                                values: Sequence[float] | None = None) -> bool:
         done = super().set_trial_state_values(trial_id, state, values)
         if done and state == optuna.trial.TrialState.RUNNING:
-            self.started_here.add(trial_id)
+            self._started(trial_id)
         elif state.is_finished():
             self.started_here.discard(trial_id)
         return done

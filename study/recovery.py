@@ -10,11 +10,13 @@ What a dead process leaves, and who settles it:
   :class:`Heartbeats` sends those of the fused engine's trials in flight.
 - A process of this host that no longer exists is not waited for: :func:`settle_orphans` fails
   and retries its trials at the start of a run, and the worker pool after a worker died
-  (:mod:`study.workers`). So does a trial that no process claimed (killed between ``ask`` and
-  writing its ``worker`` attr, hence without any heartbeat), after the grace period.
+  (:mod:`study.workers`). So does a trial that no process claimed (killed between the storage
+  setting it RUNNING and writing its ``worker`` attr, in the same call), after the grace period.
 - The storage failing mid-run (:func:`storage_failed`): one line, and this process's trials
   are failed and retried if the storage still lets us, else the next run settles them.
-- Ctrl-C or SIGTERM: the trials in flight are told FAIL by the loops themselves.
+- Ctrl-C or SIGTERM: the trials in flight are told FAIL by the loops themselves (or by
+  :func:`requeue_interrupted`, where the signal came between two steps of theirs) and queued
+  again once.
 """
 
 from __future__ import annotations
@@ -177,21 +179,27 @@ def _own_unretried(study: optuna.Study, me: str) -> list[optuna.trial.FrozenTria
 
 def requeue_interrupted(storage: optuna.storages.BaseStorage, study: optuna.Study, me: str) -> None:
     """Queue again once (WAITING, the next run takes it first) each trial of process ``me`` that
-    an interruption ended as FAIL, as a dead worker's trial is; a trial the interruption left
-    RUNNING outside the objective (inside ``study.ask``, while the sampler drew it) is failed as
-    interrupted and claimed by ``me`` first (it stayed RUNNING, claimed by no process, until the
-    next run waited a grace period for it)."""
-    # Optuna wraps an RDBStorage in a cache (its _backend): the set is the RDBStorage's
-    started_here = getattr(storage, "started_here", None) or getattr(getattr(storage, "_backend", None), "started_here", ())
-    for trial_id in sorted(started_here):
+    an interruption ended as FAIL, as a dead worker's trial is.
+
+    Where the signal lands decides what the trial looks like: inside the objective, it is FAIL
+    with ``error`` "interrupted"; inside ``study.ask`` (the sampler drawing it) or between ``ask``
+    and the objective, it stayed RUNNING (Optuna fails only what its objective raises), and is
+    failed as interrupted here; as the objective starts, before it can say why, Optuna failed it
+    with no ``error``: the last trial this process started (the storage's ``last_started``, one
+    trial at a time) is then taken as interrupted. The storage claimed each for ``me`` when it set
+    it RUNNING (``claim_as``); one still unclaimed is claimed here."""
+    # Optuna wraps an RDBStorage in a cache (its _backend): the records are the RDBStorage's
+    backend = storage if hasattr(storage, "started_here") else getattr(storage, "_backend", None)
+    for trial_id in sorted(getattr(backend, "started_here", ())):
         try:
             if storage.get_trial(trial_id).state == TrialState.RUNNING:
                 batch.write_user_attrs(storage, trial_id, {"worker": me, "error": INTERRUPTED})
                 storage.set_trial_state_values(trial_id, TrialState.FAIL)
         except optuna.exceptions.UpdateFinishedTrialError:
             pass  # finished meanwhile by another process
-    fail_and_retry(storage, study, [t for t in _own_unretried(study, me)
-                                    if t.state == TrialState.FAIL and t.user_attrs.get("error") == INTERRUPTED])
+    last = getattr(backend, "last_started", None)
+    fail_and_retry(storage, study, [t for t in _own_unretried(study, me) if t.state == TrialState.FAIL and (
+        t.user_attrs.get("error") == INTERRUPTED or ("error" not in t.user_attrs and batch.trial_id(t) == last))])
 
 
 def settle_orphans(s: Settings) -> None:
@@ -201,8 +209,8 @@ def settle_orphans(s: Settings) -> None:
     Optuna fails a dead worker's trial once its heartbeat is stale, but never a trial whose
     process died before recording its first heartbeat: it has none. So this does not wait for
     heartbeats. A trial whose ``worker`` is a process of this host that no longer exists is
-    failed at once. A trial that no process has claimed (``worker`` is set right after ``ask``,
-    so only a process killed in between leaves one) is failed if it is still unclaimed after
+    failed at once. A trial that no process has claimed (the storage writes ``worker`` as it sets
+    the trial RUNNING, so only a process killed in between leaves one) is failed if it is still unclaimed after
     the grace period. Trials of live processes and of other hosts are left to their heartbeats.
     """
     storage = study_storage(s)

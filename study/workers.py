@@ -117,6 +117,7 @@ def optimize(s: Settings, worker: int, prefix: str = "", bar: ProgressBar | None
         return
     objective.data  # noqa: B018 - load once, before the first trial, so no trial pays for it
     me = owner()
+    storage.claim_as = me  # each trial this process sets RUNNING names it at once (see requeue_interrupted)
 
     current: list[optuna.Trial] = []  # the trial run_trial works on, for taken_away
 

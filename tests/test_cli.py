@@ -272,12 +272,14 @@ def test_ctrl_c_marks_the_trial_failed_exits_130_and_rerun_completes(tmp_path: P
 
 
 @pytest.mark.parametrize("parallel", ["1", "2"])
+@pytest.mark.parametrize("origin", ["queued", "new"])  # trial 2 taken from the new study's queue, or made new
 def test_an_interruption_while_a_trial_is_drawn_fails_and_queues_it_never_leaves_it_running(
-        tmp_path: Path, monkeypatch, capsys, parallel: str) -> None:
+        tmp_path: Path, monkeypatch, capsys, parallel: str, origin: str) -> None:
     """Ctrl-C or SIGTERM inside ``study.ask`` (the trial's row written, the sampler starting on it)
     left that trial RUNNING and claimed by no process, one trial at a time and fused: Optuna fails
     only the trials its objective runs. The next run then waited a grace period for it; a
-    SIGTERM'd ``--workers`` run once ended so (tests/test_reliability.py's SIGTERM test)."""
+    SIGTERM'd ``--workers`` run once ended so (tests/test_reliability.py's SIGTERM test). A new
+    trial (a resume queues nothing) goes through another storage call than a queued one."""
     import study.workers as workers_module
 
     real = workers_module.make_sampler
@@ -294,8 +296,10 @@ def test_an_interruption_while_a_trial_is_drawn_fails_and_queues_it_never_leaves
         sampler.before_trial = before_trial
         return sampler
 
-    monkeypatch.setattr(workers_module, "make_sampler", interrupted_at_trial_2)
     url = f"sqlite:///{tmp_path / 's.db'}"
+    if origin == "new":
+        assert main(["--trials", "2", *SMALL, "--storage", url]) == 0
+    monkeypatch.setattr(workers_module, "make_sampler", interrupted_at_trial_2)
     code, out, err = run_main(["--trials", "4", *SMALL, "--storage", url, "--parallel-trials", parallel], capsys)
     assert code == 130, err
     trials = load(url).trials
@@ -305,6 +309,42 @@ def test_an_interruption_while_a_trial_is_drawn_fails_and_queues_it_never_leaves
     assert drawn.user_attrs["worker"] == trials[0].user_attrs["worker"]  # claimed by the process
     retry = [t for t in trials if t.system_attrs.get("failed_trial") == 2]
     assert len(retry) == 1 and retry[0].state == TrialState.WAITING  # the next run takes it first
+
+
+@pytest.mark.parametrize("parallel", ["1", "2"])
+def test_an_interruption_as_the_objective_starts_fails_names_and_queues_the_trial(
+        tmp_path: Path, monkeypatch, capsys, parallel: str) -> None:
+    """A signal after ``ask``, as the trial's objective starts (before it wrote which process runs
+    it: the first thing it does): Optuna failed the trial with no ``worker`` and no ``error``, and
+    nothing queued it again (``test_sigterm_of_workers_…`` in tests/test_reliability.py found such
+    a trial). The storage now names the process as it sets the trial RUNNING."""
+    import study.parallel as parallel_module
+    import study.workers as workers_module
+
+    module = workers_module if parallel == "1" else parallel_module
+    real, starts = module.write_user_attrs, []
+
+    def interrupted_at_the_third_start(storage, trial_id, attrs):
+        if "threads" in attrs:  # the objective's first write: the trial's process and its threads
+            starts.append(trial_id)
+            if len(starts) == 3:
+                raise KeyboardInterrupt  # as the handler of SIGINT or SIGTERM raises it
+        return real(storage, trial_id, attrs)
+
+    url = f"sqlite:///{tmp_path / 's.db'}"
+    assert main(["--trials", "1", *SMALL, "--storage", url]) == 0  # the resume's trials are new ones
+    monkeypatch.setattr(module, "write_user_attrs", interrupted_at_the_third_start)
+    code, out, err = run_main(["--trials", "5", *SMALL, "--storage", url, "--parallel-trials", parallel], capsys)
+    assert code == 130, err
+    trials = load(url).trials
+    assert TrialState.RUNNING not in [t.state for t in trials], [(t.number, t.state) for t in trials]
+    assert all("worker" in t.user_attrs for t in trials if t.state != TrialState.WAITING)
+    failed = [t for t in trials if t.state == TrialState.FAIL]  # fused: the other trial in flight too
+    assert starts[2] in [t._trial_id for t in failed]
+    for cut in failed:
+        assert cut.user_attrs["worker"] == trials[0].user_attrs["worker"]  # claimed by the process
+        retry = [t for t in trials if t.system_attrs.get("failed_trial") == cut.number]
+        assert len(retry) == 1 and retry[0].state == TrialState.WAITING  # the next run takes it first
 
 
 @pytest.mark.slow

@@ -448,7 +448,6 @@ def test_a_live_trial_of_another_pid_namespace_is_not_taken_for_an_orphan(tmp_pa
     import os
     import shutil
     import signal
-    import subprocess
     import sys
 
     from cli_helpers import ENV, wait_for_running
@@ -568,7 +567,6 @@ def test_an_immutable_database_is_one_line_and_left_as_it_is(tmp_path: Path) -> 
     import hashlib
     import shutil
     import sqlite3
-    import subprocess
 
     path = tmp_path / "i.db"
     assert run_here("--storage", f"sqlite:///{path}", "--trials", "1", *SMALL, cwd=tmp_path).returncode == 0  # no WAL
