@@ -24,18 +24,24 @@ from study.experiment import close_storages
 SIGNALS = tuple(s for s in (signal.SIGINT, signal.SIGTERM, getattr(signal, "SIGHUP", None)) if s is not None)
 
 
+#: the session's own state, as this plugin found it before any test or fixture ran: put back
+#: after every test, also what a module or session fixture's command changed before the test's
+#: own setup (a snapshot taken per test kept it: a fixture's ``--threads 1`` or busy-machine
+#: choice then held for every later test of the session)
+HANDLERS = {sig: signal.getsignal(sig) for sig in SIGNALS}
+THREADS, VERBOSITY = torch.get_num_threads(), optuna.logging.get_verbosity()
+
+
 @pytest.fixture(autouse=True)
 def _restore_process_state():
-    handlers = {sig: signal.getsignal(sig) for sig in SIGNALS}
-    threads, verbosity = torch.get_num_threads(), optuna.logging.get_verbosity()
     try:
         yield  # the warnings filters: pytest puts them back after each phase of a test
     finally:
-        for sig, handler in handlers.items():
+        for sig, handler in HANDLERS.items():
             if handler is not None and signal.getsignal(sig) is not handler:
                 signal.signal(sig, handler)
-        if torch.get_num_threads() != threads:
-            torch.set_num_threads(threads)
-        if optuna.logging.get_verbosity() != verbosity:
-            optuna.logging.set_verbosity(verbosity)
+        if torch.get_num_threads() != THREADS:
+            torch.set_num_threads(THREADS)
+        if optuna.logging.get_verbosity() != VERBOSITY:
+            optuna.logging.set_verbosity(VERBOSITY)
         close_storages()  # a command's storages, closed as its process's exit would

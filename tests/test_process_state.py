@@ -15,10 +15,26 @@ from cli_helpers import ROOT
 PROBE = textwrap.dedent('''
     import signal, sys, time
 
+    import pytest
+    import torch
+
     from study.report import main
 
+    THREADS = torch.get_num_threads()
 
-    def test_a_command_in_process(tmp_path):
+
+    @pytest.fixture(scope="module")
+    def a_command_in_a_fixture():
+        """What a command's main does to the process, in a module fixture (set up before the
+        test's own fixtures)."""
+        from study.cli import set_threads
+        from study.interrupt import raise_interrupt
+
+        set_threads(1, THREADS + 1)
+        signal.signal(signal.SIGINT, raise_interrupt)
+
+
+    def test_a_command_in_process(tmp_path, a_command_in_a_fixture):
         try:
             main(["--storage", f"sqlite:///{tmp_path / 'none.db'}", "--final-seeds", "0"])
         except SystemExit:
@@ -28,6 +44,9 @@ PROBE = textwrap.dedent('''
 
 
     def test_then_a_long_one():
+        # the session's threads and Ctrl-C are back, also what the module fixture changed
+        assert torch.get_num_threads() == THREADS, torch.get_num_threads()
+        assert signal.getsignal(signal.SIGINT) is signal.default_int_handler
         print("ready", file=sys.__stdout__, flush=True)
         time.sleep(60)
 ''')
