@@ -24,14 +24,17 @@ ROOT = Path(__file__).resolve().parents[1]
 SMALL = ["--epochs", "2", "--train-samples", "2000", "--device", "cpu"]
 FINISHED = (TrialState.COMPLETE, TrialState.PRUNED)
 ENV = {**os.environ, "PYTHONPATH": str(ROOT)}
+#: ENV, and the study's trials validate on 2,000 images in the command and every worker it
+#: spawns (tests/validate_on_2k/sitecustomize.py): for tests of processes, not of values
+VALIDATE_ON_2K = {**ENV, "PYTHONPATH": os.pathsep.join([str(ROOT / "tests" / "validate_on_2k"), str(ROOT)])}
 
 
 def run_cli(*args: str, cwd: Path, timeout: float = 240, module: str = "study.run", fresh: bool = False,
-            cpus: list[int] | None = None) -> subprocess.CompletedProcess[str]:
+            cpus: list[int] | None = None, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
     """``python -m MODULE ARGS`` as a real process, forked by the zygote (``fresh``: a new
     interpreter, for what happens while it starts), on the cores ``cpus`` if given (as ``taskset``);
     what :func:`subprocess.run` gives."""
-    proc = start_cli(*args, cwd=cwd, module=module, fresh=fresh, cpus=cpus)
+    proc = start_cli(*args, cwd=cwd, module=module, fresh=fresh, cpus=cpus, env=env)
     try:
         out, err = proc.communicate(timeout=timeout)
     except subprocess.TimeoutExpired:
@@ -106,9 +109,10 @@ def start_cli(*args: str, cwd: Path, new_session: bool = False, module: str = "s
     """``python -m MODULE ARGS`` started as a real process, its stdout and stderr piped (or the
     descriptors given), what :class:`subprocess.Popen` gives. Forked by the zygote
     (tests/zygote.py: no seconds of importing torch) unless ``fresh`` or ``env`` is not the
-    suite's own: a new interpreter then, for what is read or can happen while one starts."""
+    suite's own (:data:`VALIDATE_ON_2K` is): a new interpreter then, for what is read or can
+    happen while one starts."""
     env = ENV if env is None else env
-    if fresh or env != ENV:
+    if fresh or env not in (ENV, VALIDATE_ON_2K):
         return subprocess.Popen([sys.executable, "-m", module, *args], cwd=cwd, env=env, text=True,
                                 stdin=subprocess.DEVNULL if stdin is None else stdin,
                                 stdout=subprocess.PIPE if stdout is None else stdout,

@@ -17,7 +17,8 @@ import pytest
 import torch
 from optuna.trial import TrialState
 
-from cli_helpers import ENV, FINISHED, SMALL, free_port, load, run_cli, run_here, run_main, snapshot, start_cli, wait_for_running
+from cli_helpers import (ENV, FINISHED, SMALL, VALIDATE_ON_2K, free_port, load, run_cli, run_here, run_main, snapshot,
+                         start_cli, wait_for_running)
 from study.run import main
 
 
@@ -245,7 +246,7 @@ def test_ctrl_c_marks_the_trial_failed_exits_130_and_rerun_completes(tmp_path: P
     # on 2,000 images (the trials the signal ended have no value to compare with)
     args = ["--trials", "2", "--storage", url, "--epochs", "15", "--train-samples", "2000", "--device", "cpu",
             "--pruner", "none", "--parallel-trials", parallel]
-    proc = start_cli(*args, cwd=tmp_path)
+    proc = start_cli(*args, cwd=tmp_path, env=VALIDATE_ON_2K)
     wait_for_running(url, proc, count=int(parallel))  # every slot training
     proc.send_signal(signal.SIGINT)
     out, err = proc.communicate(timeout=30)
@@ -353,7 +354,7 @@ def test_workers_share_the_budget(tmp_path: Path) -> None:
     # trials of about a second, so that a worker that starts late still finds work
     args = ["--epochs", "6", "--train-samples", "2000", "--device", "cpu", "--pruner", "none"]
     # two trials in flight in each (the one-at-a-time workers: tests/test_reliability.py)
-    done = run_cli("--trials", "4", "--workers", "2", "--parallel-trials", "2", "--storage", url, *args, cwd=tmp_path)
+    done = run_cli("--trials", "4", "--workers", "2", "--parallel-trials", "2", "--storage", url, *args, cwd=tmp_path, env=VALIDATE_ON_2K)
     assert done.returncode == 0, done.stderr
     assert "Warning" not in done.stderr, done.stderr  # an ExperimentalWarning per new trial, from each worker
     states = [t.state for t in load(url).trials]
@@ -513,7 +514,7 @@ def test_worker_processes_never_ask_for_more_threads_than_cores(tmp_path: Path) 
     for i, (cores, flags, each) in enumerate(cases):
         url = f"sqlite:///{tmp_path / f'threads{i}.db'}"
         # on these cores only (as taskset), a machine of that many cores
-        done = run_cli("--trials", "2", "--storage", url, *args, *flags, cwd=tmp_path, timeout=300, cpus=cores)
+        done = run_cli("--trials", "2", "--storage", url, *args, *flags, cwd=tmp_path, timeout=300, cpus=cores, env=VALIDATE_ON_2K)
         assert done.returncode == 0, done.stderr
         workers = int(flags[1])
         if workers > 1:  # each worker process says what torch.get_num_threads() gives it

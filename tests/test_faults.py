@@ -15,8 +15,8 @@ import pytest
 
 from optuna.trial import TrialState
 
-from cli_helpers import (FINISHED, SMALL, leave_free, load, run_cli, run_here, running_trials, small_disk, start_cli,
-                         wait_until)
+from cli_helpers import (FINISHED, SMALL, VALIDATE_ON_2K, leave_free, load, run_cli, run_here, running_trials, small_disk,
+                         start_cli, wait_until)
 
 
 def _made(argv: list[str]) -> bool:
@@ -137,7 +137,7 @@ def test_a_trial_failed_by_another_process_is_dropped_and_the_worker_goes_on(tmp
     at a time and fused, throwing away its other trials."""
     url = f"sqlite:///{tmp_path / 'f.db'}"
     proc = start_cli("--storage", url, "--trials", "4", "--parallel-trials", parallel, "--epochs", "6",
-                     "--train-samples", "2000", "--device", "cpu", "--pruner", "none", cwd=tmp_path)
+                     "--train-samples", "2000", "--device", "cpu", "--pruner", "none", cwd=tmp_path, env=VALIDATE_ON_2K)
     first = wait_until(lambda: next((t for t in running_trials(url) if len(t.intermediate_values) >= 1), None),
                        proc, what="a trial mid-training")
     storage = optuna.storages.get_storage(url)
@@ -433,7 +433,7 @@ def test_processes_started_with_the_same_command_sample_different_configurations
     url = f"sqlite:///{tmp_path / 'm.db'}"
     command = ["--storage", url, "--trials", "6", "--epochs", "1", "--train-samples", "2000", "--device", "cpu",
                "--pruner", "none", "--threads", "1"]
-    procs = [start_cli(*command, cwd=tmp_path) for _ in range(3)]
+    procs = [start_cli(*command, cwd=tmp_path, env=VALIDATE_ON_2K) for _ in range(3)]
     for proc in procs:
         out, err = proc.communicate(timeout=300)
         assert proc.returncode == 0, err

@@ -23,14 +23,15 @@ import torch
 from optuna.storages import RetryHeartbeatStaleTrialCallback
 from optuna.trial import TrialState
 
-from cli_helpers import (ENV, FINISHED, SMALL, free_port, load, run_cli, running_trials, snapshot, start_cli, start_code,
-                         start_dashboard, stop_dashboard, wait_for_running, wait_until)
+from cli_helpers import (ENV, FINISHED, SMALL, VALIDATE_ON_2K, free_port, load, run_cli, running_trials, snapshot, start_cli,
+                         start_code, start_dashboard, stop_dashboard, wait_for_running, wait_until)
 from storage import open_storage
 from study.run import main
 
 pytestmark = pytest.mark.slow
 
-# trials long enough to be killed in the middle (about a second each), heartbeats every second
+# trials long enough to be killed in the middle (about half a second each, validating on 2,000
+# images: VALIDATE_ON_2K), heartbeats every second
 CRASHY = ["--epochs", "6", "--train-samples", "2000", "--device", "cpu", "--pruner", "none", "--heartbeat-interval", "1"]
 
 
@@ -64,7 +65,7 @@ def _check_ended_well(url: str, target: int, workers: int) -> list[optuna.trial.
 def test_three_workers_on_postgres_reach_the_budget(postgres_url: str, tmp_path: Path) -> None:
     # trials of about a second, so that a worker that starts late still finds work
     args = ["--epochs", "6", "--train-samples", "2000", "--device", "cpu", "--pruner", "none"]
-    done = run_cli("--trials", "9", "--workers", "3", "--storage", postgres_url, *args, cwd=tmp_path)
+    done = run_cli("--trials", "9", "--workers", "3", "--storage", postgres_url, *args, cwd=tmp_path, env=VALIDATE_ON_2K)
     assert done.returncode == 0, done.stderr
     trials = _check_ended_well(postgres_url, 9, 3)  # the budget was shared: 9, not 9 each
     started = dict(re.findall(r"^w(\d+) started: process (\d+)", done.stdout, re.M))
@@ -80,7 +81,7 @@ def test_a_worker_killed_mid_trial_is_failed_by_heartbeat_and_retried(backend: s
                                                                       request) -> None:
     url = request.getfixturevalue("postgres_url") if backend == "postgres" else f"sqlite:///{tmp_path / 'k.db'}"
     proc = start_cli("--trials", "9", "--workers", "3", "--parallel-trials", parallel, "--storage", url, *CRASHY,
-                     cwd=tmp_path)
+                     cwd=tmp_path, env=VALIDATE_ON_2K)
     need = 1 if parallel == "1" else 2  # with slots: a worker with several trials in flight
 
     def worker_training() -> str | None:
@@ -186,13 +187,13 @@ def test_a_zombie_worker_is_dead_for_the_orphan_check() -> None:
 def test_rerun_after_every_worker_died_finishes_the_study(tmp_path: Path) -> None:
     url = f"sqlite:///{tmp_path / 'd.db'}"
     args = ["--trials", "6", "--workers", "2", "--storage", url, *CRASHY]
-    proc = start_cli(*args, cwd=tmp_path, new_session=True)
+    proc = start_cli(*args, cwd=tmp_path, new_session=True, env=VALIDATE_ON_2K)
     wait_for_running(url, proc)
     os.killpg(proc.pid, signal.SIGKILL)  # the parent and every worker, at once
     proc.communicate(timeout=30)
     left = [t.number for t in load(url).get_trials(states=(TrialState.RUNNING,))]
     assert left  # the crash left trials RUNNING
-    again = run_cli(*args, cwd=tmp_path, timeout=300)
+    again = run_cli(*args, cwd=tmp_path, timeout=300, env=VALIDATE_ON_2K)
     assert again.returncode == 0, again.stderr
     trials = _check_ended_well(url, 6, 2)
     for number in left:
@@ -229,7 +230,7 @@ def test_trials_that_died_before_their_first_heartbeat_are_failed_and_retried(tm
 def test_sigterm_of_workers_fails_trials_in_flight_and_rerun_resumes(tmp_path: Path) -> None:
     url = f"sqlite:///{tmp_path / 't.db'}"
     args = ["--trials", "6", "--workers", "2", "--storage", url, *CRASHY]
-    proc = start_cli(*args, cwd=tmp_path)
+    proc = start_cli(*args, cwd=tmp_path, env=VALIDATE_ON_2K)
     wait_for_running(url, proc)
     started = time.monotonic()
     proc.send_signal(signal.SIGTERM)
@@ -241,7 +242,7 @@ def test_sigterm_of_workers_fails_trials_in_flight_and_rerun_resumes(tmp_path: P
     assert workers and not any(Path(f"/proc/{pid}").exists() for pid in workers)  # all exited
     states = [t.state for t in load(url).trials]
     assert TrialState.RUNNING not in states and TrialState.FAIL in states
-    again = run_cli(*args, cwd=tmp_path, timeout=300)
+    again = run_cli(*args, cwd=tmp_path, timeout=300, env=VALIDATE_ON_2K)
     assert again.returncode == 0, again.stderr
     _check_ended_well(url, 6, 2)
 
@@ -268,7 +269,7 @@ def test_sqlite_three_workers_while_the_dashboard_reads(tmp_path: Path) -> None:
         thread.start()
         wait_until(lambda: answered, timeout=60, what="read by the dashboard")  # it reads before the workers start
         started = time.monotonic()
-        done = run_cli("--trials", "10", "--workers", "3", "--storage", url, *SMALL, cwd=tmp_path)
+        done = run_cli("--trials", "10", "--workers", "3", "--storage", url, *SMALL, cwd=tmp_path, env=VALIDATE_ON_2K)
         ended = time.monotonic()
     finally:
         stop.set()

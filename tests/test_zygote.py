@@ -96,3 +96,34 @@ def test_a_zygote_started_while_a_command_ignored_signals_gives_its_children_the
     signal.signal(signal.SIGTERM, signal.SIG_IGN)  # (tests/process_state.py puts them back)
     probe = _probe(tmp_path)
     assert (probe["sigint"], probe["sigterm"]) == (str(signal.default_int_handler), str(signal.SIG_DFL))
+
+
+SIZES = """
+import os, subprocess, sys
+import objectives.objective as objective
+
+def size(load):
+    return int(load(device="cpu", train_samples=10).val_y.shape[0])
+
+code = "import objectives.objective as o; print(int(o.load_mnist(device='cpu', train_samples=10).val_y.shape[0]))"
+child = subprocess.run([sys.executable, "-c", code], env=os.environ, capture_output=True, text=True)
+print(size(objective.load_mnist), child.stdout.strip() or child.stderr)
+"""
+
+
+def test_validate_on_2k_reaches_a_forked_command_and_the_interpreters_it_starts(tmp_path: Path) -> None:
+    """cli_helpers.VALIDATE_ON_2K: its sitecustomize in a forked command (run by the zygote, as
+    site would) and in a new interpreter it starts (a spawned worker starts as one); the zygote
+    itself is left as it was, and so is this process."""
+    import objectives.objective as objective
+
+    from cli_helpers import VALIDATE_ON_2K
+
+    patched = Forked(None, [], cwd=tmp_path, env=VALIDATE_ON_2K, code=SIZES)
+    out, err = patched.communicate(timeout=120)
+    assert patched.returncode == 0 and out.split() == ["2000", "2000"], (out, err)
+    plain = start_code("import objectives.objective as o; print(int(o.load_mnist(device='cpu', "
+                       "train_samples=10).val_y.shape[0]))", cwd=tmp_path)
+    out, err = plain.communicate(timeout=60)
+    assert out.split() == ["10000"], (out, err)  # the next command of the zygote: all 10k again
+    assert objective.load_mnist(device="cpu", train_samples=10).val_y.shape[0] == 10_000

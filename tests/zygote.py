@@ -28,12 +28,16 @@ import gc
 import importlib
 import json
 import os
+import runpy
 import selectors
 import signal
 import socket
 import sys
 
 __all__ = ["main", "serve"]
+
+#: the zygote's own PYTHONPATH: folders a request's adds are set up in its child (see _become)
+_OWN_PATH = os.environ.get("PYTHONPATH", "").split(os.pathsep)
 
 
 def main() -> None:
@@ -144,6 +148,14 @@ def _become(request: dict, fds: list[int]) -> None:
     os.chdir(request["cwd"])
     os.environ.clear()
     os.environ.update(request["env"])
+    # folders the request's PYTHONPATH adds to the zygote's: on sys.path after the first entry,
+    # and the first sitecustomize among them run, as a fresh interpreter's site would
+    added = [f for f in os.environ.get("PYTHONPATH", "").split(os.pathsep) if f and f not in _OWN_PATH]
+    sys.path[1:1] = [f for f in added if f not in sys.path]
+    for folder in added:
+        if os.path.isfile(os.path.join(folder, "sitecustomize.py")):
+            runpy.run_path(os.path.join(folder, "sitecustomize.py"), run_name="sitecustomize")
+            break
     # Python's start: stdout line-buffered on a terminal only; stderr line-buffered
     sys.stdout.reconfigure(line_buffering=os.isatty(1))
     sys.stderr.reconfigure(line_buffering=True)
