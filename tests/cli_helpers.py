@@ -109,10 +109,11 @@ def start_cli(*args: str, cwd: Path, new_session: bool = False, module: str = "s
     """``python -m MODULE ARGS`` started as a real process, its stdout and stderr piped (or the
     descriptors given), what :class:`subprocess.Popen` gives. Forked by the zygote
     (tests/zygote.py: no seconds of importing torch) unless ``fresh`` or ``env`` is not the
-    suite's own (:data:`VALIDATE_ON_2K` is): a new interpreter then, for what is read or can
-    happen while one starts."""
+    suite's own but for folders put before it on ``PYTHONPATH`` (:data:`VALIDATE_ON_2K`, a test's
+    sitecustomize: the zygote sets them up in its child): a new interpreter then, for what is read
+    or can happen while one starts."""
     env = ENV if env is None else env
-    if fresh or env not in (ENV, VALIDATE_ON_2K):
+    if fresh or not _forkable(env):
         return subprocess.Popen([sys.executable, "-m", module, *args], cwd=cwd, env=env, text=True,
                                 stdin=subprocess.DEVNULL if stdin is None else stdin,
                                 stdout=subprocess.PIPE if stdout is None else stdout,
@@ -120,6 +121,13 @@ def start_cli(*args: str, cwd: Path, new_session: bool = False, module: str = "s
                                 preexec_fn=None if cpus is None else lambda: os.sched_setaffinity(0, cpus))
     return Forked(module, list(args), cwd=cwd, env=env, new_session=new_session, stdin=stdin, stdout=stdout,
                   stderr=stderr, cpus=cpus)
+
+
+def _forkable(env: dict[str, str]) -> bool:
+    """``env`` is the suite's own, but for folders before the suite's on ``PYTHONPATH``."""
+    rest = {k: v for k, v in env.items() if k != "PYTHONPATH"}
+    return rest == {k: v for k, v in ENV.items() if k != "PYTHONPATH"} and \
+        env.get("PYTHONPATH", "").split(os.pathsep)[-1:] == [ENV["PYTHONPATH"]]
 
 
 def start_code(code: str, *args: str, cwd: Path) -> Forked:

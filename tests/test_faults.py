@@ -451,13 +451,15 @@ def test_a_live_trial_of_another_pid_namespace_is_not_taken_for_an_orphan(tmp_pa
     import sys
 
     from cli_helpers import ENV, wait_for_running
+    from conftest import validating_on_2k
     from study.recovery import _alive
 
     if shutil.which("unshare") is None or subprocess.run(["unshare", "--pid", "--fork", "--mount-proc", "true"],
                                                          capture_output=True).returncode != 0:
         pytest.skip("unshare cannot make a PID namespace here")
     url = f"sqlite:///{tmp_path / 'n.db'}"
-    args = ["--storage", url, "--trials", "3", "--epochs", "20", "--train-samples", "5000", "--device", "cpu",
+    # trials of about 4 s, the inner one RUNNING while the outer run starts (it settles orphans first)
+    args = ["--storage", url, "--trials", "3", "--epochs", "20", "--train-samples", "2000", "--device", "cpu",
             "--pruner", "none", "--threads", "1"]
     # pid 1 in the namespace is sh; the study gets a pid past the ones sh forks first
     inner = subprocess.Popen(["unshare", "--pid", "--fork", "--mount-proc", "--kill-child", "sh", "-c",
@@ -469,7 +471,10 @@ def test_a_live_trial_of_another_pid_namespace_is_not_taken_for_an_orphan(tmp_pa
         pid = int(trial.user_attrs["worker"].rpartition(":")[2])
         if _alive(pid):
             pytest.skip(f"pid {pid} of the namespace also names a live process here")
-        outer = run_here(*args, "--timeout", "0.001", cwd=tmp_path)  # in this PID namespace, as a process would be
+        # in this PID namespace, as a process would be; its one trial (the timeout counts from before
+        # the first trial) validates on 2,000 images: what matters is what it did to the other's
+        with validating_on_2k():
+            outer = run_here(*args, "--timeout", "0.001", cwd=tmp_path)
         assert outer.returncode == 0, outer.stderr
         assert "left RUNNING by a dead process" not in outer.stdout
         assert load(url).trials[trial.number].state in (TrialState.RUNNING, TrialState.COMPLETE)  # never FAIL

@@ -9,7 +9,6 @@ import re
 import signal
 import socket
 import subprocess
-import sys
 import threading
 import time
 import urllib.request
@@ -384,7 +383,8 @@ def test_divergent_lr_never_fails_the_study(tmp_path: Path, studies_validate_on_
     assert any(t.user_attrs.get("diverged") for t in trials)
 
 
-# loaded by every process of the run below (PYTHONPATH): each trial runs out of memory
+# loaded by every process of the run below (PYTHONPATH; the zygote runs it in the command it forks):
+# each trial runs out of memory
 _OOM_EVERYWHERE = """
 import torch
 import objectives.objective
@@ -404,8 +404,7 @@ def test_a_failing_worker_process_makes_the_run_exit_1(tmp_path: Path) -> None:
     (inject / "sitecustomize.py").write_text(_OOM_EVERYWHERE)
     url = f"sqlite:///{tmp_path / 'fail.db'}"
     env = {**ENV, "PYTHONPATH": f"{inject}{os.pathsep}{ENV['PYTHONPATH']}"}
-    done = subprocess.run([sys.executable, "-m", "study.run", "--trials", "4", "--workers", "2", "--storage", url,
-                           *SMALL], cwd=tmp_path, env=env, capture_output=True, text=True, timeout=240)
+    done = run_cli("--trials", "4", "--workers", "2", "--storage", url, *SMALL, cwd=tmp_path, env=env)
     assert done.returncode == 1, done.stderr
     lines = done.stderr.strip().splitlines()
     assert "error: worker 0 exited with 1; worker 1 exited with 1" in lines, lines
