@@ -82,7 +82,7 @@ def test_the_printed_commands_work_when_pasted_for_a_name_beginning_with_a_dash(
     assert words[2:] == ["--artifact-dir", str(tmp_path / "studies" / "artifacts")]
 
 
-def test_rerun_with_same_n_adds_nothing_and_larger_n_resumes(tmp_path: Path) -> None:
+def test_rerun_with_same_n_adds_nothing_and_larger_n_resumes(tmp_path: Path, studies_validate_on_2k) -> None:
     url = f"sqlite:///{tmp_path / 'deep' / 'er' / 'study.db'}"
     first = run_here("--trials", "2", "--storage", url, *SMALL, cwd=tmp_path)
     assert first.returncode == 0, first.stderr
@@ -354,7 +354,8 @@ def test_workers_share_the_budget(tmp_path: Path) -> None:
     # trials of about a second, so that a worker that starts late still finds work
     args = ["--epochs", "6", "--train-samples", "2000", "--device", "cpu", "--pruner", "none"]
     # two trials in flight in each (the one-at-a-time workers: tests/test_reliability.py)
-    done = run_cli("--trials", "4", "--workers", "2", "--parallel-trials", "2", "--storage", url, *args, cwd=tmp_path, env=VALIDATE_ON_2K)
+    done = run_cli("--trials", "4", "--workers", "2", "--parallel-trials", "2", "--storage", url, *args, cwd=tmp_path,
+                   env=VALIDATE_ON_2K)
     assert done.returncode == 0, done.stderr
     assert "Warning" not in done.stderr, done.stderr  # an ExperimentalWarning per new trial, from each worker
     states = [t.state for t in load(url).trials]
@@ -514,7 +515,8 @@ def test_worker_processes_never_ask_for_more_threads_than_cores(tmp_path: Path) 
     for i, (cores, flags, each) in enumerate(cases):
         url = f"sqlite:///{tmp_path / f'threads{i}.db'}"
         # on these cores only (as taskset), a machine of that many cores
-        done = run_cli("--trials", "2", "--storage", url, *args, *flags, cwd=tmp_path, timeout=300, cpus=cores, env=VALIDATE_ON_2K)
+        done = run_cli("--trials", "2", "--storage", url, *args, *flags, cwd=tmp_path, timeout=300, cpus=cores,
+                       env=VALIDATE_ON_2K)
         assert done.returncode == 0, done.stderr
         workers = int(flags[1])
         if workers > 1:  # each worker process says what torch.get_num_threads() gives it
@@ -574,7 +576,7 @@ def test_the_device_is_recorded_by_name(monkeypatch) -> None:
     assert re.fullmatch(r"cpu \(.+, \d+ usable cores\)", device_name(torch.device("cpu")))
 
 
-def test_the_metric_is_part_of_the_experiment(tmp_path: Path, capsys) -> None:
+def test_the_metric_is_part_of_the_experiment(tmp_path: Path, capsys, studies_validate_on_2k) -> None:
     """--metric names the value, is recorded and fingerprinted: a resume with another metric is
     refused (the values would not be comparable), and a study made before --metric, whose value was
     the lowest validation loss, resumes as min_val_loss."""

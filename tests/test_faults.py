@@ -198,7 +198,7 @@ def test_heartbeats_outlive_a_transient_storage_error(tmp_path: Path) -> None:
 
 @pytest.mark.parametrize("parallel", ["1", "2"])
 def test_a_transient_storage_error_fails_the_trials_in_flight_and_queues_them_again(
-        tmp_path: Path, monkeypatch, capsys, parallel: str) -> None:
+        tmp_path: Path, monkeypatch, capsys, parallel: str, studies_validate_on_2k) -> None:
     """The trials in flight were told FAIL on the way out (Optuna's _run_trial; the fused loop's
     _fail_all), then only RUNNING trials were queued again: none were. The fault is injected
     once, at the second write of an epoch's values, as a disk I/O error from SQLite."""
@@ -484,7 +484,7 @@ def test_a_live_trial_of_another_pid_namespace_is_not_taken_for_an_orphan(tmp_pa
 
 
 def test_out_of_memory_of_many_trials_at_once_halves_the_slots_instead_of_stopping(tmp_path: Path, monkeypatch,
-                                                                                     capsys) -> None:
+                                                                                     capsys, studies_validate_on_2k) -> None:
     """With 5 or more trials in flight the CPU allocator's failure failed 5 trials at once, which
     the worker counted as 5 failures in a row: it stopped (exit 1) instead of halving the slots.
     The failure is injected as the CPU allocator words it."""

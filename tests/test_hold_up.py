@@ -199,7 +199,8 @@ CPU_ALLOC_FAILURE = ("[enforce fail at alloc_cpu.cpp:127] err == 0. DefaultCPUAl
                      "you tried to allocate 8000000000 bytes. Error code 12 (Cannot allocate memory)")
 
 
-def test_the_cpu_running_out_of_memory_halves_the_slots_as_a_gpu_does(tmp_path: Path, monkeypatch, capsys) -> None:
+def test_the_cpu_running_out_of_memory_halves_the_slots_as_a_gpu_does(tmp_path: Path, monkeypatch, capsys,
+                                                                      studies_validate_on_2k) -> None:
     # what torch's CPU allocator raises (a RuntimeError, not torch.OutOfMemoryError), seen with
     # --parallel-trials 300 under a memory limit: the trials in flight fail, the worker goes on
     # with half the slots instead of failing everything

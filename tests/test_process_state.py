@@ -20,7 +20,8 @@ PROBE = textwrap.dedent('''
 
     from study.report import main
 
-    THREADS = torch.get_num_threads()
+    # the session's own: SIGINT is SIG_IGN in a job a shell started in the background
+    THREADS, SIGINT = torch.get_num_threads(), signal.getsignal(signal.SIGINT)
 
 
     @pytest.fixture(scope="module")
@@ -46,7 +47,7 @@ PROBE = textwrap.dedent('''
     def test_then_a_long_one():
         # the session's threads and Ctrl-C are back, also what the module fixture changed
         assert torch.get_num_threads() == THREADS, torch.get_num_threads()
-        assert signal.getsignal(signal.SIGINT) is signal.default_int_handler
+        assert signal.getsignal(signal.SIGINT) is SIGINT
         print("ready", file=sys.__stdout__, flush=True)
         time.sleep(60)
 ''')

@@ -200,7 +200,8 @@ def test_rerun_after_every_worker_died_finishes_the_study(tmp_path: Path) -> Non
         assert any(_retry_of(t) == number for t in trials)
 
 
-def test_trials_that_died_before_their_first_heartbeat_are_failed_and_retried(tmp_path: Path, capsys) -> None:
+def test_trials_that_died_before_their_first_heartbeat_are_failed_and_retried(tmp_path: Path, capsys,
+                                                                              studies_validate_on_2k) -> None:
     # Optuna's stale-heartbeat check never fails a trial that has no heartbeat at all: one whose
     # process was killed right after ask(), before or after it set its worker attr
     url = f"sqlite:///{tmp_path / 'h.db'}"
@@ -330,7 +331,7 @@ def test_out_of_memory_fails_one_trial_and_the_study_goes_on(tmp_path: Path, mon
 
 
 def test_out_of_memory_with_trials_in_flight_fails_them_and_halves_the_slots(tmp_path: Path, monkeypatch,
-                                                                              capsys) -> None:
+                                                                              capsys, studies_validate_on_2k) -> None:
     import objectives.stack as stack_module
 
     real_update, sizes = stack_module.Stack.update, []
