@@ -434,12 +434,11 @@ def test_processes_started_with_the_same_command_sample_different_configurations
     command = ["--storage", url, "--trials", "6", "--epochs", "1", "--train-samples", "2000", "--device", "cpu",
                "--pruner", "none", "--threads", "1"]
     procs = [start_cli(*command, cwd=tmp_path, env=VALIDATE_ON_2K) for _ in range(3)]
-    for proc in procs:
-        out, err = proc.communicate(timeout=300)
-        assert proc.returncode == 0, err
+    said = [(proc.communicate(timeout=300), proc.returncode) for proc in procs]  # what each said, for a failure
+    assert all(code == 0 for _, code in said), said
     trials = load(url).trials
     configs = [tuple(sorted(t.params.items())) for t in trials]
-    assert len(trials) >= 6 and len(set(configs)) == len(configs), configs
+    assert len(trials) >= 6 and len(set(configs)) == len(configs), (configs, said)
 
 
 def test_a_live_trial_of_another_pid_namespace_is_not_taken_for_an_orphan(tmp_path: Path) -> None:
