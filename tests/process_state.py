@@ -1,14 +1,15 @@
-"""A pytest plugin: every test leaves the process-wide state as it found it.
+"""A pytest plugin: every test leaves the process-wide state as the session had it.
 
 The commands' ``main(argv)`` run in this process in many tests (no interpreter start-up, no
 seconds of importing torch per case). Each command takes the process over the way a command
 should: Ctrl-C and SIGTERM raise ``KeyboardInterrupt`` (which the command turns into a clean
 stop), torch gets the command's thread count, Optuna's logging is quietened. Left in place, the
 suite would no longer end on SIGTERM (a CI runner's or a developer's ``timeout``): the next
-in-process command swallows the interrupt as its own clean stop and the run goes on. So each
-test's signal handlers, torch threads and Optuna verbosity are put back after it, and the
-storages its commands opened are closed (the warnings filters pytest puts back itself). ``tests/test_process_state.py`` runs pytest with this plugin
-on a probe test and checks that SIGTERM still ends it.
+in-process command swallows the interrupt as its own clean stop and the run goes on. So after
+each test the signal handlers, torch threads and Optuna verbosity are put back as the session
+had them (also what a module fixture's command changed), and the storages its commands opened
+are closed (the warnings filters pytest puts back itself). ``tests/test_process_state.py`` runs
+pytest with this plugin on a probe and checks that SIGTERM still ends it.
 """
 
 from __future__ import annotations
