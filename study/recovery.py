@@ -210,8 +210,9 @@ def settle_orphans(s: Settings) -> None:
     process died before recording its first heartbeat: it has none. So this does not wait for
     heartbeats. A trial whose ``worker`` is a process of this host that no longer exists is
     failed at once. A trial that no process has claimed (the storage writes ``worker`` as it sets
-    the trial RUNNING, so only a process killed in between leaves one) is failed if it is still unclaimed after
-    the grace period. Trials of live processes and of other hosts are left to their heartbeats.
+    the trial RUNNING, so only a process killed in between leaves one) is failed if it is still
+    unclaimed after the grace period. Trials of live processes and of other hosts are left to
+    their heartbeats.
     """
     storage = study_storage(s)
     study = optuna.load_study(study_name=s.study_name, storage=storage)

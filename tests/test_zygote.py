@@ -98,17 +98,10 @@ def test_a_zygote_started_while_a_command_ignored_signals_gives_its_children_the
     assert (probe["sigint"], probe["sigterm"]) == (str(signal.default_int_handler), str(signal.SIG_DFL))
 
 
-SIZES = """
-import os, subprocess, sys
-import objectives.objective as objective
-
-def size(load):
-    return int(load(device="cpu", train_samples=10).val_y.shape[0])
-
-code = "import objectives.objective as o; print(int(o.load_mnist(device='cpu', train_samples=10).val_y.shape[0]))"
-child = subprocess.run([sys.executable, "-c", code], env=os.environ, capture_output=True, text=True)
-print(size(objective.load_mnist), child.stdout.strip() or child.stderr)
-"""
+#: prints how many validation images a study of this process gets
+SIZE = "import objectives.objective as o; print(o.load_mnist(device='cpu', train_samples=10).val_y.shape[0], flush=True)"
+#: SIZE in a forked command, then in a new interpreter it starts with its environment (as a spawned worker starts)
+SIZES = f"{SIZE}\nimport os, subprocess, sys\nsubprocess.run([sys.executable, '-c', {SIZE!r}], env=os.environ, check=True)\n"
 
 
 def test_validate_on_2k_reaches_a_forked_command_and_the_interpreters_it_starts(tmp_path: Path) -> None:
@@ -122,8 +115,7 @@ def test_validate_on_2k_reaches_a_forked_command_and_the_interpreters_it_starts(
     patched = Forked(None, [], cwd=tmp_path, env=VALIDATE_ON_2K, code=SIZES)
     out, err = patched.communicate(timeout=120)
     assert patched.returncode == 0 and out.split() == ["2000", "2000"], (out, err)
-    plain = start_code("import objectives.objective as o; print(int(o.load_mnist(device='cpu', "
-                       "train_samples=10).val_y.shape[0]))", cwd=tmp_path)
+    plain = start_code(SIZE, cwd=tmp_path)
     out, err = plain.communicate(timeout=60)
     assert out.split() == ["10000"], (out, err)  # the next command of the zygote: all 10k again
     assert objective.load_mnist(device="cpu", train_samples=10).val_y.shape[0] == 10_000
