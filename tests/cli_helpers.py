@@ -389,9 +389,18 @@ def chromium(profile: Path) -> list[str]:
     exe = shutil.which("chromium") or shutil.which("chromium-browser")
     if exe is None:
         pytest.fail("headless Chromium is needed: apt-get install chromium (.ci/run installs it)", pytrace=False)
-    return [exe, "--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
-            "--disable-background-networking", "--disable-component-update", "--disable-sync",
-            f"--user-data-dir={profile}", "--virtual-time-budget=20000"]
+    flags = [exe, "--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
+             "--disable-background-networking", "--disable-component-update", "--disable-sync",
+             "--virtual-time-budget=20000"]
+    procs = [subprocess.Popen([*flags, f"--user-data-dir={folder / f'profile-{i}'}", *args], stdout=subprocess.PIPE,
+                              stderr=subprocess.DEVNULL, text=True) for i, args in enumerate(runs)]
+    try:
+        return [proc.communicate(timeout=timeout)[0] for proc in procs]
+    finally:
+        for proc in procs:
+            if proc.poll() is None:
+                proc.kill()
+                proc.wait()
 
 
 def run_main(argv: list[str], capsys, module: str = "study.run") -> tuple[int, str, str]:

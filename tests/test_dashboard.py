@@ -57,7 +57,6 @@ def test_the_dashboard_pages_render_in_a_browser(tmp_path: Path) -> None:
     # what a user sees, not only what the API serves: the study page and a trial's page drawn by
     # headless Chromium from a study written by study.run (one-at-a-time and fused trials)
     import re
-    import subprocess
 
     from cli_helpers import chromium
 
@@ -69,7 +68,6 @@ def test_the_dashboard_pages_render_in_a_browser(tmp_path: Path) -> None:
     port = free_port()
     proc = start_dashboard(storage, port)
     base = f"http://127.0.0.1:{port}"
-    flags = chromium(tmp_path / "profile")
     try:
         [summary] = get(f"{base}/api/studies")["study_summaries"]
         study_id = summary["study_id"]
@@ -77,17 +75,15 @@ def test_the_dashboard_pages_render_in_a_browser(tmp_path: Path) -> None:
         fused = [t for t in detail["trials"] if any(a["key"] == "parallel_trials" for a in t["user_attrs"])]
         assert len(detail["trials"]) == 4 and len(fused) == 2
         trial = fused[-1]
-
-        def dom(path: str) -> str:
-            done = subprocess.run([*flags, "--dump-dom", f"{base}{path}"], capture_output=True, text=True, timeout=180)
-            return done.stdout
-
-        study_page = dom(f"/dashboard/studies/{study_id}")
+        trial_url = f"{base}/dashboard/studies/{study_id}/trials?numbers={trial['number']}"
+        shot = tmp_path / "dashboard-trial.png"  # kept in the test's temporary folder
+        # the two pages at once; the trial's page dumped and drawn in one run
+        study_page, trials_page = chromium(tmp_path, ["--dump-dom", f"{base}/dashboard/studies/{study_id}"],
+                                           ["--window-size=1400,2200", f"--screenshot={shot}", "--dump-dom", trial_url])
         assert "mnist-mlp-lr" in study_page
         # the learning curves: the study page's intermediate-values plot, drawn with its traces
         curves = study_page[study_page.index("Intermediate values"):]
         assert "js-plotly-plot" in curves and 'class="trace scatter' in curves
-        trials_page = dom(f"/dashboard/studies/{study_id}/trials?numbers={trial['number']}")
         # the trial list names every trial; the selected one shows its params, its user attrs and
         # its intermediate values, one per epoch
         for t in detail["trials"]:
@@ -97,10 +93,6 @@ def test_the_dashboard_pages_render_in_a_browser(tmp_path: Path) -> None:
         text = re.sub(r"<[^>]+>", "\n", trials_page)
         values = text[text.index("Intermediate Values"):text.index("Parameter")]
         assert re.findall(r"^(\d) [\d.]+$", values, flags=re.M) == ["1", "2", "3"], values
-        shot = tmp_path / "dashboard-trial.png"  # kept in the test's temporary folder
-        subprocess.run([*flags, "--window-size=1400,2200", f"--screenshot={shot}",
-                        f"{base}/dashboard/studies/{study_id}/trials?numbers={trial['number']}"],
-                       capture_output=True, timeout=180)
         assert shot.stat().st_size > 30_000
     finally:
         stop_dashboard(proc)
