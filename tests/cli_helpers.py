@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import functools
 import io
 import json
 import os
@@ -140,11 +141,12 @@ class Forked:
     """A command the zygote forked, with what the tests use of :class:`subprocess.Popen`: ``pid``,
     ``args``, ``stdout``/``stderr`` (text, when piped), ``returncode``, ``poll``, ``wait``,
     ``communicate``, ``send_signal``, ``terminate``, ``kill``. The exit code comes from the zygote,
-    the child's parent, which reaps it."""
+    the child's parent, which reaps it. ``zygote``: another zygote's socket (:func:`launch_zygote`)
+    than the session's."""
 
     def __init__(self, module: str | None, args: list[str], *, cwd: Path, env: dict[str, str], code: str | None = None,
                  new_session: bool = False, stdin: int | None = None, stdout: int | None = None,
-                 stderr: int | None = None, cpus: list[int] | None = None) -> None:
+                 stderr: int | None = None, cpus: list[int] | None = None, zygote: str | None = None) -> None:
         self.args = [sys.executable, *(["-c", code] if code is not None else ["-m", module]), *args]
         self.returncode: int | None = None
         mine: list[int] = []  # the descriptors opened here for the child, closed once sent
@@ -172,7 +174,7 @@ class Forked:
         self.stderr = open(pipes[2], encoding="utf-8", errors="replace") if pipes[2] is not None else None
         self._conn = socket.socket(socket.AF_UNIX, socket.SOCK_SEQPACKET)
         try:
-            self._conn.connect(_zygote())
+            self._conn.connect(zygote or _zygote())  # the session's, unless another one's socket
             request = {"module": module, "code": code, "args": args, "cwd": str(Path(cwd).resolve()), "env": env,
                        "new_session": new_session, "cpus": None if cpus is None else sorted(cpus)}
             socket.send_fds(self._conn, [json.dumps(request).encode()], theirs)
@@ -265,33 +267,50 @@ ZYGOTE_PRELOAD = ("study.run", "study.report", "study.lr_range", "study.workers"
                   "optuna_dashboard", "plotly.graph_objects", "plotly.io", "plotly.offline", "sqlalchemy.dialects.sqlite",
                   "alembic.command", "alembic.migration")
 _ZYGOTE: subprocess.Popen[bytes] | None = None
+_ZYGOTE_READY = False  # it said "ready" (its imports done)
 #: the CPU seconds of the commands the zygote forked, theirs and their workers', so far (the
 #: zygote reaps them, so they are not in this process's RUSAGE_CHILDREN)
 FORKED_CPU = 0.0
 _ZYGOTE_LOG = Path(tempfile.gettempdir()) / f"lr-study-zygote-{os.getpid()}.log"
 
 
-def _zygote() -> str:
-    """The socket of this test session's zygote, started at the first use (one interpreter start
-    and one import of torch for the whole session) and ended with the session."""
-    global _ZYGOTE
+def start_zygote() -> None:
+    """Start this session's zygote without waiting for it (its seconds of importing then overlap
+    the collection of the tests; ``conftest.pytest_configure`` calls this); :func:`_zygote` waits."""
+    global _ZYGOTE, _ZYGOTE_READY
     import atexit
 
     path = str(_ZYGOTE_LOG.with_suffix(".sock"))
-    if _ZYGOTE is not None and _ZYGOTE.poll() is None:
-        return path
+    _ZYGOTE = launch_zygote(path)
+    _ZYGOTE_READY = False
+    atexit.register(_end_zygote, _ZYGOTE, path)
+
+
+def launch_zygote(path: str, preload: tuple[str, ...] = ZYGOTE_PRELOAD) -> subprocess.Popen[bytes]:
+    """A zygote serving on the socket ``path`` once it has imported ``preload``; it says "ready"
+    on its stdout then, and ends when its stdin closes (:func:`_end_zygote`)."""
     if os.path.exists(path):
         os.unlink(path)
     tests = str(Path(__file__).resolve().parent)
     code = f"import sys; sys.path[0] = {tests!r}; import zygote; zygote.main()"
     with open(_ZYGOTE_LOG, "ab") as log:
-        _ZYGOTE = subprocess.Popen([sys.executable, "-c", code, path, ",".join(ZYGOTE_PRELOAD)], cwd=ROOT, env=ENV,
-                                   stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=log)
-    ready = _ZYGOTE.stdout.readline()  # type: ignore[union-attr]
-    if ready.strip() != b"ready":
-        raise RuntimeError(f"the tests' zygote did not start: see {_ZYGOTE_LOG}")
-    atexit.register(_end_zygote, _ZYGOTE, path)
-    return path
+        return subprocess.Popen([sys.executable, "-c", code, path, ",".join(preload)], cwd=ROOT, env=ENV,
+                                stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=log)
+
+
+def _zygote() -> str:
+    """The socket of this test session's zygote, started at the first use if it was not before
+    (one interpreter start and one import of torch for the whole session) and ended with the
+    session."""
+    global _ZYGOTE_READY
+    if _ZYGOTE is None or (_ZYGOTE_READY and _ZYGOTE.poll() is not None):
+        start_zygote()
+    if not _ZYGOTE_READY:
+        ready = _ZYGOTE.stdout.readline()  # type: ignore[union-attr]
+        if ready.strip() != b"ready":
+            raise RuntimeError(f"the tests' zygote did not start: see {_ZYGOTE_LOG}")
+        _ZYGOTE_READY = True
+    return str(_ZYGOTE_LOG.with_suffix(".sock"))
 
 
 def _end_zygote(proc: subprocess.Popen[bytes], path: str) -> None:
@@ -306,8 +325,19 @@ def _end_zygote(proc: subprocess.Popen[bytes], path: str) -> None:
         _ZYGOTE_LOG.unlink()
 
 
+@functools.cache
+def _storage(url: str) -> optuna.storages.RDBStorage:
+    """One storage per URL for the session, connecting anew for each query (``NullPool``: this
+    process holds no connection between them, as when each load built its own). Built from the URL
+    at every poll, a load cost 30 to 80 ms of CPU (an engine, the tables' check, Alembic's version
+    check), about half a core at 50 ms polls, taken from the processes the test waits on; now 5 to 10 ms."""
+    from sqlalchemy.pool import NullPool
+
+    return optuna.storages.RDBStorage(url, engine_kwargs={"poolclass": NullPool})
+
+
 def load(url: str, name: str = "mnist-mlp-lr") -> optuna.Study:
-    return optuna.load_study(study_name=name, storage=url)
+    return optuna.load_study(study_name=name, storage=_storage(url))
 
 
 def snapshot(url: str, name: str = "mnist-mlp-lr") -> list[tuple]:
@@ -379,9 +409,12 @@ def stop_dashboard(proc: subprocess.Popen[bytes]) -> None:
         proc.wait()
 
 
-def chromium(profile: Path) -> list[str]:
-    """The command line of headless Chromium with its own profile folder, for pages that must be
-    seen rendered (fails the test, saying how to get it, where Chromium is missing)."""
+def chromium(folder: Path, *runs: list[str], timeout: float = 180) -> list[str]:
+    """What headless Chromium prints for each of ``runs`` (its arguments: ``--dump-dom URL``,
+    ``--screenshot=PNG URL``, both in one run), for pages that must be seen rendered; fails the
+    test, saying how to get it, where Chromium is missing. The runs go at once, each with its own
+    profile under ``folder`` (two dashboard pages: 2.6 s, against 3.4 s one after the other;
+    three at once were slower than one by one on 2 cores)."""
     import shutil
 
     import pytest

@@ -153,9 +153,11 @@ def test_a_trial_failed_by_another_process_is_dropped_and_the_worker_goes_on(tmp
 def test_heartbeats_outlive_a_transient_storage_error(tmp_path: Path) -> None:
     """The fused engine's heartbeat thread (and Optuna's, one trial at a time) died on its first
     error with a thread traceback, and no trial in flight had a heartbeat again."""
+    import contextlib
     import sqlite3
     import threading
     import time
+    from datetime import datetime, timezone
 
     from optuna.storages._heartbeat import get_heartbeat_thread
 
@@ -180,7 +182,14 @@ def test_heartbeats_outlive_a_transient_storage_error(tmp_path: Path) -> None:
             locker.execute("ROLLBACK")
             locker.close()
             released = time.time()
-            time.sleep(2.5)
+
+            def beaten_since() -> bool:  # both trials beat again after the lock went away
+                with contextlib.closing(sqlite3.connect(path)) as db:
+                    at = dict(db.execute("SELECT trial_id, heartbeat FROM trial_heartbeats"))
+                return all(t._trial_id in at and datetime.fromisoformat(at[t._trial_id]).replace(
+                    tzinfo=timezone.utc).timestamp() > released - 0.5 for t in (fused, alone))
+
+            wait_until(beaten_since, timeout=30, what="heartbeat of both trials after the lock")  # a beat a second
             beat_thread = beats._thread
             assert beat_thread.is_alive() and optuna_thread._thread.is_alive()
             optuna_thread.join()
@@ -188,12 +197,6 @@ def test_heartbeats_outlive_a_transient_storage_error(tmp_path: Path) -> None:
         threading.excepthook = threading.__excepthook__
     assert not errors, errors[0].exc_value
     assert said and all("locked" in line for line in said), said
-    with sqlite3.connect(path) as db:
-        beats_at = dict(db.execute("SELECT trial_id, heartbeat FROM trial_heartbeats"))
-    from datetime import datetime, timezone
-    for trial in (fused, alone):  # beating again after the lock went away
-        at = datetime.fromisoformat(beats_at[trial._trial_id]).replace(tzinfo=timezone.utc).timestamp()
-        assert at > released - 0.5, (trial.number, at, released)
 
 
 @pytest.mark.parametrize("parallel", ["1", "2"])

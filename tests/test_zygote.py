@@ -86,16 +86,23 @@ def test_an_environment_other_than_the_suites_starts_a_new_interpreter(tmp_path:
 def test_a_zygote_started_while_a_command_ignored_signals_gives_its_children_the_usual_ones(tmp_path: Path) -> None:
     """Started (at its first use) by a test in the instant an in-process command had Ctrl-C and
     SIGTERM ignored, the zygote passed SIG_IGN on to every command it forked for the rest of the
-    session."""
-    import cli_helpers
+    session. A zygote started as the session's is (with nothing to import first: what it imports
+    has no say in its children's signals)."""
+    from cli_helpers import _ZYGOTE_LOG, _end_zygote, launch_zygote
 
-    if cli_helpers._ZYGOTE is not None:  # this session's: a new one, started as described
-        cli_helpers._end_zygote(cli_helpers._ZYGOTE, cli_helpers._zygote())
-        cli_helpers._ZYGOTE = None
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # as study.interrupt.ignore_from_now leaves them
     signal.signal(signal.SIGTERM, signal.SIG_IGN)  # (tests/process_state.py puts them back)
-    probe = _probe(tmp_path)
-    assert (probe["sigint"], probe["sigterm"]) == (str(signal.default_int_handler), str(signal.SIG_DFL))
+    path = str(_ZYGOTE_LOG.with_name(f"{_ZYGOTE_LOG.stem}-bare.sock"))
+    zygote = launch_zygote(path, preload=())
+    try:
+        assert zygote.stdout.readline().strip() == b"ready"
+        code = "import signal; print(signal.getsignal(signal.SIGINT), signal.getsignal(signal.SIGTERM), sep='|')"
+        proc = Forked(None, [], cwd=tmp_path, env=ENV, code=code, zygote=path)
+        out, err = proc.communicate(timeout=60)
+    finally:
+        _end_zygote(zygote, path)
+    assert proc.returncode == 0, err
+    assert out.strip().split("|") == [str(signal.default_int_handler), str(signal.SIG_DFL)]
 
 
 #: prints how many validation images a study of this process gets
