@@ -28,6 +28,9 @@ ENV = {**os.environ, "PYTHONPATH": str(ROOT)}
 #: ENV, and the study's trials validate on 2,000 images in the command and every worker it
 #: spawns (tests/validate_on_2k/sitecustomize.py): for tests of processes, not of values
 VALIDATE_ON_2K = {**ENV, "PYTHONPATH": os.pathsep.join([str(ROOT / "tests" / "validate_on_2k"), str(ROOT)])}
+#: the environment of a command started with none given: VALIDATE_ON_2K, or ENV in a test marked
+#: ``full_validation`` (set for each test by conftest.py)
+DEFAULT_ENV = VALIDATE_ON_2K
 
 
 def run_cli(*args: str, cwd: Path, timeout: float = 240, module: str = "study.run", fresh: bool = False,
@@ -113,7 +116,7 @@ def start_cli(*args: str, cwd: Path, new_session: bool = False, module: str = "s
     suite's own but for folders put before it on ``PYTHONPATH`` (:data:`VALIDATE_ON_2K`, a test's
     sitecustomize: the zygote sets them up in its child): a new interpreter then, for what is read
     or can happen while one starts."""
-    env = ENV if env is None else env
+    env = DEFAULT_ENV if env is None else env
     if fresh or not _forkable(env):
         return subprocess.Popen([sys.executable, "-m", module, *args], cwd=cwd, env=env, text=True,
                                 stdin=subprocess.DEVNULL if stdin is None else stdin,
@@ -134,7 +137,7 @@ def _forkable(env: dict[str, str]) -> bool:
 def start_code(code: str, *args: str, cwd: Path) -> Forked:
     """``python -c CODE ARGS`` forked by the zygote (the suite's environment), stdout and stderr
     piped: for a test's own small script that imports the project."""
-    return Forked(None, list(args), cwd=cwd, env=ENV, code=code)
+    return Forked(None, list(args), cwd=cwd, env=DEFAULT_ENV, code=code)
 
 
 class Forked:

@@ -70,19 +70,33 @@ def fewer_validation_images(data, n: int = 2000):
                      test_x=data.test_x, test_y=data.test_y)
 
 
-@pytest.fixture
-def studies_validate_on_2k():
-    """Studies run in this process validate their trials on the first 2,000 of the 10k validation
-    images (:func:`fewer_validation_images`): for tests of what a study does with its trials'
-    values (prunes, drops, counts), where validating 10k images at every epoch of every trial was
-    most of the work and any images give such values. The report's final word is not affected."""
+@pytest.fixture(autouse=True)
+def _studies_validate_on_2k(request: pytest.FixtureRequest):
+    """Every test's studies validate their trials on the first 2,000 of the 10k validation images
+    (:func:`fewer_validation_images`), in this process and in the commands it starts
+    (``cli_helpers.DEFAULT_ENV``, ``VALIDATE_ON_2K``: their spawned workers too). What the tests
+    check of a study (what it prunes, drops, counts, queues, stores and prints; what its processes
+    do) is the same on any images, and validating 10k images at every epoch was over half of a
+    small trial's work. A test marked ``full_validation`` gets all 10k, as a user's study does.
+    The report's final word is not affected (it chooses on the 10k and tests on the test set, as
+    always); a module-scoped fixture, set up before this, uses :func:`validating_on_2k` itself."""
+    import cli_helpers
+
+    if request.node.get_closest_marker("full_validation"):
+        cli_helpers.DEFAULT_ENV = cli_helpers.ENV
+        try:
+            yield
+        finally:
+            cli_helpers.DEFAULT_ENV = cli_helpers.VALIDATE_ON_2K
+        return
     with validating_on_2k():
         yield
 
 
 @contextlib.contextmanager
 def validating_on_2k():
-    """:func:`studies_validate_on_2k` for a block (e.g. in a module-scoped fixture)."""
+    """Studies run in this process in the block validate on 2,000 images (what every test gets:
+    :func:`_studies_validate_on_2k`), for a module-scoped fixture."""
     import objectives.objective as objective_module
 
     load = objective_module.load_mnist

@@ -76,8 +76,7 @@ def test_a_baseline_outside_the_space_is_one_line_and_nothing_is_stored(tmp_path
 
 @pytest.mark.slow
 @pytest.mark.parametrize("parallel", ["1", "4"])
-def test_a_new_study_starts_with_the_baseline_and_queues_it_once(tmp_path, mnist_dir, capsys, parallel,
-                                                                 studies_validate_on_2k) -> None:
+def test_a_new_study_starts_with_the_baseline_and_queues_it_once(tmp_path, mnist_dir, capsys, parallel) -> None:
     url = f"sqlite:///{tmp_path / 's.db'}"
     args = ["--epochs", "2", "--train-samples", "500", "--device", "cpu", "--storage", url, "--parallel-trials", parallel]
     code, out, err = run_main(["--trials", "9", *args], capsys)

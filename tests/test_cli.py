@@ -17,16 +17,19 @@ import pytest
 import torch
 from optuna.trial import TrialState
 
-from cli_helpers import (ENV, FINISHED, SMALL, VALIDATE_ON_2K, free_port, load, run_cli, run_here, run_main, snapshot,
+from cli_helpers import (ENV, FINISHED, SMALL, free_port, load, run_cli, run_here, run_main, snapshot,
                          start_cli, wait_for_running)
+from conftest import validating_on_2k
 from study.run import main
 
 
 @pytest.fixture(scope="module")
 def finished_study(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, str]:
-    """A study of 3 finished trials written by study.run in its default place."""
+    """A study of 3 finished trials written by study.run in its default place (validated on 2,000
+    images, as the tests' studies are: conftest.py)."""
     cwd = tmp_path_factory.mktemp("cli")
-    done = run_here("--trials", "3", *SMALL, cwd=cwd)
+    with validating_on_2k():
+        done = run_here("--trials", "3", *SMALL, cwd=cwd)
     assert done.returncode == 0, done.stderr
     return cwd, f"sqlite:///{cwd / 'studies' / 'lr-study.db'}"
 
@@ -82,7 +85,7 @@ def test_the_printed_commands_work_when_pasted_for_a_name_beginning_with_a_dash(
     assert words[2:] == ["--artifact-dir", str(tmp_path / "studies" / "artifacts")]
 
 
-def test_rerun_with_same_n_adds_nothing_and_larger_n_resumes(tmp_path: Path, studies_validate_on_2k) -> None:
+def test_rerun_with_same_n_adds_nothing_and_larger_n_resumes(tmp_path: Path) -> None:
     url = f"sqlite:///{tmp_path / 'deep' / 'er' / 'study.db'}"
     first = run_here("--trials", "2", "--storage", url, *SMALL, cwd=tmp_path)
     assert first.returncode == 0, first.stderr
@@ -178,8 +181,7 @@ COMBINATIONS = [(s, "median") for s in ("tpe", "random", "cmaes", "gp", "qmc")] 
 
 @pytest.mark.slow
 @pytest.mark.parametrize("sampler, pruner", COMBINATIONS)
-def test_every_sampler_and_pruner_runs(tmp_path: Path, sampler: str, pruner: str, monkeypatch,
-                                      studies_validate_on_2k) -> None:
+def test_every_sampler_and_pruner_runs(tmp_path: Path, sampler: str, pruner: str, monkeypatch) -> None:
     """Each pruner is consulted on epochs it may judge. At 2 trials of 2 epochs none could judge
     anything (the median's warm-up is 2 epochs, and the last epoch is never judged), so a pruner
     that was never called passed: trials of 4 epochs, and a count of the calls. For ``median`` the
@@ -238,15 +240,14 @@ def test_sampler_without_its_dependency_is_a_clear_error(tmp_path: Path, monkeyp
 
 @pytest.mark.slow
 @pytest.mark.parametrize("parallel", ["1", "2"])
-def test_ctrl_c_marks_the_trial_failed_exits_130_and_rerun_completes(tmp_path: Path, parallel: str,
-                                                                     studies_validate_on_2k) -> None:
+def test_ctrl_c_marks_the_trial_failed_exits_130_and_rerun_completes(tmp_path: Path, parallel: str) -> None:
     url = f"sqlite:///{tmp_path / 'c.db'}"
     # trials of a few seconds (15 epochs), so that the signal lands in one, and the rerun in this
     # process (what it stores is the point; the signal's process is the one above), validating
     # on 2,000 images (the trials the signal ended have no value to compare with)
     args = ["--trials", "2", "--storage", url, "--epochs", "15", "--train-samples", "2000", "--device", "cpu",
             "--pruner", "none", "--parallel-trials", parallel]
-    proc = start_cli(*args, cwd=tmp_path, env=VALIDATE_ON_2K)
+    proc = start_cli(*args, cwd=tmp_path)
     wait_for_running(url, proc, count=int(parallel))  # every slot training
     proc.send_signal(signal.SIGINT)
     out, err = proc.communicate(timeout=30)
@@ -354,8 +355,7 @@ def test_workers_share_the_budget(tmp_path: Path) -> None:
     # trials of about a second, so that a worker that starts late still finds work
     args = ["--epochs", "6", "--train-samples", "2000", "--device", "cpu", "--pruner", "none"]
     # two trials in flight in each (the one-at-a-time workers: tests/test_reliability.py)
-    done = run_cli("--trials", "4", "--workers", "2", "--parallel-trials", "2", "--storage", url, *args, cwd=tmp_path,
-                   env=VALIDATE_ON_2K)
+    done = run_cli("--trials", "4", "--workers", "2", "--parallel-trials", "2", "--storage", url, *args, cwd=tmp_path)
     assert done.returncode == 0, done.stderr
     assert "Warning" not in done.stderr, done.stderr  # an ExperimentalWarning per new trial, from each worker
     states = [t.state for t in load(url).trials]
@@ -401,7 +401,7 @@ def _most_at_once(trials) -> int:
 
 
 @pytest.mark.slow
-def test_parallel_trials_run_fused_with_the_values_of_the_one_trial_engine(tmp_path: Path, studies_validate_on_2k) -> None:
+def test_parallel_trials_run_fused_with_the_values_of_the_one_trial_engine(tmp_path: Path) -> None:
     args = ["--epochs", "2", "--train-samples", "2000", "--device", "cpu", "--pruner", "none"]
     fused_url, one_url = f"sqlite:///{tmp_path / 'fused.db'}", f"sqlite:///{tmp_path / 'one.db'}"
     fused = run_here("--trials", "6", *args, "--parallel-trials", "3", "--storage", fused_url, cwd=tmp_path)
@@ -488,7 +488,7 @@ def test_report_defaults_to_the_storage_of_study_run(tmp_path: Path) -> None:
 
 
 @pytest.mark.slow
-def test_epoch_valued_ranges_are_cut_to_the_run_and_fingerprinted(tmp_path: Path, studies_validate_on_2k) -> None:
+def test_epoch_valued_ranges_are_cut_to_the_run_and_fingerprinted(tmp_path: Path) -> None:
     url = f"sqlite:///{tmp_path / 'cut.db'}"
     args = ["--storage", url, "--sampler", "random", "--pruner", "none", "--epochs", "3", "--train-samples", "1000",
             "--device", "cpu"]
@@ -515,8 +515,7 @@ def test_worker_processes_never_ask_for_more_threads_than_cores(tmp_path: Path) 
     for i, (cores, flags, each) in enumerate(cases):
         url = f"sqlite:///{tmp_path / f'threads{i}.db'}"
         # on these cores only (as taskset), a machine of that many cores
-        done = run_cli("--trials", "2", "--storage", url, *args, *flags, cwd=tmp_path, timeout=300, cpus=cores,
-                       env=VALIDATE_ON_2K)
+        done = run_cli("--trials", "2", "--storage", url, *args, *flags, cwd=tmp_path, timeout=300, cpus=cores)
         assert done.returncode == 0, done.stderr
         workers = int(flags[1])
         if workers > 1:  # each worker process says what torch.get_num_threads() gives it
@@ -576,7 +575,7 @@ def test_the_device_is_recorded_by_name(monkeypatch) -> None:
     assert re.fullmatch(r"cpu \(.+, \d+ usable cores\)", device_name(torch.device("cpu")))
 
 
-def test_the_metric_is_part_of_the_experiment(tmp_path: Path, capsys, studies_validate_on_2k) -> None:
+def test_the_metric_is_part_of_the_experiment(tmp_path: Path, capsys) -> None:
     """--metric names the value, is recorded and fingerprinted: a resume with another metric is
     refused (the values would not be comparable), and a study made before --metric, whose value was
     the lowest validation loss, resumes as min_val_loss."""

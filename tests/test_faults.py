@@ -15,7 +15,7 @@ import pytest
 
 from optuna.trial import TrialState
 
-from cli_helpers import (FINISHED, SMALL, VALIDATE_ON_2K, leave_free, load, run_cli, run_here, running_trials, small_disk,
+from cli_helpers import (FINISHED, SMALL, leave_free, load, run_cli, run_here, running_trials, small_disk,
                          start_cli, wait_until)
 
 
@@ -137,7 +137,7 @@ def test_a_trial_failed_by_another_process_is_dropped_and_the_worker_goes_on(tmp
     at a time and fused, throwing away its other trials."""
     url = f"sqlite:///{tmp_path / 'f.db'}"
     proc = start_cli("--storage", url, "--trials", "4", "--parallel-trials", parallel, "--epochs", "6",
-                     "--train-samples", "2000", "--device", "cpu", "--pruner", "none", cwd=tmp_path, env=VALIDATE_ON_2K)
+                     "--train-samples", "2000", "--device", "cpu", "--pruner", "none", cwd=tmp_path)
     first = wait_until(lambda: next((t for t in running_trials(url) if len(t.intermediate_values) >= 1), None),
                        proc, what="a trial mid-training")
     storage = optuna.storages.get_storage(url)
@@ -201,7 +201,7 @@ def test_heartbeats_outlive_a_transient_storage_error(tmp_path: Path) -> None:
 
 @pytest.mark.parametrize("parallel", ["1", "2"])
 def test_a_transient_storage_error_fails_the_trials_in_flight_and_queues_them_again(
-        tmp_path: Path, monkeypatch, capsys, parallel: str, studies_validate_on_2k) -> None:
+        tmp_path: Path, monkeypatch, capsys, parallel: str) -> None:
     """The trials in flight were told FAIL on the way out (Optuna's _run_trial; the fused loop's
     _fail_all), then only RUNNING trials were queued again: none were. The fault is injected
     once, at the second write of an epoch's values, as a disk I/O error from SQLite."""
@@ -436,7 +436,7 @@ def test_processes_started_with_the_same_command_sample_different_configurations
     url = f"sqlite:///{tmp_path / 'm.db'}"
     command = ["--storage", url, "--trials", "6", "--epochs", "1", "--train-samples", "2000", "--device", "cpu",
                "--pruner", "none", "--threads", "1"]
-    procs = [start_cli(*command, cwd=tmp_path, env=VALIDATE_ON_2K) for _ in range(3)]
+    procs = [start_cli(*command, cwd=tmp_path) for _ in range(3)]
     said = [(proc.communicate(timeout=300), proc.returncode) for proc in procs]  # what each said, for a failure
     assert all(code == 0 for _, code in said), said
     trials = load(url).trials
@@ -453,7 +453,6 @@ def test_a_live_trial_of_another_pid_namespace_is_not_taken_for_an_orphan(tmp_pa
     import sys
 
     from cli_helpers import ENV, wait_for_running
-    from conftest import validating_on_2k
     from study.recovery import _alive
 
     if shutil.which("unshare") is None or subprocess.run(["unshare", "--pid", "--fork", "--mount-proc", "true"],
@@ -474,9 +473,9 @@ def test_a_live_trial_of_another_pid_namespace_is_not_taken_for_an_orphan(tmp_pa
         if _alive(pid):
             pytest.skip(f"pid {pid} of the namespace also names a live process here")
         # in this PID namespace, as a process would be; its one trial (the timeout counts from before
-        # the first trial) validates on 2,000 images: what matters is what it did to the other's
-        with validating_on_2k():
-            outer = run_here(*args, "--timeout", "0.001", cwd=tmp_path)
+        # the first trial) validates on 2,000 images, as the inner one (in ENV) does not: what
+        # matters is what it did to the other's, RUNNING for about 4 s
+        outer = run_here(*args, "--timeout", "0.001", cwd=tmp_path)
         assert outer.returncode == 0, outer.stderr
         assert "left RUNNING by a dead process" not in outer.stdout
         assert load(url).trials[trial.number].state in (TrialState.RUNNING, TrialState.COMPLETE)  # never FAIL
@@ -486,7 +485,7 @@ def test_a_live_trial_of_another_pid_namespace_is_not_taken_for_an_orphan(tmp_pa
 
 
 def test_out_of_memory_of_many_trials_at_once_halves_the_slots_instead_of_stopping(tmp_path: Path, monkeypatch,
-                                                                                     capsys, studies_validate_on_2k) -> None:
+                                                                                     capsys) -> None:
     """With 5 or more trials in flight the CPU allocator's failure failed 5 trials at once, which
     the worker counted as 5 failures in a row: it stopped (exit 1) instead of halving the slots.
     The failure is injected as the CPU allocator words it."""

@@ -12,7 +12,7 @@ from pathlib import Path
 import optuna
 import pytest
 
-from cli_helpers import FINISHED, SMALL, VALIDATE_ON_2K, load, run_cli, run_here, small_disk, start_code
+from cli_helpers import FINISHED, SMALL, load, run_cli, run_here, small_disk, start_code
 from cli_helpers import run_main as run_captured
 from study.run import main as run_main
 
@@ -166,7 +166,7 @@ def test_more_workers_than_the_machine_holds_are_capped_with_one_line(tmp_path: 
     # on one core (as taskset): the cap is then 2 processes, quicker to start than 4
     cap = 2
     done = run_cli("--trials", "3", *SMALL, "--storage", url, "--workers", "64", cwd=tmp_path,
-                   cpus=sorted(os.sched_getaffinity(0))[:1], env=VALIDATE_ON_2K)
+                   cpus=sorted(os.sched_getaffinity(0))[:1])
     assert done.returncode == 0, done.stderr
     warning = [line for line in done.stderr.splitlines() if "--workers 64" in line]
     assert len(warning) == 1 and f"using {cap}" in warning[0] and "usable core" in warning[0]
@@ -199,8 +199,7 @@ CPU_ALLOC_FAILURE = ("[enforce fail at alloc_cpu.cpp:127] err == 0. DefaultCPUAl
                      "you tried to allocate 8000000000 bytes. Error code 12 (Cannot allocate memory)")
 
 
-def test_the_cpu_running_out_of_memory_halves_the_slots_as_a_gpu_does(tmp_path: Path, monkeypatch, capsys,
-                                                                      studies_validate_on_2k) -> None:
+def test_the_cpu_running_out_of_memory_halves_the_slots_as_a_gpu_does(tmp_path: Path, monkeypatch, capsys) -> None:
     # what torch's CPU allocator raises (a RuntimeError, not torch.OutOfMemoryError), seen with
     # --parallel-trials 300 under a memory limit: the trials in flight fail, the worker goes on
     # with half the slots instead of failing everything
@@ -262,7 +261,7 @@ def test_a_full_disk_mid_run_ends_with_one_line_a_summary_and_a_database_that_re
     with small_disk(tmp_path, "1000k") as disk:
         url = f"sqlite:///{disk / 's.db'}"
         args = ["--trials", "300", "--epochs", "1", "--train-samples", "512", "--device", "cpu", "--storage", url]
-        done = run_cli(*args, cwd=tmp_path, timeout=300, env=VALIDATE_ON_2K)
+        done = run_cli(*args, cwd=tmp_path, timeout=300)
         assert done.returncode == 3, (done.stdout[-2000:], done.stderr)
         errors = done.stderr.strip().splitlines()
         assert len(errors) == 1 and "failed during the run: database or disk is full" in errors[0]
@@ -291,7 +290,7 @@ def test_postgres_stopped_mid_study_ends_with_one_line_per_worker_and_the_rerun_
     from cli_helpers import start_cli
 
     args = ["--trials", "10", "--workers", "2", "--storage", postgres_url, *SMALL]
-    proc = start_cli(*args, cwd=tmp_path, env=VALIDATE_ON_2K)
+    proc = start_cli(*args, cwd=tmp_path)
     deadline = time.monotonic() + 180
     while time.monotonic() < deadline:
         try:

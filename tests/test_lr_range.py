@@ -92,7 +92,7 @@ def test_an_out_that_cannot_be_written_is_one_line_naming_it_before_the_test(tmp
 
 
 @pytest.mark.slow
-def test_study_run_lr_range_narrows_and_records_and_resumes(tmp_path: Path, capsys, studies_validate_on_2k) -> None:
+def test_study_run_lr_range_narrows_and_records_and_resumes(tmp_path: Path, capsys) -> None:
     url = f"sqlite:///{tmp_path / 'r.db'}"
     assert main(["--trials", "4", "--storage", url, "--lr-range", *SMALL]) == 0
     assert capsys.readouterr().out.count("LR range test,") == 5

@@ -69,6 +69,7 @@ def test_median_pruner_through_ask_and_tell(mnist_dir) -> None:
     assert study.trials[-1].state == TrialState.PRUNED and study.trials[-1].user_attrs["epochs_run"] == 1
 
 
+@pytest.mark.full_validation
 def test_divergence_is_recorded_and_pruned_without_failing_the_study(mnist_dir) -> None:
     space = SearchSpace(optimizers=("sgd",), lr_sgd=(10.0, 10.0), decays=("constant",))
     study = optuna.create_study()

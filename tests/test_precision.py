@@ -119,7 +119,7 @@ def test_objective_records_its_precision(mnist_dir: Path) -> None:
 
 
 @pytest.mark.slow
-def test_study_run_records_bf16_and_resumes_older_fp32_studies(tmp_path: Path, capsys, studies_validate_on_2k) -> None:
+def test_study_run_records_bf16_and_resumes_older_fp32_studies(tmp_path: Path, capsys) -> None:
     bf16_url, fp32_url = f"sqlite:///{tmp_path / 'bf16.db'}", f"sqlite:///{tmp_path / 'fp32.db'}"
     assert main(["--trials", "2", "--precision", "bf16", "--storage", bf16_url, *SMALL]) == 0
     assert "in bf16" in capsys.readouterr().out

@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 
-from cli_helpers import SMALL, VALIDATE_ON_2K, run_cli, run_here, run_main, start_cli
+from cli_helpers import SMALL, run_cli, run_here, run_main, start_cli
 
 # the bar's time field: elapsed<remaining (remaining may still be "?" before the first trial ends)
 BAR = re.compile(r"(\d+)/(\d+) trials \|.*?\| \[(\d+:\d\d)<(\d+:\d\d|\?), best (\d\.\d{4}|-)"
@@ -25,7 +25,7 @@ def run_on_a_terminal(args: list[str], cwd: Path, timeout: float = 240) -> str:
     """Run study.run with a pseudo-terminal as its stdout and stderr; everything it wrote."""
     master, slave = pty.openpty()
     fcntl.ioctl(slave, termios.TIOCSWINSZ, struct.pack("HHHH", 40, 160, 0, 0))  # 40 rows, 160 columns
-    proc = start_cli(*args, cwd=cwd, stdout=slave, stderr=slave, env=VALIDATE_ON_2K)
+    proc = start_cli(*args, cwd=cwd, stdout=slave, stderr=slave)
     os.close(slave)
     chunks = []
     while True:
@@ -103,7 +103,7 @@ def test_a_busy_machine_gets_fewer_threads_said_in_one_line(tmp_path: Path) -> N
 
         time.sleep(0.5)  # running, not starting
         url = f"sqlite:///{tmp_path / 's.db'}"
-        done = run_cli("--trials", "1", *SMALL, "--storage", url, cwd=tmp_path, env=VALIDATE_ON_2K)
+        done = run_cli("--trials", "1", *SMALL, "--storage", url, cwd=tmp_path)
     finally:
         busy.kill()
         busy.wait()

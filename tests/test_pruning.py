@@ -145,7 +145,7 @@ def test_a_fused_epoch_boundary_is_one_write_and_one_read_whatever_k(k: int, tmp
 
 
 @pytest.mark.slow
-def test_a_fused_first_wave_is_pruned_before_any_trial_completes(tmp_path: Path, studies_validate_on_2k) -> None:
+def test_a_fused_first_wave_is_pruned_before_any_trial_completes(tmp_path: Path) -> None:
     url = f"sqlite:///{tmp_path / 'wave.db'}"
     # 24 random trials over 7 strategies: enough of one strategy for its median (3 peers) to judge
     assert main(["--trials", "24", "--parallel-trials", "24", "--epochs", "5", "--train-samples", "1000",

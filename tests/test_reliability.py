@@ -22,7 +22,7 @@ import torch
 from optuna.storages import RetryHeartbeatStaleTrialCallback
 from optuna.trial import TrialState
 
-from cli_helpers import (ENV, FINISHED, SMALL, VALIDATE_ON_2K, free_port, load, run_cli, running_trials, snapshot, start_cli,
+from cli_helpers import (ENV, FINISHED, SMALL, free_port, load, run_cli, running_trials, snapshot, start_cli,
                          start_code, start_dashboard, stop_dashboard, wait_for_running, wait_until)
 from storage import open_storage
 from study.run import main
@@ -30,7 +30,7 @@ from study.run import main
 pytestmark = pytest.mark.slow
 
 # trials long enough to be killed in the middle (about half a second each, validating on 2,000
-# images: VALIDATE_ON_2K), heartbeats every second
+# images, as every test's studies: conftest.py), heartbeats every second
 CRASHY = ["--epochs", "6", "--train-samples", "2000", "--device", "cpu", "--pruner", "none", "--heartbeat-interval", "1"]
 
 
@@ -64,7 +64,7 @@ def _check_ended_well(url: str, target: int, workers: int) -> list[optuna.trial.
 def test_three_workers_on_postgres_reach_the_budget(postgres_url: str, tmp_path: Path) -> None:
     # trials of about a second, so that a worker that starts late still finds work
     args = ["--epochs", "6", "--train-samples", "2000", "--device", "cpu", "--pruner", "none"]
-    done = run_cli("--trials", "9", "--workers", "3", "--storage", postgres_url, *args, cwd=tmp_path, env=VALIDATE_ON_2K)
+    done = run_cli("--trials", "9", "--workers", "3", "--storage", postgres_url, *args, cwd=tmp_path)
     assert done.returncode == 0, done.stderr
     trials = _check_ended_well(postgres_url, 9, 3)  # the budget was shared: 9, not 9 each
     started = dict(re.findall(r"^w(\d+) started: process (\d+)", done.stdout, re.M))
@@ -80,7 +80,7 @@ def test_a_worker_killed_mid_trial_is_failed_by_heartbeat_and_retried(backend: s
                                                                       request) -> None:
     url = request.getfixturevalue("postgres_url") if backend == "postgres" else f"sqlite:///{tmp_path / 'k.db'}"
     proc = start_cli("--trials", "9", "--workers", "3", "--parallel-trials", parallel, "--storage", url, *CRASHY,
-                     cwd=tmp_path, env=VALIDATE_ON_2K)
+                     cwd=tmp_path)
     need = 1 if parallel == "1" else 2  # with slots: a worker with several trials in flight
 
     def worker_training() -> str | None:
@@ -186,13 +186,13 @@ def test_a_zombie_worker_is_dead_for_the_orphan_check() -> None:
 def test_rerun_after_every_worker_died_finishes_the_study(tmp_path: Path) -> None:
     url = f"sqlite:///{tmp_path / 'd.db'}"
     args = ["--trials", "6", "--workers", "2", "--storage", url, *CRASHY]
-    proc = start_cli(*args, cwd=tmp_path, new_session=True, env=VALIDATE_ON_2K)
+    proc = start_cli(*args, cwd=tmp_path, new_session=True)
     wait_for_running(url, proc)
     os.killpg(proc.pid, signal.SIGKILL)  # the parent and every worker, at once
     proc.communicate(timeout=30)
     left = [t.number for t in load(url).get_trials(states=(TrialState.RUNNING,))]
     assert left  # the crash left trials RUNNING
-    again = run_cli(*args, cwd=tmp_path, timeout=300, env=VALIDATE_ON_2K)
+    again = run_cli(*args, cwd=tmp_path, timeout=300)
     assert again.returncode == 0, again.stderr
     trials = _check_ended_well(url, 6, 2)
     for number in left:
@@ -200,8 +200,7 @@ def test_rerun_after_every_worker_died_finishes_the_study(tmp_path: Path) -> Non
         assert any(_retry_of(t) == number for t in trials)
 
 
-def test_trials_that_died_before_their_first_heartbeat_are_failed_and_retried(tmp_path: Path, capsys,
-                                                                              studies_validate_on_2k) -> None:
+def test_trials_that_died_before_their_first_heartbeat_are_failed_and_retried(tmp_path: Path, capsys) -> None:
     # Optuna's stale-heartbeat check never fails a trial that has no heartbeat at all: one whose
     # process was killed right after ask(), before or after it set its worker attr
     url = f"sqlite:///{tmp_path / 'h.db'}"
@@ -230,7 +229,7 @@ def test_trials_that_died_before_their_first_heartbeat_are_failed_and_retried(tm
 def test_sigterm_of_workers_fails_trials_in_flight_and_rerun_resumes(tmp_path: Path) -> None:
     url = f"sqlite:///{tmp_path / 't.db'}"
     args = ["--trials", "6", "--workers", "2", "--storage", url, *CRASHY]
-    proc = start_cli(*args, cwd=tmp_path, env=VALIDATE_ON_2K)
+    proc = start_cli(*args, cwd=tmp_path)
     wait_for_running(url, proc)
     started = time.monotonic()
     proc.send_signal(signal.SIGTERM)
@@ -242,7 +241,7 @@ def test_sigterm_of_workers_fails_trials_in_flight_and_rerun_resumes(tmp_path: P
     assert workers and not any(Path(f"/proc/{pid}").exists() for pid in workers)  # all exited
     states = [t.state for t in load(url).trials]
     assert TrialState.RUNNING not in states and TrialState.FAIL in states
-    again = run_cli(*args, cwd=tmp_path, timeout=300, env=VALIDATE_ON_2K)
+    again = run_cli(*args, cwd=tmp_path, timeout=300)
     assert again.returncode == 0, again.stderr
     _check_ended_well(url, 6, 2)
 
@@ -269,7 +268,7 @@ def test_sqlite_three_workers_while_the_dashboard_reads(tmp_path: Path) -> None:
         thread.start()
         wait_until(lambda: answered, timeout=60, what="read by the dashboard")  # it reads before the workers start
         started = time.monotonic()
-        done = run_cli("--trials", "10", "--workers", "3", "--storage", url, *SMALL, cwd=tmp_path, env=VALIDATE_ON_2K)
+        done = run_cli("--trials", "10", "--workers", "3", "--storage", url, *SMALL, cwd=tmp_path)
         ended = time.monotonic()
     finally:
         stop.set()
@@ -331,7 +330,7 @@ def test_out_of_memory_fails_one_trial_and_the_study_goes_on(tmp_path: Path, mon
 
 
 def test_out_of_memory_with_trials_in_flight_fails_them_and_halves_the_slots(tmp_path: Path, monkeypatch,
-                                                                              capsys, studies_validate_on_2k) -> None:
+                                                                              capsys) -> None:
     import objectives.stack as stack_module
 
     real_update, sizes = stack_module.Stack.update, []
@@ -373,7 +372,7 @@ def test_a_worker_whose_every_trial_fails_stops(tmp_path: Path, monkeypatch, cap
     assert states == [TrialState.FAIL] * (5 if parallel == "1" else 3 + 2 + 5)
 
 
-def test_divergent_lr_never_fails_the_study(tmp_path: Path, studies_validate_on_2k) -> None:
+def test_divergent_lr_never_fails_the_study(tmp_path: Path) -> None:
     # the default ranges reach LRs that diverge (e.g. RMSprop at 0.05, SGD near 1 with fc1 x10);
     # with this seed 2 of the 20 trials do (seeds 1 to 3 each give 2; seed 0 none, since trial n
     # draws from (seed, n)), and none of them may fail the study

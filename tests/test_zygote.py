@@ -111,6 +111,7 @@ SIZE = "import objectives.objective as o; print(o.load_mnist(device='cpu', train
 SIZES = f"{SIZE}\nimport os, subprocess, sys\nsubprocess.run([sys.executable, '-c', {SIZE!r}], env=os.environ, check=True)\n"
 
 
+@pytest.mark.full_validation
 def test_validate_on_2k_reaches_a_forked_command_and_the_interpreters_it_starts(tmp_path: Path) -> None:
     """cli_helpers.VALIDATE_ON_2K: its sitecustomize in a forked command (run by the zygote, as
     site would) and in a new interpreter it starts (a spawned worker starts as one); the zygote
@@ -126,3 +127,15 @@ def test_validate_on_2k_reaches_a_forked_command_and_the_interpreters_it_starts(
     out, err = plain.communicate(timeout=60)
     assert out.split() == ["10000"], (out, err)  # the next command of the zygote: all 10k again
     assert objective.load_mnist(device="cpu", train_samples=10).val_y.shape[0] == 10_000
+
+
+def test_a_tests_studies_validate_on_2k_unless_it_is_marked(tmp_path: Path) -> None:
+    """conftest._studies_validate_on_2k: a test's own studies and the commands it starts with no
+    environment given validate on 2,000 images (a test marked ``full_validation``, as the one
+    above, gets all 10k in both)."""
+    import objectives.objective as objective
+
+    proc = start_code(SIZE, cwd=tmp_path)
+    out, err = proc.communicate(timeout=60)
+    assert out.split() == ["2000"], (out, err)
+    assert objective.load_mnist(device="cpu", train_samples=10).val_y.shape[0] == 2000
