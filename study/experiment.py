@@ -31,6 +31,7 @@ from study.baseline import start_trials
 from study.choices import warmup_epochs
 from study.cli import usable_cores
 from study.constants import DEFAULT_STUDY_NAME
+from study.interrupt import freeze_imports
 
 __all__ = ["CREATION_WAIT", "close_storages", "queue_start", "DEFAULT_STUDY_NAME", "LEGACY_SETTINGS", "Settings", "UsageError", "device_name", "fingerprint", "open_study",
            "storage_at", "study_metric", "study_storage"]
@@ -164,6 +165,7 @@ def lr_range_space(s: Settings, device: torch.device, stored: dict | None) -> tu
     ranges = stored
     if ranges is None:
         data = load_mnist(s.data_dir, device=device, train_samples=s.train_samples)
+        freeze_imports()  # it trains from here: the imports are done (study.interrupt)
         ranges = {}
         for optimizer in s.space.optimizers:
             r = lr_range_test(optimizer, data, batch_size=s.batch_size, seed=s.seed, precision=s.precision)

@@ -20,7 +20,7 @@ from typing import TYPE_CHECKING
 from study.files import check_writable_folder, write_atomically
 from study.cli import EXIT_INTERRUPTED, EXIT_OK, EXIT_USAGE, Parser, add_device_arguments, float_in, int_at_least, set_threads
 from study.constants import MIN_LR, OPTIMIZERS, PRECISIONS, TRAIN_SIZE
-from study.interrupt import raise_on_interrupt, run_main
+from study.interrupt import freeze_imports, raise_on_interrupt, run_main
 
 if TYPE_CHECKING:
     from objectives.lr_range import LRRangeResult
@@ -73,6 +73,7 @@ def main(argv: list[str] | None = None) -> int:
     from objectives import MnistDataError, load_mnist, resolve_device
     from objectives.lr_range import DIVERGE_FACTOR, lr_range_test
 
+    freeze_imports()  # the modules it needs are imported (study.interrupt)
     raise_on_interrupt()  # from here a Ctrl-C is the test's to stop cleanly (before: the start's)
 
     set_threads(1, args.threads)

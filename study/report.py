@@ -22,7 +22,7 @@ from pathlib import Path
 
 from study.cli import Parser, add_cuda_graphs_argument, add_device_arguments, int_at_least, study_name
 from study.constants import CPU_CANDIDATES, DEFAULT_STORAGE, DEFAULT_STUDY_NAME
-from study.interrupt import raise_on_interrupt, run_main
+from study.interrupt import freeze_imports, raise_on_interrupt, run_main
 
 __all__ = ["CPU_CANDIDATES", "build_parser", "main"]
 
@@ -57,6 +57,7 @@ def main(argv: list[str] | None = None) -> int:
     # torch, Optuna and plotly only now: --help and a bad flag answer before their seconds of importing
     from study.reporter import report
 
+    freeze_imports()  # the modules it needs are imported (study.interrupt)
     raise_on_interrupt()  # from here a Ctrl-C is the report's to stop cleanly (before: the start's)
     return report(args)
 

@@ -11,6 +11,11 @@ nothing. Exit codes: 0 done, 2 bad input (one line on stderr, nothing stored is 
 
 from __future__ import annotations
 
+if __name__ == "__mp_main__":  # a --workers process: spawn imports this first, then the worker's torch, Optuna, ...
+    from study.interrupt import pause_collection
+
+    pause_collection()  # ... without the cyclic garbage collector, until they are done (study.interrupt)
+
 import argparse
 import sys
 

@@ -256,6 +256,7 @@ def _worker_main(s: Settings, worker: int, relay: multiprocessing.Queue | None =
 def run_workers(s: Settings, bar: ProgressBar | None = None) -> int:
     """Start ``s.workers`` worker processes and wait for them; with ``bar`` (a terminal) their lines
     and progress come to this process, which draws the one bar for all."""
+    freeze_imports()  # this process trains nothing: its imports are done
     ctx = multiprocessing.get_context("spawn")  # CUDA cannot be forked
     relay = ctx.Queue() if bar is not None else None
     procs = [ctx.Process(target=_worker_main, args=(s, i, relay), name=f"study-worker-{i}") for i in range(s.workers)]

@@ -529,6 +529,53 @@ def test_worker_processes_never_ask_for_more_threads_than_cores(tmp_path: Path) 
         assert all(t.user_attrs["threads"] == each for t in load(url).trials)
 
 
+# in each process: the garbage collections from the start of torch's import to the freeze of the
+# imports (torch, torchvision, Optuna, SQLAlchemy), what was imported by then, and at its exit
+# whether the collector runs and how many objects are frozen
+_GC_PROBE = """
+import atexit, gc, json, os, sys
+before, at_freeze = [0], []
+def collecting(phase, info):
+    if phase == "start" and "torch" in sys.modules and not at_freeze:
+        before[0] += 1
+gc.callbacks.append(collecting)
+freeze = gc.freeze
+def counted():
+    if not at_freeze:
+        at_freeze.append({"collections": before[0], "imported": sorted(m for m in ("torch", "optuna") if m in sys.modules)})
+    freeze()
+gc.freeze = counted
+@atexit.register
+def said():
+    with open(os.path.join(os.environ["GC_PROBE"], f"{os.getpid()}.json"), "w") as f:
+        json.dump({"argv": sys.argv, "at_freeze": at_freeze, "enabled": gc.isenabled(), "frozen": gc.get_freeze_count()}, f)
+"""
+
+
+@pytest.mark.slow
+def test_a_command_and_its_workers_import_without_garbage_collections_then_freeze_the_imports(tmp_path: Path) -> None:
+    """study.interrupt.pause_collection: importing torch, torchvision, Optuna and SQLAlchemy ran
+    hundreds of cyclic collections, a quarter of a process's start-up (the command's and each
+    worker's); freeze_imports takes the imports out of the collector's reach and resumes it."""
+    (tmp_path / "probe").mkdir()
+    (tmp_path / "probe" / "sitecustomize.py").write_text(_GC_PROBE)
+    said = tmp_path / "said"
+    said.mkdir()
+    env = {**ENV, "PYTHONPATH": os.pathsep.join([str(tmp_path / "probe"), ENV["PYTHONPATH"]]), "GC_PROBE": str(said)}
+    # a new interpreter, as a user's (the zygote's children never import the package anew)
+    done = run_cli("--trials", "2", "--workers", "2", "--epochs", "1", "--train-samples", "500", "--device", "cpu",
+                   "--pruner", "none", "--storage", f"sqlite:///{tmp_path / 'g.db'}", cwd=tmp_path, env=env, fresh=True)
+    assert done.returncode == 0, done.stderr
+    import json
+
+    # the command and its two workers (a worker takes its parent's argv), not the resource tracker
+    processes = [p for p in (json.loads(path.read_text()) for path in said.iterdir()) if p["argv"] != ["-c"]]
+    assert len(processes) == 3 and all(p["argv"][1:3] == ["--trials", "2"] for p in processes), processes
+    for p in processes:
+        assert p["at_freeze"] == [{"collections": 0, "imported": ["optuna", "torch"]}], p
+        assert p["enabled"] and p["frozen"] > 100_000, p
+
+
 def test_a_study_made_before_the_new_lr_strategies_is_refused_in_one_line(tmp_path: Path, capsys) -> None:
     # its trials were sampled from five decays and no warm-up: new trials would not be comparable
     url = f"sqlite:///{tmp_path / 'old.db'}"
