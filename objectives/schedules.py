@@ -137,9 +137,9 @@ def build_optimizer(model: nn.Module, config: TrainConfig, lrs: torch.Tensor | N
     for i, (layer, lr) in enumerate(config.initial_lrs().items()):
         groups.append({"params": list(getattr(model, layer).parameters()), "lr": lr if lrs is None else lrs[i],
                        "initial_lr": lr, "layer": layer})
-    # fused kernels where torch has them for CUDA: one launch per step instead of one per tensor
-    on_cuda = next(model.parameters()).device.type == "cuda"
-    fused, capturable = on_cuda or None, lrs is not None
+    # torch's fused kernels (SGD, Adam, AdamW; CUDA and, since torch 2.4, the CPU): one kernel per
+    # step instead of one per tensor and operation
+    fused, capturable = True, lrs is not None
     wd = config.weight_decay
     if config.optimizer == "sgd":  # no step count: capturable as it is
         return torch.optim.SGD(groups, lr=config.lr, momentum=config.momentum, weight_decay=wd, fused=fused)
