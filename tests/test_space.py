@@ -20,13 +20,12 @@ DECAY_PARAMS = {
 
 def sample(n: int, space: SearchSpace | None = None) -> list[tuple[optuna.trial.FrozenTrial, TrainConfig]]:
     study = optuna.create_study(sampler=optuna.samplers.RandomSampler(seed=0))
-    out = []
+    configs = []
     for _ in range(n):
         trial = study.ask()
-        config = suggest_config(trial, space)
+        configs.append(suggest_config(trial, space))
         study.tell(trial, 0.0)
-        out.append((study.trials[-1], config))
-    return out
+    return list(zip(study.trials, configs, strict=True))  # copied once (a copy per trial was n² copies)
 
 
 def test_names_ranges_and_conditional_params() -> None:
