@@ -18,6 +18,7 @@ nothing that can still be written.
 
 from __future__ import annotations
 
+import contextlib
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -82,8 +83,10 @@ def write_trials(storage: BaseStorage, writes: TrialWrites) -> int:
         try:
             # not Optuna's ignore_integrity_error=True: with it, a unique-key error (another process
             # writing the same row) rolled the whole batch back and reported success: the K values
-            # and the rung records vanished
-            with _create_scoped_session(backend.scoped_session, False) as session:
+            # and the rung records vanished. The storage's call_guard as around its own calls
+            # (storage.open_storage).
+            with (getattr(backend, "call_guard", contextlib.nullcontext)(),
+                  _create_scoped_session(backend.scoped_session, False) as session):
                 _intermediate_values(backend, session, models, writes.intermediate_values)
                 for model, items in ((models.TrialUserAttributeModel, writes.user_attrs),
                                      (models.TrialSystemAttributeModel, writes.system_attrs)):

@@ -13,6 +13,8 @@ is ``grace_period`` seconds old, and is queued again once (``RetryHeartbeatStale
 
 from __future__ import annotations
 
+import contextlib
+import functools
 import random
 import shlex
 import shutil
@@ -21,6 +23,7 @@ import sqlite3
 import textwrap
 from urllib.parse import quote, unquote_plus
 import time
+import types
 import warnings
 from collections.abc import Callable, Sequence
 from pathlib import Path
@@ -303,6 +306,7 @@ def open_storage(
     lock_timeout: float = 60.0,
     create: bool = True,
     on_heartbeat_error: Callable[[str], None] | None = None,
+    call_guard: Callable[[], contextlib.AbstractContextManager[None]] | None = None,
 ) -> RDBStorage:
     """An Optuna RDB storage for ``url`` with heartbeats and the settings described above.
 
@@ -317,6 +321,10 @@ def open_storage(
             error, not a new empty database.
         on_heartbeat_error: called with the database's one-line reason when a heartbeat could not
             be recorded after its retries (see :class:`_SteadyHeartbeats`); default: nothing.
+        call_guard: a context manager entered around each of the storage's calls, each of which
+            is one transaction or more (the commands give ``study.interrupt.interrupts_held``: a
+            KeyboardInterrupt raised inside SQLAlchemy left SQLite's write lock held); default:
+            nothing.
 
     Raises:
         StorageError: a malformed or unsupported URL, a folder that cannot be created, a file that
@@ -350,6 +358,8 @@ def open_storage(
                         heartbeat_stale_trial_callback=RetryHeartbeatStaleTrialCallback(max_retry=max_retry),
                     )
                 storage.on_heartbeat_error = on_heartbeat_error
+                if call_guard is not None:
+                    storage.call_guard = call_guard
                 break
             except (sqlalchemy.exc.IntegrityError, sqlalchemy.exc.ProgrammingError,
                     sqlalchemy.exc.OperationalError) as e:
@@ -383,6 +393,8 @@ class _SteadyHeartbeats(RDBStorage):
     given up until the next beat, and ``on_heartbeat_error`` hears the reason."""
 
     on_heartbeat_error: Callable[[str], None] | None = None
+    #: entered around each call of the storage's own (see :func:`open_storage`)
+    call_guard: Callable[[], contextlib.AbstractContextManager[None]] = contextlib.nullcontext
     #: who claims the trials this process sets RUNNING (``study.recovery.owner()``): written as the
     #: trial's ``worker`` attr in the same call, so that no signal between ``ask`` and the objective
     #: leaves a trial that names no process; None: not claimed here
@@ -391,7 +403,7 @@ class _SteadyHeartbeats(RDBStorage):
     def __getstate__(self) -> dict:
         state = super().__getstate__()
         # a process's own way of saying it (often not picklable), its trials and its name
-        for own in ("on_heartbeat_error", "_started_here", "last_started", "claim_as"):
+        for own in ("on_heartbeat_error", "call_guard", "_started_here", "last_started", "claim_as"):
             state.pop(own, None)
         return state
 
@@ -452,13 +464,34 @@ class _SteadyHeartbeats(RDBStorage):
                 delay *= 2
 
 
+def _guarded(name: str, own: Callable | None) -> Callable:
+    """``name`` of ``_SteadyHeartbeats`` within its ``call_guard``: its ``own`` method, else
+    RDBStorage's as found at each call (as plain inheritance would find it)."""
+
+    @functools.wraps(own or getattr(RDBStorage, name))
+    def call(self: _SteadyHeartbeats, *args: object, **kwargs: object) -> object:
+        with self.call_guard():
+            if own is not None:
+                return own(self, *args, **kwargs)
+            return getattr(super(_SteadyHeartbeats, self), name)(*args, **kwargs)
+
+    return call
+
+
+# every method of RDBStorage's and this class's own (a call within another call only nests)
+for _name in [n for n, f in {**vars(RDBStorage), **vars(_SteadyHeartbeats)}.items()
+              if isinstance(f, types.FunctionType) and not n.startswith("__")]:
+    setattr(_SteadyHeartbeats, _name, _guarded(_name, vars(_SteadyHeartbeats).get(_name)))
+del _name
+
+
 def check_writable(storage: RDBStorage, study_name: str) -> None:
     """Raise the database's own error (SQLAlchemy's) if the study ``study_name`` cannot be written
     (a read-only file or server, a read-only role, an immutable file): its row is updated to
     itself in a transaction that is rolled back, so nothing changes. For a command that writes to
     the study only after minutes of work (study.report's final word)."""
     study_id = storage.get_study_id_from_name(study_name)
-    with storage.engine.connect() as connection:
+    with getattr(storage, "call_guard", contextlib.nullcontext)(), storage.engine.connect() as connection:
         transaction = connection.begin()
         try:
             connection.execute(sqlalchemy.text("UPDATE studies SET study_name = study_name WHERE study_id = :id"),

@@ -31,7 +31,7 @@ from study.baseline import start_trials
 from study.choices import warmup_epochs
 from study.cli import usable_cores
 from study.constants import DEFAULT_STUDY_NAME
-from study.interrupt import freeze_imports
+from study.interrupt import freeze_imports, interrupts_held
 
 __all__ = ["CREATION_WAIT", "close_storages", "queue_start", "DEFAULT_STUDY_NAME", "LEGACY_SETTINGS", "Settings", "UsageError", "device_name", "fingerprint", "open_study",
            "storage_at", "study_metric", "study_storage"]
@@ -152,7 +152,9 @@ def _open(url: str, heartbeat_interval: int) -> optuna.storages.RDBStorage:
                   f"beat (this is said once): a trial silent for {2 * heartbeat_interval} s is failed and queued again",
                   file=sys.stderr, flush=True)
 
-    return open_storage(url, heartbeat_interval=heartbeat_interval, on_heartbeat_error=heartbeat_error)
+    # a signal never lands inside a storage call (study.interrupt)
+    return open_storage(url, heartbeat_interval=heartbeat_interval, on_heartbeat_error=heartbeat_error,
+                        call_guard=interrupts_held)
 
 
 def study_storage(s: Settings) -> optuna.storages.RDBStorage:

@@ -10,6 +10,16 @@ Each command's ``main`` then calls :func:`raise_on_interrupt`, so that the signa
 RUNNING), and its ``__main__`` block runs it through :func:`run_main`, which turns one that
 escapes into the same one line. Standard library only: it must be cheap to import.
 
+Where a KeyboardInterrupt would cut something in two, the signal waits (:func:`interrupts_held`)
+and raises as that ends. The commands' storages hold it around each call: raised inside
+SQLAlchemy, it left SQLite's write lock held by a connection that the exception's traceback kept
+alive, and the process's next write (the trial's "interrupted"), its heartbeat thread and the
+other workers waited 60 s for it. The one-trial-at-a-time loop holds it everywhere but in a
+trial's objective (:func:`interrupts_taken`): Optuna starts a trial's heartbeat thread (not a
+daemon) before its ``with`` block holds it, and a KeyboardInterrupt in between left the thread
+beating for ever, so the process never exited. Both hung a ``--workers`` run on SIGTERM until the
+parent killed its workers, 30 s each (2026-12-07).
+
 A process that a command owns from its start to its exit (:func:`run_main`, a ``--workers``
 child: :func:`own_the_process`) imports with the cyclic garbage collector paused
 (:func:`pause_collection`: the ``study`` package for ``python -m study.<command>``, ``study.run``
@@ -19,19 +29,24 @@ imports out of the collector's reach once they are done (:func:`freeze_imports`)
 
 from __future__ import annotations
 
+import contextlib
 import gc
 import os
 import signal
 import sys
-from collections.abc import Callable
+import threading
+from collections.abc import Callable, Iterator
 
 __all__ = ["EXIT_INTERRUPTED", "exit_while_starting", "freeze_imports", "ignore_from_now", "own_the_process",
-           "pause_collection", "raise_interrupt", "raise_on_interrupt", "run_main"]
+           "interrupts_held", "interrupts_taken", "pause_collection", "raise_interrupt",
+           "raise_on_interrupt", "run_main"]
 
 EXIT_INTERRUPTED = 130
 
 _OWNED = False  # this process is a command's, from its start to its exit (not a library's or a test's)
 _PAUSED = False  # pause_collection disabled the cyclic garbage collector; freeze_imports enables it
+_REGIONS: list[bool] = []  # the main thread's open interrupts_held blocks, innermost last: True where held
+_PENDING = False  # a signal came while held
 
 
 def own_the_process() -> None:
@@ -82,14 +97,56 @@ def exit_while_starting() -> None:
 
 
 def raise_interrupt(signum: int, frame: object) -> None:
+    """The handler of Ctrl-C and SIGTERM: KeyboardInterrupt, at once or where held ones raise
+    (:func:`interrupts_held`)."""
+    global _PENDING
+    if _REGIONS and _REGIONS[-1]:
+        _PENDING = True
+        return
     raise KeyboardInterrupt  # SIGTERM ends a trial like Ctrl-C: marked FAIL, never left RUNNING
 
 
 def raise_on_interrupt() -> None:
     """Ctrl-C and SIGTERM raise KeyboardInterrupt (SIGINT too: a shell that starts a process in
     the background leaves SIGINT ignored, and Python keeps that)."""
-    signal.signal(signal.SIGINT, signal.default_int_handler)
+    global _PENDING
+    _PENDING = False  # one held by an earlier command in this process (a test's) is not this one's
+    signal.signal(signal.SIGINT, raise_interrupt)
     signal.signal(signal.SIGTERM, raise_interrupt)
+
+
+@contextlib.contextmanager
+def interrupts_held(held: bool = True) -> Iterator[None]:
+    """A Ctrl-C or SIGTERM (its handler :func:`raise_interrupt`) that comes in the block waits and
+    raises KeyboardInterrupt as the block ends (or, nested, as the next block that takes them
+    starts or the outermost held one ends): for code a KeyboardInterrupt must not cut in two (a
+    storage call: the commands' storages enter this around each). ``held=False``: the opposite,
+    within a held block; one that waited raises as the block starts. Off the main thread (which
+    alone runs signal handlers) nothing changes."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    depth = len(_REGIONS)
+    try:
+        _REGIONS.append(held)
+        if not held:
+            _raise_held()
+        yield
+    finally:
+        del _REGIONS[depth:]  # wherever a signal landed, the blocks outside are as they were
+    _raise_held()  # only when the block ended without an exception: one is on its way already
+
+
+def interrupts_taken() -> contextlib.AbstractContextManager[None]:
+    """Within :func:`interrupts_held`: a block where a signal raises at once (a trial's objective)."""
+    return interrupts_held(False)
+
+
+def _raise_held() -> None:
+    global _PENDING
+    if _PENDING and not (_REGIONS and _REGIONS[-1]):
+        _PENDING = False
+        raise KeyboardInterrupt
 
 
 def ignore_from_now() -> None:

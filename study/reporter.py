@@ -19,7 +19,7 @@ from objectives import MnistDataError, load_mnist, resolve_device
 from storage import (StorageError, check_writable, dashboard_command, hide_password, open_storage, sqlite_path,
                      storage_failure)
 from study.files import check_writable_folder, write_atomically
-from study.interrupt import ignore_from_now
+from study.interrupt import ignore_from_now, interrupts_held
 from study.cli import (EXIT_INTERRUPTED, EXIT_OK, EXIT_STORAGE, EXIT_USAGE, REPORT_FILES, REPORT_MARKER, report_folder,
                        set_threads)
 from study.constants import CPU_CANDIDATES
@@ -136,7 +136,7 @@ def _report(args: argparse.Namespace) -> int:
     optuna.logging.set_verbosity(optuna.logging.ERROR)
     warnings.filterwarnings("ignore", category=optuna.exceptions.ExperimentalWarning)
     try:
-        storage = open_storage(args.storage, create=False)
+        storage = open_storage(args.storage, create=False, call_guard=interrupts_held)
         try:
             study = optuna.load_study(study_name=args.study_name, storage=storage)
         except KeyError:

@@ -28,7 +28,7 @@ from study.experiment import Settings, study_storage
 from study.parallel import dropped_line, optimize_fused, taken_away
 from study.progress import FINISHED, ProgressBar, TrialLog
 from storage.batch import trial_id, write_user_attrs
-from study.interrupt import freeze_imports, own_the_process, raise_interrupt
+from study.interrupt import freeze_imports, interrupts_held, interrupts_taken, own_the_process, raise_interrupt
 from study.recovery import INTERRUPTED, owner, requeue_interrupted, retries_waiting, settle_orphans, storage_failed
 
 __all__ = ["AUTO_SHARE_OF_TRIALS", "WorkerError", "finished", "optimize", "raise_interrupt", "run_workers",
@@ -124,11 +124,14 @@ def optimize(s: Settings, worker: int, prefix: str = "", bar: ProgressBar | None
 
     def run_trial(trial: optuna.Trial) -> float:
         current[:] = [trial]
-        # which process ran it (diagnosis, orphan detection), its CPU share (explains its seconds),
-        # what sampled and judged it: one write
-        write_user_attrs(storage, trial_id(trial), {"worker": me, "threads": torch.get_num_threads(), **made_by})
         try:
-            return objective(trial)
+            # a signal lands here, in the trial (one held since the last trial's end as this
+            # starts): Optuna's heartbeat thread for it runs, and Optuna's `with` block stops it
+            with interrupts_taken():
+                # which process ran it (diagnosis, orphan detection), its CPU share (explains its
+                # seconds), what sampled and judged it: one write
+                write_user_attrs(storage, trial_id(trial), {"worker": me, "threads": torch.get_num_threads(), **made_by})
+                return objective(trial)
         except KeyboardInterrupt:  # Ctrl-C, SIGTERM: said in the trial (Optuna then fails it), queued again below
             write_user_attrs(storage, trial_id(trial), {"error": INTERRUPTED})
             raise
@@ -157,27 +160,31 @@ def optimize(s: Settings, worker: int, prefix: str = "", bar: ProgressBar | None
                        say=say, on_epoch=on_epoch)
     else:
         deadline = None if s.timeout is None else time.monotonic() + s.timeout
-        while True:
-            try:
-                study.optimize(
-                    run_trial,
-                    timeout=None if deadline is None else max(0.0, deadline - time.monotonic()),
-                    catch=(torch.OutOfMemoryError,),  # one trial out of GPU memory: that trial fails, the study goes on
-                    callbacks=[
-                        optuna.study.MaxTrialsCallback(s.trials, states=FINISHED),  # counts pruned ones too
-                        TrialLog(s.trials, prefix, bar),
-                        guard,
-                    ],
-                )
-                break
-            except ValueError as e:  # Optuna's "Cannot tell a FAIL trial.": see taken_away
-                if not current or not taken_away(e, current[0]):
-                    raise
-                say(dropped_line(current[0].number))
-                current.clear()
-            except KeyboardInterrupt:
+        try:
+            # a signal lands in a trial's objective (run_trial), else as the loop ends
+            with interrupts_held():
+                while True:
+                    try:
+                        study.optimize(
+                            run_trial,
+                            timeout=None if deadline is None else max(0.0, deadline - time.monotonic()),
+                            catch=(torch.OutOfMemoryError,),  # one trial out of GPU memory: that trial fails, the study goes on
+                            callbacks=[
+                                optuna.study.MaxTrialsCallback(s.trials, states=FINISHED),  # counts pruned ones too
+                                TrialLog(s.trials, prefix, bar),
+                                guard,
+                            ],
+                        )
+                        break
+                    except ValueError as e:  # Optuna's "Cannot tell a FAIL trial.": see taken_away
+                        if not current or not taken_away(e, current[0]):
+                            raise
+                        say(dropped_line(current[0].number))
+                        current.clear()
+        except KeyboardInterrupt:
+            with interrupts_held():  # a second signal does not cut the requeueing short
                 requeue_interrupted(storage, study, me)
-                raise
+            raise
     if guard.tripped:
         raise WorkerError(f"{guard.in_a_row} trials in a row failed (last: {guard.last}); stopping this worker")
 

@@ -22,7 +22,7 @@ import torch
 from optuna.storages import RetryHeartbeatStaleTrialCallback
 from optuna.trial import TrialState
 
-from cli_helpers import (ENV, FINISHED, SMALL, free_port, load, run_cli, running_trials, snapshot, start_cli,
+from cli_helpers import (DEFAULT_ENV, ENV, FINISHED, SMALL, free_port, load, run_cli, running_trials, snapshot, start_cli,
                          start_code, start_dashboard, stop_dashboard, wait_for_running, wait_until)
 from storage import open_storage
 from study.run import main
@@ -244,6 +244,46 @@ def test_sigterm_of_workers_fails_trials_in_flight_and_rerun_resumes(tmp_path: P
     again = run_cli(*args, cwd=tmp_path, timeout=300)
     assert again.returncode == 0, again.stderr
     _check_ended_well(url, 6, 2)
+
+
+# SIGTERM as Optuna has started a trial's heartbeat thread but before its `with` block holds it
+# (the thread not a daemon): the window a relayed SIGTERM hit in CI on 2026-12-07, when a worker
+# hung at its exit for 30 s with the thread beating until the parent killed it
+_SIGTERM_AS_A_HEARTBEAT_STARTS = """
+import os, signal
+from optuna.storages import _heartbeat
+
+_start = _heartbeat.HeartbeatThread.start
+
+
+def start(self):
+    _start(self)
+    if not os.path.exists("signalled"):
+        open("signalled", "w").close()
+        signal.raise_signal(signal.SIGTERM)
+
+
+_heartbeat.HeartbeatThread.start = start
+"""
+
+
+def test_sigterm_as_a_trials_heartbeat_starts_fails_that_trial_and_the_run_exits(tmp_path: Path) -> None:
+    inject = tmp_path / "inject"
+    inject.mkdir()
+    (inject / "sitecustomize.py").write_text(_SIGTERM_AS_A_HEARTBEAT_STARTS)
+    url = f"sqlite:///{tmp_path / 't.db'}"
+    env = {**DEFAULT_ENV, "PYTHONPATH": f"{inject}{os.pathsep}{DEFAULT_ENV['PYTHONPATH']}"}
+    done = run_cli("--trials", "3", "--storage", url, *SMALL, cwd=tmp_path, env=env, timeout=60)  # hung for ever before
+    assert (tmp_path / "signalled").exists()  # the signal came where it was meant to
+    assert done.returncode == 130, done.stderr
+    assert done.stderr.strip().splitlines()[-1] == "interrupted: 0 of 3 trials finished; run the same command to resume."
+    assert "Traceback" not in done.stderr
+    # the signal landed in the trial: failed as interrupted, and queued again for the next run
+    # (the study's queued starts, the baseline first, wait as they were)
+    trial, *others = load(url).trials
+    assert trial.state == TrialState.FAIL and trial.user_attrs["error"] == "interrupted", trial
+    assert all(t.state == TrialState.WAITING for t in others), others
+    assert [_retry_of(t) for t in others].count(trial.number) == 1, others
 
 
 def test_sqlite_three_workers_while_the_dashboard_reads(tmp_path: Path) -> None:
