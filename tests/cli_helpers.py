@@ -33,6 +33,16 @@ VALIDATE_ON_2K = {**ENV, "PYTHONPATH": os.pathsep.join([str(ROOT / "tests" / "va
 DEFAULT_ENV = VALIDATE_ON_2K
 
 
+def with_sitecustomize(folder: Path, code: str, env: dict[str, str] | None = None) -> dict[str, str]:
+    """``env`` (default :data:`DEFAULT_ENV`) with ``code`` as a ``sitecustomize`` that the
+    commands started with it run first (a fault or a probe injected into a command and its
+    workers), written into ``folder``, which is put first on ``PYTHONPATH``."""
+    env = DEFAULT_ENV if env is None else env
+    folder.mkdir()
+    (folder / "sitecustomize.py").write_text(code)
+    return {**env, "PYTHONPATH": os.pathsep.join([str(folder), env["PYTHONPATH"]])}
+
+
 def run_cli(*args: str, cwd: Path, timeout: float = 240, module: str = "study.run", fresh: bool = False,
             cpus: list[int] | None = None, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
     """``python -m MODULE ARGS`` as a real process, forked by the zygote (``fresh``: a new

@@ -18,7 +18,7 @@ import torch
 from optuna.trial import TrialState
 
 from cli_helpers import (ENV, FINISHED, SMALL, free_port, load, run_cli, run_here, run_main, snapshot,
-                         start_cli, wait_for_running)
+                         start_cli, wait_for_running, with_sitecustomize)
 from conftest import validating_on_2k
 from study.run import main
 
@@ -557,11 +557,9 @@ def test_a_command_and_its_workers_import_without_garbage_collections_then_freez
     """study.interrupt.pause_collection: importing torch, torchvision, Optuna and SQLAlchemy ran
     hundreds of cyclic collections, a quarter of a process's start-up (the command's and each
     worker's); freeze_imports takes the imports out of the collector's reach and resumes it."""
-    (tmp_path / "probe").mkdir()
-    (tmp_path / "probe" / "sitecustomize.py").write_text(_GC_PROBE)
     said = tmp_path / "said"
     said.mkdir()
-    env = {**ENV, "PYTHONPATH": os.pathsep.join([str(tmp_path / "probe"), ENV["PYTHONPATH"]]), "GC_PROBE": str(said)}
+    env = {**with_sitecustomize(tmp_path / "probe", _GC_PROBE, ENV), "GC_PROBE": str(said)}
     # a new interpreter, as a user's (the zygote's children never import the package anew)
     done = run_cli("--trials", "2", "--workers", "2", "--epochs", "1", "--train-samples", "500", "--device", "cpu",
                    "--pruner", "none", "--storage", f"sqlite:///{tmp_path / 'g.db'}", cwd=tmp_path, env=env, fresh=True)

@@ -22,8 +22,9 @@ import torch
 from optuna.storages import RetryHeartbeatStaleTrialCallback
 from optuna.trial import TrialState
 
-from cli_helpers import (DEFAULT_ENV, ENV, FINISHED, SMALL, free_port, load, run_cli, running_trials, snapshot, start_cli,
-                         start_code, start_dashboard, stop_dashboard, wait_for_running, wait_until)
+from cli_helpers import (ENV, FINISHED, SMALL, free_port, load, run_cli, running_trials, snapshot, start_cli,
+                         start_code, start_dashboard, stop_dashboard, wait_for_running, wait_until,
+                         with_sitecustomize)
 from storage import open_storage
 from study.run import main
 
@@ -268,11 +269,8 @@ _heartbeat.HeartbeatThread.start = start
 
 
 def test_sigterm_as_a_trials_heartbeat_starts_fails_that_trial_and_the_run_exits(tmp_path: Path) -> None:
-    inject = tmp_path / "inject"
-    inject.mkdir()
-    (inject / "sitecustomize.py").write_text(_SIGTERM_AS_A_HEARTBEAT_STARTS)
+    env = with_sitecustomize(tmp_path / "inject", _SIGTERM_AS_A_HEARTBEAT_STARTS)
     url = f"sqlite:///{tmp_path / 't.db'}"
-    env = {**DEFAULT_ENV, "PYTHONPATH": f"{inject}{os.pathsep}{DEFAULT_ENV['PYTHONPATH']}"}
     done = run_cli("--trials", "3", "--storage", url, *SMALL, cwd=tmp_path, env=env, timeout=60)  # hung for ever before
     assert (tmp_path / "signalled").exists()  # the signal came where it was meant to
     assert done.returncode == 130, done.stderr
@@ -439,11 +437,8 @@ objectives.objective.train = _out_of_memory
 def test_a_failing_worker_process_makes_the_run_exit_1(tmp_path: Path) -> None:
     # README: 5 failures in a row stop a worker (exit 1) instead of looping; with --workers the
     # parent says which worker processes failed and exits 1 too
-    inject = tmp_path / "inject"
-    inject.mkdir()
-    (inject / "sitecustomize.py").write_text(_OOM_EVERYWHERE)
+    env = with_sitecustomize(tmp_path / "inject", _OOM_EVERYWHERE, ENV)
     url = f"sqlite:///{tmp_path / 'fail.db'}"
-    env = {**ENV, "PYTHONPATH": f"{inject}{os.pathsep}{ENV['PYTHONPATH']}"}
     done = run_cli("--trials", "4", "--workers", "2", "--storage", url, *SMALL, cwd=tmp_path, env=env)
     assert done.returncode == 1, done.stderr
     lines = done.stderr.strip().splitlines()
