@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import gzip
+import json
 import os
 import re
 import shlex
@@ -564,8 +565,6 @@ def test_a_command_and_its_workers_import_without_garbage_collections_then_freez
     done = run_cli("--trials", "2", "--workers", "2", "--epochs", "1", "--train-samples", "500", "--device", "cpu",
                    "--pruner", "none", "--storage", f"sqlite:///{tmp_path / 'g.db'}", cwd=tmp_path, env=env, fresh=True)
     assert done.returncode == 0, done.stderr
-    import json
-
     # the command and its two workers (a worker takes its parent's argv), not the resource tracker
     processes = [p for p in (json.loads(path.read_text()) for path in said.iterdir()) if p["argv"] != ["-c"]]
     assert len(processes) == 3 and all(p["argv"][1:3] == ["--trials", "2"] for p in processes), processes

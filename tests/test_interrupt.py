@@ -27,9 +27,10 @@ def sigterm_raises():
 
 
 def test_a_signal_inside_a_storage_call_lands_once_the_call_is_done(tmp_path: Path, sigterm_raises) -> None:
-    # Raised inside SQLAlchemy (here: as a query has run, as in CI on 2026-12-07), the
-    # KeyboardInterrupt left SQLite's write lock held by a connection that its traceback kept
-    # alive: the process's next write, its heartbeat thread and every other worker waited 60 s.
+    # Raised inside SQLAlchemy (here: as a query has run; one of the two windows behind a
+    # SIGTERM'd `--workers` run that hung in CI on 2026-12-07), the KeyboardInterrupt left
+    # SQLite's write lock held by a connection that its traceback kept alive: the process's next
+    # write, its heartbeat thread and every other worker waited up to 60 s.
     path = tmp_path / "s.db"
     storage = storage_at(f"sqlite:///{path}", 60)  # what the commands open
     try:

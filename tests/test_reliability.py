@@ -30,8 +30,9 @@ from study.run import main
 
 pytestmark = pytest.mark.slow
 
-# trials long enough to be killed in the middle (about half a second each, validating on 2,000
-# images, as every test's studies: conftest.py), heartbeats every second
+# trials long enough to be killed in the middle (1.2 to 1.8 s each with three one-thread workers
+# on 2 cores, validating on 2,000 images, as every test's studies: conftest.py), heartbeats every
+# second
 CRASHY = ["--epochs", "6", "--train-samples", "2000", "--device", "cpu", "--pruner", "none", "--heartbeat-interval", "1"]
 
 
@@ -248,8 +249,9 @@ def test_sigterm_of_workers_fails_trials_in_flight_and_rerun_resumes(tmp_path: P
 
 
 # SIGTERM as Optuna has started a trial's heartbeat thread but before its `with` block holds it
-# (the thread not a daemon): the window a relayed SIGTERM hit in CI on 2026-12-07, when a worker
-# hung at its exit for 30 s with the thread beating until the parent killed it
+# (the thread not a daemon): one of the two windows behind a SIGTERM'd `--workers` run that hung
+# in CI on 2026-12-07 (the other: tests/test_interrupt.py); hit at random here, a worker hung at
+# its exit with the thread beating until the parent killed it 30 s later
 _SIGTERM_AS_A_HEARTBEAT_STARTS = """
 import os, signal
 from optuna.storages import _heartbeat
