@@ -243,6 +243,9 @@ def final_word(study: optuna.Study, rows: list[DecayRow], seeds: int, data: Mnis
                                             else math.inf), default=None)
     out = {
         "metric": metric, "seeds": final_seeds, "precision": precision, "study_epochs": epochs,
+        # on a CPU the sums of a matrix product are split by thread: with another count, the same
+        # seed trains other weights (0.9808 against 0.9818 test accuracy, 2 epochs on 60k)
+        "threads": torch.get_num_threads(),
         "selection_images": int(data.train_x.shape[0]), "validation_images": int(data.val_x.shape[0]),
         "train_images": int(final_data.train_x.shape[0]), "test_images": int(final_data.test_x.shape[0]),
         "candidates": rows_out, "answer": None, "baseline": None, "answer_is_baseline": False,

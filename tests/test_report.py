@@ -168,13 +168,19 @@ def test_chromium_renders_the_page_without_script_errors(reported, tmp_path: Pat
 @pytest.mark.slow
 def test_the_final_word_tests_the_model_the_metric_measured(reported, mnist_dir) -> None:
     # last_val_error measures the model after the whole schedule: the answer is trained on 60k for
-    # all the study's epochs with the first final seed, and tested once
+    # all the study's epochs with the first final seed, and tested once; with the final word's
+    # threads (the report's, fewer when the session began on a busy machine: then this test failed,
+    # 0.9808 against 0.9818, retraining with torch's default)
+    import torch
+
     from objectives import TrainConfig, evaluate, load_mnist, train
 
     url, _ = reported
     study = load(url)
-    answer = study.user_attrs["final_test"]["answer"]
+    final = study.user_attrs["final_test"]
+    answer = final["answer"]
     data = load_mnist(mnist_dir, device="cpu").for_final_training()
+    torch.set_num_threads(final["threads"])  # the session's count comes back after the test (process_state)
     result = train(TrainConfig(**answer["config"]), data, study.user_attrs["epochs"], seed=final_module.FINAL_SEED_BASE)
     assert result.epochs_run == answer["epochs"] == study.user_attrs["epochs"]
     assert answer["test_accuracies"][0] == evaluate(result.model, data.test_x, data.test_y)[1]
