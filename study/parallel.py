@@ -31,7 +31,23 @@ from study.progress import count_states
 from study.pruning import judge_boundary
 from study.recovery import INTERRUPTED, Heartbeats, requeue_interrupted, retries_waiting
 
-__all__ = ["optimize_fused"]
+__all__ = ["more_wanted", "optimize_fused"]
+
+
+def more_wanted(study: optuna.Study, trials: int, deadline: float = math.inf) -> bool:
+    """Whether a worker starts another trial: a retry of a failed one is waiting (it runs even
+    past the budget or the deadline, a ``time.monotonic()``), or the study's finished trials and
+    the ones running anywhere (the run's other workers, other machines) are short of ``trials``.
+    Counting the finished ones only (Optuna's ``MaxTrialsCallback``), each of W workers started
+    one more trial as its last one ended: up to W - 1 trials over ``--trials``. Stale trials (a
+    dead process's, past the heartbeat's grace period) are failed first, as ``study.optimize``
+    does before each trial, so that they are not counted as running."""
+    optuna.storages.fail_stale_trials(study)
+    counts = count_states(study)
+    if counts[TrialState.WAITING] and retries_waiting(study):
+        return True
+    in_hand = counts[TrialState.COMPLETE] + counts[TrialState.PRUNED] + counts[TrialState.RUNNING]
+    return trials > in_hand and time.monotonic() < deadline
 
 
 def optimize_fused(
@@ -66,20 +82,13 @@ def optimize_fused(
     storage = storage_of(study)
     in_flight: dict[int, optuna.Trial] = {}  # by the index train_stream gives the trial's job
 
-    def more_wanted() -> bool:
-        if stop():
-            return False
-        counts = count_states(study)
-        if counts[TrialState.WAITING] and retries_waiting(study):
-            return True  # a dead worker's retry: runs even past the budget or the timeout
-        in_hand = counts[TrialState.COMPLETE] + counts[TrialState.PRUNED] + counts[TrialState.RUNNING]
-        return trials > in_hand and time.monotonic() < deadline
+    def wanted() -> bool:
+        return not stop() and more_wanted(study, trials, deadline)
 
     def jobs() -> Iterator[tuple[TrainConfig, int]]:
         counter = itertools.count()  # train_stream numbers the jobs of each stream from 0
         while True:
-            optuna.storages.fail_stale_trials(study)  # as study.optimize does before each trial
-            if not more_wanted():
+            if not wanted():
                 return
             trial = study.ask()
             in_flight[next(counter)] = trial
@@ -140,7 +149,7 @@ def optimize_fused(
     with Heartbeats(storage) as heartbeats, warnings.catch_warnings():
         # ask() warns that heartbeats belong to study.optimize: here Heartbeats records them
         warnings.filterwarnings("ignore", message="Heartbeat of storage is supposed to be used", category=UserWarning)
-        while more_wanted():
+        while wanted():
             stream = train_stream(jobs(), objective.data, objective.epochs, slots=slots, report_epoch=report_epoch,
                                   shuffle_seed=objective.seed, precision=objective.precision,
                                   cuda_graphs=objective.cuda_graphs)

@@ -25,11 +25,11 @@ from objectives.memory import auto_slots
 from study.choices import make_pruner, make_sampler
 from study.cli import EXIT_FAILED, EXIT_INTERRUPTED, EXIT_OK, EXIT_STORAGE, set_threads
 from study.experiment import Settings, study_storage
-from study.parallel import dropped_line, optimize_fused, taken_away
+from study.parallel import dropped_line, more_wanted, optimize_fused, taken_away
 from study.progress import FINISHED, ProgressBar, TrialLog
 from storage.batch import trial_id, write_user_attrs
 from study.interrupt import freeze_imports, interrupts_held, interrupts_taken, own_the_process, raise_interrupt
-from study.recovery import INTERRUPTED, owner, requeue_interrupted, retries_waiting, settle_orphans, storage_failed
+from study.recovery import INTERRUPTED, owner, requeue_interrupted, settle_orphans, storage_failed
 
 __all__ = ["AUTO_SHARE_OF_TRIALS", "WorkerError", "finished", "optimize", "raise_interrupt", "run_workers",
            "trials_in_flight", "worker_device"]
@@ -76,6 +76,18 @@ class _StopAfterFailures:
             study.stop()  # only valid inside study.optimize; the fused loop asks `tripped` instead
 
 
+class _StopOnceInHand:
+    """Optuna callback: stop once no more trials are wanted (:func:`study.parallel.more_wanted`:
+    the finished trials and the ones running anywhere reach the budget, and no retry waits)."""
+
+    def __init__(self, trials: int) -> None:
+        self.trials = trials
+
+    def __call__(self, study: optuna.Study, trial: optuna.trial.FrozenTrial) -> None:
+        if not more_wanted(study, self.trials):
+            study.stop()
+
+
 #: ``--parallel-trials auto`` keeps at most this share of the trials still to run in flight at once
 AUTO_SHARE_OF_TRIALS = 1 / 4
 
@@ -113,7 +125,7 @@ def optimize(s: Settings, worker: int, prefix: str = "", bar: ProgressBar | None
     slots = trials_in_flight(s, objective.device, study)
     study.sampler = make_sampler(s.sampler, s.seed)  # trial n draws from (seed, n): see make_sampler
     study.pruner = make_pruner(s.pruner, s.epochs, in_flight=slots > 1)
-    if finished(study) >= s.trials and not retries_waiting(study):
+    if not more_wanted(study, s.trials):
         return
     objective.data  # noqa: B018 - load once, before the first trial, so no trial pays for it
     freeze_imports()  # every module a trial needs is imported now (torchvision's too, with the data)
@@ -170,7 +182,7 @@ def optimize(s: Settings, worker: int, prefix: str = "", bar: ProgressBar | None
                             timeout=None if deadline is None else max(0.0, deadline - time.monotonic()),
                             catch=(torch.OutOfMemoryError,),  # one trial out of GPU memory: that trial fails, the study goes on
                             callbacks=[
-                                optuna.study.MaxTrialsCallback(s.trials, states=FINISHED),  # counts pruned ones too
+                                _StopOnceInHand(s.trials),
                                 TrialLog(s.trials, prefix, bar),
                                 guard,
                             ],

@@ -370,6 +370,20 @@ def test_workers_share_the_budget(tmp_path: Path) -> None:
     assert {t.user_attrs["worker"].rpartition(":")[2] for t in load(url).trials} <= pids
 
 
+@pytest.mark.slow
+def test_workers_one_trial_at_a_time_finish_the_budget_not_more(tmp_path: Path) -> None:
+    """Optuna's MaxTrialsCallback counts finished trials only: the worker whose trial ended first
+    started one more while the other's was still running, so `--trials 2 --workers 2` finished 3
+    (up to W - 1 over the budget). The trials running elsewhere now count, as in the fused loop."""
+    url = f"sqlite:///{tmp_path / 'b.db'}"
+    # trials of about a second, longer than the workers' starts are apart
+    done = run_cli("--trials", "2", "--workers", "2", "--epochs", "6", "--train-samples", "2000", "--device", "cpu",
+                   "--pruner", "none", "--storage", url, cwd=tmp_path)
+    assert done.returncode == 0, done.stderr
+    trials = load(url).trials  # the new study queues as many starts as its budget holds: no WAITING left
+    assert len(trials) == 2 and all(t.state in FINISHED for t in trials), [(t.number, t.state) for t in trials]
+
+
 def test_sqlite_on_a_network_file_system_is_refused(tmp_path: Path, monkeypatch) -> None:
     import storage.storage as storage_module
     from storage import StorageError, open_storage
