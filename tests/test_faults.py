@@ -165,8 +165,12 @@ def test_heartbeats_outlive_a_transient_storage_error(tmp_path: Path) -> None:
     from study.recovery import Heartbeats
 
     path = tmp_path / "h.db"
-    said: list[str] = []
-    storage = open_storage(f"sqlite:///{path}", heartbeat_interval=1, lock_timeout=0.2, on_heartbeat_error=said.append)
+    said: list[tuple[threading.Thread, str]] = []  # the thread whose beat failed, and the reason
+
+    def heard(reason: str) -> None:
+        said.append((threading.current_thread(), reason))
+
+    storage = open_storage(f"sqlite:///{path}", heartbeat_interval=1, lock_timeout=0.2, on_heartbeat_error=heard)
     study = optuna.create_study(storage=storage)
     fused, alone = study.ask(), study.ask()
     errors: list[threading.ExceptHookArgs] = []
@@ -178,7 +182,9 @@ def test_heartbeats_outlive_a_transient_storage_error(tmp_path: Path) -> None:
             optuna_thread.start()
             locker = sqlite3.connect(path, isolation_level=None)
             locker.execute("BEGIN EXCLUSIVE")  # every write waits 0.2 s, then fails: "database is locked"
-            time.sleep(3.0)
+            # until a beat of each thread has failed (retried, then given up until the next beat)
+            wait_until(lambda: {beats._thread, optuna_thread._thread} <= {thread for thread, _ in said}, timeout=30,
+                       what="a failed heartbeat in both threads")
             locker.execute("ROLLBACK")
             locker.close()
             released = time.time()
@@ -196,7 +202,7 @@ def test_heartbeats_outlive_a_transient_storage_error(tmp_path: Path) -> None:
     finally:
         threading.excepthook = threading.__excepthook__
     assert not errors, errors[0].exc_value
-    assert said and all("locked" in line for line in said), said
+    assert said and all("locked" in reason for _, reason in said), said
 
 
 @pytest.mark.parametrize("parallel", ["1", "2"])
