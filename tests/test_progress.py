@@ -14,18 +14,18 @@ from pathlib import Path
 
 import pytest
 
-from cli_helpers import SMALL, run_cli, run_here, run_main, start_cli
+from cli_helpers import SMALL, run_cli, run_here, run_main, start_cli, with_sitecustomize
 
 # the bar's time field: elapsed<remaining (remaining may still be "?" before the first trial ends)
 BAR = re.compile(r"(\d+)/(\d+) trials \|.*?\| \[(\d+:\d\d)<(\d+:\d\d|\?), best (\d\.\d{4}|-)"
                  r"(?:, trial (\d+) epoch (\d+)/(\d+)|, (\d+) trials at epochs ([\d-]+)/(\d+))?\]")
 
 
-def run_on_a_terminal(args: list[str], cwd: Path, timeout: float = 240) -> str:
+def run_on_a_terminal(args: list[str], cwd: Path, timeout: float = 240, env: dict[str, str] | None = None) -> str:
     """Run study.run with a pseudo-terminal as its stdout and stderr; everything it wrote."""
     master, slave = pty.openpty()
     fcntl.ioctl(slave, termios.TIOCSWINSZ, struct.pack("HHHH", 40, 160, 0, 0))  # 40 rows, 160 columns
-    proc = start_cli(*args, cwd=cwd, stdout=slave, stderr=slave)
+    proc = start_cli(*args, cwd=cwd, stdout=slave, stderr=slave, env=env)
     os.close(slave)
     chunks = []
     while True:
@@ -65,6 +65,26 @@ def test_a_pipe_gets_plain_lines_and_no_bar(tmp_path: Path, capsys) -> None:
     assert len(re.findall(r"\] trial +\d+ ", out)) == 2
 
 
+# the first trial that reports in the process waits 0.3 s at each of its epochs' reports
+_FIRST_TRIAL_SLOWER = """
+import time
+import optuna
+
+_report, _first = optuna.trial.Trial.report, []
+
+
+def report(self, value, step):
+    if not _first:
+        _first.append(self.number)
+    if self.number == _first[0]:
+        time.sleep(0.3)
+    return _report(self, value, step)
+
+
+optuna.trial.Trial.report = report
+"""
+
+
 @pytest.mark.slow
 @pytest.mark.parametrize("parallel", ["1", "2"])
 def test_the_bar_moves_while_a_trial_trains_and_shows_the_studys_best_from_the_start(tmp_path: Path,
@@ -75,7 +95,12 @@ def test_the_bar_moves_while_a_trial_trains_and_shows_the_studys_best_from_the_s
     args = ["--epochs", "6", "--train-samples", "6000", "--device", "cpu", "--pruner", "none", "--storage", url,
             "--parallel-trials", parallel]
     assert run_here("--trials", "1", *args, cwd=tmp_path).returncode == 0  # a study with a best, made in this process
-    out = run_on_a_terminal(["--trials", "2" if parallel == "1" else "3", *args], tmp_path)
+    # The clock counts whole seconds, so the run's first trial must outlast one: one trial alone
+    # trained its 6 epochs in under a second on a fast hour of a 2-core machine (the test failed 4
+    # times in 6, the bar right). Each epoch of that trial is held 0.3 s as it reports (2 fused
+    # trials are twice the work, and report through the fused loop's one write instead).
+    env = with_sitecustomize(tmp_path / "slower", _FIRST_TRIAL_SLOWER) if parallel == "1" else None
+    out = run_on_a_terminal(["--trials", "2" if parallel == "1" else "3", *args], tmp_path, env=env)
     bars = BAR.findall(out)
     assert bars and bars[0][4] != "-", bars[:3]  # the study's best, from the first draw
     before_an_end = [b for b in bars if b[0] == "1"]  # while the resumed run's first trial trains
