@@ -108,11 +108,38 @@ def raise_interrupt(signum: int, frame: object) -> None:
 
 def raise_on_interrupt() -> None:
     """Ctrl-C and SIGTERM raise KeyboardInterrupt (SIGINT too: a shell that starts a process in
-    the background leaves SIGINT ignored, and Python keeps that)."""
-    global _PENDING
+    the background leaves SIGINT ignored, and Python keeps that); one that lands in a finalizer is
+    raised again (:func:`_rescue_lost_interrupt`)."""
+    global _PENDING, _UNRAISABLEHOOK
     _PENDING = False  # one held by an earlier command in this process (a test's) is not this one's
     signal.signal(signal.SIGINT, raise_interrupt)
     signal.signal(signal.SIGTERM, raise_interrupt)
+    if sys.unraisablehook is not _rescue_lost_interrupt:
+        _UNRAISABLEHOOK = sys.unraisablehook
+        sys.unraisablehook = _rescue_lost_interrupt
+
+
+_UNRAISABLEHOOK: Callable[[sys.UnraisableHookArgs], object] = sys.__unraisablehook__
+
+
+def _rescue_lost_interrupt(unraisable: sys.UnraisableHookArgs) -> None:
+    """``sys.unraisablehook`` from :func:`raise_on_interrupt` on. Python runs finalizers (``__del__``,
+    weakref callbacks such as SQLAlchemy's, which the cyclic collector calls in the middle of any
+    code) without letting their exceptions out: a KeyboardInterrupt that the handler raised in one
+    was printed as "Exception ignored in" with its traceback, and lost; the command went on as if
+    never interrupted and exited 0 (CI, 2026-12-07: Ctrl-C in a one-trial-at-a-time run). Here the
+    signal comes again 50 ms later, from a timer thread, when the main thread is out of the
+    finalizer (tripped at once, the handler ran in this hook, whose exceptions are lost too; one
+    that lands in a finalizer again comes back the same way). Anything else goes to the hook
+    that was in place."""
+    if unraisable.exc_type is KeyboardInterrupt and signal.getsignal(signal.SIGINT) is raise_interrupt:
+        # a signal, not _thread.interrupt_main: a main thread waiting in a system call (a sleep, a
+        # lock) wakes up to it; SIGINT has SIGTERM's handler
+        again = threading.Timer(0.05, signal.pthread_kill, args=(threading.main_thread().ident, signal.SIGINT))
+        again.daemon = True
+        again.start()
+        return
+    _UNRAISABLEHOOK(unraisable)
 
 
 @contextlib.contextmanager

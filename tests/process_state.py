@@ -6,8 +6,8 @@ should: Ctrl-C and SIGTERM raise ``KeyboardInterrupt`` (which the command turns 
 stop), torch gets the command's thread count, Optuna's logging is quietened. Left in place, the
 suite would no longer end on SIGTERM (a CI runner's or a developer's ``timeout``): the next
 in-process command swallows the interrupt as its own clean stop and the run goes on. So after
-each test the signal handlers, torch threads and Optuna verbosity are put back as the session
-had them (also what a module fixture's command changed), and the storages its commands opened
+each test the signal handlers (and ``sys.unraisablehook``), torch threads and Optuna verbosity
+are put back as the session had them (also what a module fixture's command changed), and the storages its commands opened
 are closed (the warnings filters pytest puts back itself). ``tests/test_process_state.py`` runs
 pytest with this plugin on a probe and checks that SIGTERM still ends it.
 """
@@ -15,6 +15,7 @@ pytest with this plugin on a probe and checks that SIGTERM still ends it.
 from __future__ import annotations
 
 import signal
+import sys
 
 import optuna
 import pytest
@@ -31,6 +32,15 @@ SIGNALS = tuple(s for s in (signal.SIGINT, signal.SIGTERM, getattr(signal, "SIGH
 #: choice then held for every later test of the session)
 HANDLERS = {sig: signal.getsignal(sig) for sig in SIGNALS}
 THREADS, VERBOSITY = torch.get_num_threads(), optuna.logging.get_verbosity()
+#: ``sys.unraisablehook`` (a command puts its own in front: study.interrupt.raise_on_interrupt), as
+#: pytest's unraisable-exception plugin set it for the session (pytest_configure below)
+UNRAISABLEHOOK = sys.unraisablehook
+
+
+@pytest.hookimpl(trylast=True)
+def pytest_configure(config: pytest.Config) -> None:
+    global UNRAISABLEHOOK
+    UNRAISABLEHOOK = sys.unraisablehook
 
 
 @pytest.fixture(autouse=True)
@@ -45,4 +55,6 @@ def _restore_process_state():
             torch.set_num_threads(THREADS)
         if optuna.logging.get_verbosity() != VERBOSITY:
             optuna.logging.set_verbosity(VERBOSITY)
+        if sys.unraisablehook is not UNRAISABLEHOOK:
+            sys.unraisablehook = UNRAISABLEHOOK
         close_storages()  # a command's storages, closed as its process's exit would

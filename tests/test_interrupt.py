@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import signal
 import sqlite3
+import time
 from pathlib import Path
 
 import optuna
@@ -13,7 +14,7 @@ import pytest
 import sqlalchemy
 
 from study.experiment import close_storages, storage_at
-from study.interrupt import interrupts_held, interrupts_taken, raise_interrupt
+from study.interrupt import interrupts_held, interrupts_taken, raise_interrupt, raise_on_interrupt
 
 
 @pytest.fixture
@@ -86,3 +87,23 @@ def test_a_held_signal_lands_where_signals_are_taken_or_as_the_outermost_hold_en
             signal.raise_signal(signal.SIGTERM)
             landed.append("not reached")  # taken: it raised at once
     assert landed[-1] == "quiet"
+
+
+def test_a_signal_that_lands_in_a_finalizer_is_raised_again_outside_it() -> None:
+    # Python runs a finalizer (``__del__``, a weakref callback such as SQLAlchemy's, called by the
+    # cyclic collector in the middle of any code) without letting its exceptions out: the
+    # KeyboardInterrupt raised in one was printed ("Exception ignored in") and lost, and a
+    # Ctrl-C'd run went on and exited 0 (CI, 2026-12-07)
+    raise_on_interrupt()  # as a command takes the signals (tests/process_state puts them back)
+    landed = []
+
+    class Finalized:
+        def __del__(self) -> None:
+            landed.append("in the finalizer")
+            signal.raise_signal(signal.SIGTERM)  # its handler raises here, inside __del__
+            landed.append("after the signal")
+
+    with pytest.raises(KeyboardInterrupt):
+        Finalized()  # no reference left: finalized at once
+        time.sleep(10)  # the main thread's next lines, outside the finalizer: the signal ends the sleep
+    assert landed == ["in the finalizer"]
