@@ -18,7 +18,8 @@ other workers waited 60 s for it. The one-trial-at-a-time loop holds it everywhe
 trial's objective (:func:`interrupts_taken`): Optuna starts a trial's heartbeat thread (not a
 daemon) before its ``with`` block holds it, and a KeyboardInterrupt in between left the thread
 beating for ever, so the process never exited. Both hung a ``--workers`` run on SIGTERM until the
-parent killed its workers, 30 s each (2026-12-07).
+parent killed its workers, 30 s each (2026-12-07). One that lands in a finalizer, where Python
+drops every exception, is sent again once the main thread is out of it (:func:`_rescue_lost_interrupt`).
 
 A process that a command owns from its start to its exit (:func:`run_main`, a ``--workers``
 child: :func:`own_the_process`) imports with the cyclic garbage collector paused
