@@ -48,6 +48,8 @@ _OWNED = False  # this process is a command's, from its start to its exit (not a
 _PAUSED = False  # pause_collection disabled the cyclic garbage collector; freeze_imports enables it
 _REGIONS: list[bool] = []  # the main thread's open interrupts_held blocks, innermost last: True where held
 _PENDING = False  # a signal came while held
+#: the unraisable hook in place before raise_on_interrupt put _rescue_lost_interrupt in front
+_UNRAISABLEHOOK: Callable[[sys.UnraisableHookArgs], object] = sys.__unraisablehook__
 
 
 def own_the_process() -> None:
@@ -118,9 +120,6 @@ def raise_on_interrupt() -> None:
     if sys.unraisablehook is not _rescue_lost_interrupt:
         _UNRAISABLEHOOK = sys.unraisablehook
         sys.unraisablehook = _rescue_lost_interrupt
-
-
-_UNRAISABLEHOOK: Callable[[sys.UnraisableHookArgs], object] = sys.__unraisablehook__
 
 
 def _rescue_lost_interrupt(unraisable: sys.UnraisableHookArgs) -> None:

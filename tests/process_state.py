@@ -7,9 +7,10 @@ stop), torch gets the command's thread count, Optuna's logging is quietened. Lef
 suite would no longer end on SIGTERM (a CI runner's or a developer's ``timeout``): the next
 in-process command swallows the interrupt as its own clean stop and the run goes on. So after
 each test the signal handlers (and ``sys.unraisablehook``), torch threads and Optuna verbosity
-are put back as the session had them (also what a module fixture's command changed), and the storages its commands opened
-are closed (the warnings filters pytest puts back itself). ``tests/test_process_state.py`` runs
-pytest with this plugin on a probe and checks that SIGTERM still ends it.
+are put back as the session had them (also what a module fixture's command changed), and the
+storages its commands opened are closed (the warnings filters pytest puts back itself).
+``tests/test_process_state.py`` runs pytest with this plugin on a probe and checks that SIGTERM
+still ends it.
 """
 
 from __future__ import annotations
